@@ -1,0 +1,87 @@
+"""All symbols of one node: definitions, books and sequencing, with no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .errors import UnknownSymbol
+from .events import BatchResult, FeedBatch, Position
+from .instrument import Instrument
+from .sequencer import SequencedBook
+
+
+class Market:
+    """The books of every symbol, all stamped with one epoch.
+
+    A batch is validated whole before anything is applied, so a rejected
+    batch leaves every book untouched.
+    """
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._books: dict[str, SequencedBook] = {}
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self._books
+
+    def __iter__(self) -> Iterator[SequencedBook]:
+        return iter(self._books.values())
+
+    def __len__(self) -> int:
+        return len(self._books)
+
+    def get(self, symbol: str) -> SequencedBook:
+        try:
+            return self._books[symbol]
+        except KeyError:
+            raise UnknownSymbol(symbol) from None
+
+    def symbols(self) -> list[str]:
+        return sorted(self._books)
+
+    def define(self, instrument: Instrument) -> bool:
+        """Define a symbol; True if it is new. Redefinition must not change terms."""
+        instrument.validate()
+        existing = self._books.get(instrument.symbol)
+        if existing is not None:
+            existing.instrument.check_redefinition(instrument)
+            return False
+        self._books[instrument.symbol] = SequencedBook(instrument, self.epoch)
+        return True
+
+    def validate(self, batch: FeedBatch) -> None:
+        pending: dict[str, Instrument] = {}
+        for inst in batch.instruments:
+            inst.validate()
+            prior = pending.get(inst.symbol)
+            if prior is None and inst.symbol in self._books:
+                prior = self._books[inst.symbol].instrument
+            if prior is not None:
+                prior.check_redefinition(inst)
+            pending[inst.symbol] = inst
+        for update in batch.updates:
+            sb = self._books.get(update.symbol)
+            if sb is None:
+                inst = pending.get(update.symbol)
+                if inst is None:
+                    raise UnknownSymbol(update.symbol)
+                SequencedBook(inst, self.epoch).validate(update)
+            else:
+                sb.validate(update)
+
+    def apply(self, batch: FeedBatch, now_ns: int = 0) -> BatchResult:
+        """Validate, then apply the batch; return the deltas in order."""
+        self.validate(batch)
+        new = tuple(i for i in batch.instruments if self.define(i))
+        deltas = []
+        touched: dict[str, SequencedBook] = {}
+        books = self._books
+        for update in batch.updates:
+            sb = books[update.symbol]
+            touched[update.symbol] = sb
+            delta = sb.apply(update, now_ns)
+            if delta is not None:
+                deltas.append(delta)
+        positions = tuple(Position(s, sb.epoch, sb.seq) for s, sb in touched.items())
+        return BatchResult(tuple(deltas), positions, new)
+

@@ -1,0 +1,60 @@
+"""Exact conversion between decimal values and integer units (ticks, lots).
+
+Values come in as `str`, `Decimal` or `int` only: `float` is refused, because
+`int(0.29 * 100) == 28`. Integers stay integers on every hot path; decimals
+exist only at the edges.
+"""
+
+from __future__ import annotations
+
+from decimal import Context, Decimal, InvalidOperation
+
+from .errors import InexactValue
+
+# Wide enough that no realistic price or size is rounded while scaling.
+_CTX = Context(prec=80)
+
+MAX_SCALE = 18
+
+
+def to_units(value: str | Decimal | int, scale: int) -> int:
+    """Return `value * 10**scale` as an int, or raise `InexactValue`.
+
+    >>> to_units("123.45", 2)
+    12345
+    >>> to_units("0.00000500", 8)
+    500
+    """
+    if isinstance(value, float):
+        raise TypeError("floats are not accepted on the price path; pass a str or Decimal")
+    if isinstance(value, int):
+        return value * 10**scale
+    try:
+        d = value if isinstance(value, Decimal) else Decimal(value.strip())
+    except (InvalidOperation, AttributeError) as exc:
+        raise InexactValue(f"not a decimal number: {value!r}") from exc
+    if not d.is_finite():
+        raise InexactValue(f"not a finite number: {value!r}")
+    scaled = d.scaleb(scale, _CTX)
+    integral = scaled.to_integral_value(context=_CTX)
+    if scaled != integral:
+        raise InexactValue(f"{value} has more than {scale} decimal places")
+    return int(integral)
+
+
+def from_units(units: int, scale: int) -> Decimal:
+    """Return the exact decimal value of `units / 10**scale`.
+
+    >>> from_units(12345, 2)
+    Decimal('123.45')
+    """
+    return Decimal(units).scaleb(-scale, _CTX)
+
+
+def format_units(units: int, scale: int) -> str:
+    """Format with exactly `scale` decimals: `format_units(500, 8) == '0.00000500'`."""
+    sign = "-" if units < 0 else ""
+    digits = str(abs(units)).rjust(scale + 1, "0")
+    if scale == 0:
+        return sign + digits
+    return f"{sign}{digits[:-scale]}.{digits[-scale:]}"
