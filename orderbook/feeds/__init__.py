@@ -1,0 +1,1 @@
+"""Sources of book updates: anything that produces `FeedBatch` values for the core."""

@@ -1,0 +1,1 @@
+"""The Sanic edge: subscriber and feed WebSockets, fan-out, HTTP endpoints."""

@@ -1,0 +1,85 @@
+"""Checks made on a WebSocket request before the 101 upgrade: is it a
+WebSocket request at all, is its Origin allowed (against cross-site WebSocket
+hijacking), does it carry the token, is there room, and which encoding."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from orderbook.wire.codec import SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO, Encoding
+
+BEARER_PREFIX = "bearer."
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int
+    message: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    encoding: Encoding
+    subprotocol: str | None  # the one to echo in the 101 response
+
+
+def offered_subprotocols(header_values: list[str]) -> list[str]:
+    out: list[str] = []
+    for value in header_values:
+        out.extend(p.strip() for p in value.split(",") if p.strip())
+    return out
+
+
+def is_upgrade(headers) -> bool:
+    upgrade = headers.get("upgrade", "")
+    connection = headers.get("connection", "")
+    return upgrade.lower() == "websocket" and "upgrade" in connection.lower()
+
+
+def origin_allowed(origin: str | None, host_header: str, allowed: tuple[str, ...]) -> bool:
+    """Browsers always send Origin on WebSocket requests; programs usually do
+    not, and cannot be hijacked cross-site, so a missing Origin is allowed."""
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/")
+    if allowed:
+        return "*" in allowed or origin in allowed
+    try:
+        parts = urlsplit(origin)
+        hostname = parts.hostname
+        netloc = parts.netloc
+    except ValueError:
+        return False
+    if not hostname:
+        return False
+    return hostname in LOCAL_HOSTS or netloc.lower() == host_header.strip().lower()
+
+
+def token_matches(expected: str | None, offered: list[str], query_token: str | None) -> bool:
+    if expected is None:
+        return True
+    candidates = [p[len(BEARER_PREFIX):] for p in offered if p.startswith(BEARER_PREFIX)]
+    if query_token is not None:
+        candidates.append(query_token)
+    want = expected.encode()
+    return any(hmac.compare_digest(c.encode(), want) for c in candidates)
+
+
+def choose_encoding(offered: list[str]) -> Admission:
+    """The first encoding the client offers; protobuf if it offers none."""
+    for p in offered:
+        if p == SUBPROTOCOL_PROTO:
+            return Admission(Encoding.PROTOBUF, p)
+        if p == SUBPROTOCOL_JSON:
+            return Admission(Encoding.JSON, p)
+    return Admission(Encoding.PROTOBUF, None)
+
+
+NOT_WEBSOCKET = (
+    "This endpoint speaks WebSocket (RFC 6455) only: connect with a WebSocket client, "
+    "e.g. `wscat -c ws://HOST/ws -s orderbook.v1.json`.\n"
+)

@@ -1,0 +1,81 @@
+"""The Sanic application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from sanic import Sanic
+
+from . import background, http_api
+from .feed_ws import feed_endpoint
+from .hub import Hub
+from .settings import Settings
+from .subscriber_ws import subscriber_endpoint
+
+log = logging.getLogger("orderbook.server")
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    hub: Hub
+    ready: bool = False
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+
+def _report_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s failed", task.get_coro(), exc_info=task.exception())
+
+
+def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
+    app = Sanic(name)
+    cfg = app.config
+    cfg.WEBSOCKET_PING_INTERVAL = settings.ping_interval
+    cfg.WEBSOCKET_PING_TIMEOUT = settings.ping_timeout
+    cfg.WEBSOCKET_MAX_SIZE = max(settings.max_message_bytes, settings.max_feed_message_bytes)
+    cfg.GRACEFUL_SHUTDOWN_TIMEOUT = 2.0
+    cfg.CORS = False
+    app.enable_websocket()
+
+    app.add_route(subscriber_endpoint, "/ws", methods=["GET"])
+    app.add_route(feed_endpoint, "/feed", methods=["GET"])
+    app.add_route(http_api.healthz, "/healthz", methods=["GET"])
+    app.add_route(http_api.readyz, "/readyz", methods=["GET"])
+    app.add_route(http_api.symbols, "/symbols", methods=["GET"])
+    app.add_route(http_api.book, "/book/<symbol:str>", methods=["GET"])
+
+    @app.before_server_start
+    async def start(app: Sanic) -> None:
+        loop = asyncio.get_running_loop()
+        epoch = settings.epoch if settings.epoch is not None else time.time_ns()
+        state = ServerState(settings, Hub(settings, epoch, loop))
+        app.ctx.state = state
+        hub = state.hub
+        tick = max(settings.symbol_heartbeat / 4, 0.01)
+        duties = [background.heartbeats(hub, tick), background.lag_sweeper(hub)]
+        if settings.simulator:
+            duties.append(background.simulate(hub, settings.simulator_rate, settings.simulator_seed))
+        for coro in duties:
+            task = loop.create_task(coro)
+            task.add_done_callback(_report_crash)
+            state.tasks.append(task)
+        log.info("epoch %d; simulator %s", epoch, "on" if settings.simulator else "off")
+
+    @app.after_server_start
+    async def ready(app: Sanic) -> None:
+        app.ctx.state.ready = True
+
+    @app.before_server_stop
+    async def stop(app: Sanic) -> None:
+        state: ServerState = app.ctx.state
+        state.ready = False
+        for t in state.tasks:
+            t.cancel()
+        await asyncio.gather(*state.tasks, return_exceptions=True)
+        state.tasks.clear()
+
+    return app

@@ -1,0 +1,53 @@
+"""The server's periodic duties and the built-in simulator feed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from orderbook.feeds.simulator import MarketSimulator
+
+from .hub import Hub
+from .subscriber_ws import CLOSE_TRY_AGAIN_LATER, close
+
+log = logging.getLogger("orderbook.background")
+
+SWEEP_INTERVAL = 0.1
+SIMULATOR_TICK = 0.05
+
+
+async def heartbeats(hub: Hub, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        hub.heartbeat()
+
+
+async def lag_sweeper(hub: Hub) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        for conn in hub.sweep_lagging():
+            hub.stats_slow_closed += 1
+            log.warning("closing slow client %s: over its buffer limit too long", conn.peer)
+            if conn.ws is not None:
+                asyncio.ensure_future(close(conn.ws, conn, CLOSE_TRY_AGAIN_LATER, "client too slow"))
+            hub.drop_connection(conn)
+
+
+async def simulate(hub: Hub, rate: float, seed: int | None) -> None:
+    """Feed the hub from the built-in simulator at about `rate` updates/s."""
+    sim = MarketSimulator(random.Random(seed))
+    hub.ingest(sim.initial_batch(time.time_ns()))
+    carry = 0.0
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    while True:
+        await asyncio.sleep(SIMULATOR_TICK)
+        now = loop.time()
+        carry += rate * (now - last)
+        last = now
+        n = int(carry)
+        if n:
+            carry -= n
+            hub.ingest(sim.next_batch(time.time_ns(), n))

@@ -1,0 +1,130 @@
+"""One subscriber connection's outbound side: a bounded queue of frames
+written to the transport once per event-loop turn, never awaited.
+
+A client whose queued bytes (ours plus the transport's) exceed the limit
+loses its pending deltas: its subscriptions are marked lagging, get nothing
+more, and receive a fresh snapshot once the client has drained. Nothing here
+ever waits for a client, so a slow one cannot slow anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from orderbook.wire.codec import Encoding
+
+from .outgoing import Outgoing
+
+if TYPE_CHECKING:
+    from .channel import Channel
+
+
+class Subscription:
+    __slots__ = ("conn", "channel", "depth", "lagging")
+
+    def __init__(self, conn: Connection, channel: Channel, depth: int) -> None:
+        self.conn = conn
+        self.channel = channel
+        self.depth = depth
+        self.lagging = False
+
+
+class Connection:
+    __slots__ = (
+        "transport",
+        "encoding",
+        "subs",
+        "_pending",
+        "_pending_bytes",
+        "_backlog",
+        "_limit",
+        "_schedule",
+        "_scheduled",
+        "lagging_since",
+        "_on_lag",
+        "errors",
+        "peer",
+        "closed",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        encoding: Encoding,
+        limit: int,
+        schedule: Callable[[Connection], None],
+        on_lag: Callable[[Connection], None],
+        peer: str = "",
+    ) -> None:
+        self.transport = transport
+        self.encoding = encoding
+        self.subs: dict[str, Subscription] = {}
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._backlog = 0  # transport buffer size seen at the last flush
+        self._limit = limit
+        self._schedule = schedule
+        self._scheduled = False
+        self.lagging_since: float | None = None
+        self._on_lag = on_lag
+        self.errors = 0
+        self.peer = peer
+        self.closed = False
+        self.ws: object = None  # the edge's WebSocket object, for closing
+
+    # Queueing -------------------------------------------------------------------
+    def send(self, out: Outgoing) -> None:
+        """Queue a control or resync message; never dropped."""
+        self._queue(out.frame(self.encoding))
+
+    def push(self, sub: Subscription, out: Outgoing, now: float) -> None:
+        """Queue a stream message for `sub`, or drop it if the client is over its limit."""
+        if sub.lagging or self.closed:
+            return
+        if self._pending_bytes + self._backlog > self._limit and self.buffered() > self._limit:
+            sub.lagging = True
+            if self.lagging_since is None:
+                self.lagging_since = now
+                self._on_lag(self)
+            return
+        self._queue(out.frame(self.encoding))
+
+    def _queue(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._schedule(self)
+
+    def flush(self) -> None:
+        """Write everything queued in one call (one syscall when the socket takes it)."""
+        self._scheduled = False
+        pending = self._pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        self._pending_bytes = 0
+        transport = self.transport
+        if self.closed or transport.is_closing():
+            self.closed = True
+            return
+        transport.write(data)
+        self._backlog = transport.get_write_buffer_size()
+
+    # Lag ------------------------------------------------------------------------
+    def buffered(self) -> int:
+        """Bytes queued for this client and not yet taken by its socket."""
+        if self.transport.is_closing():
+            return 0
+        self._backlog = self.transport.get_write_buffer_size()
+        return self._pending_bytes + self._backlog
+
+    @property
+    def limit(self) -> int:
+        return self._limit

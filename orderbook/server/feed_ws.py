@@ -1,0 +1,67 @@
+"""The publisher endpoint /feed: token-checked before the upgrade; each
+binary message is a FeedMessage answered by one FeedReply."""
+
+from __future__ import annotations
+
+from sanic import Request, response
+from sanic.exceptions import WebsocketClosed
+from websockets.exceptions import ConnectionClosed
+
+from orderbook.core.errors import InvalidInput
+from orderbook.wire import codec
+
+from . import admission
+from .hub import Hub
+from .settings import Settings
+from .subscriber_ws import CLOSE_UNSUPPORTED_DATA
+from .upgrade import run_tracked, upgrade
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.args.get("token")
+
+
+async def feed_endpoint(request: Request):
+    state = request.app.ctx.state
+    settings: Settings = state.settings
+    hub: Hub = state.hub
+    if not admission.is_upgrade(request.headers):
+        return response.text(admission.NOT_WEBSOCKET, status=426, headers={"Upgrade": "websocket"})
+    if settings.feed_token is None:
+        return response.text("publishing is disabled: start the server with a feed token\n", status=403)
+    offered = admission.offered_subprotocols(request.headers.getall("sec-websocket-protocol", []))
+    if not admission.token_matches(settings.feed_token, offered, _bearer(request)):
+        return response.text("missing or wrong feed token (Authorization: Bearer <token>)\n", status=401)
+    ws = await upgrade(request, None, settings.max_feed_message_bytes)
+    await run_tracked(request, ws, lambda: _publisher(ws, hub))
+
+
+feed_endpoint.is_websocket = True  # type: ignore[attr-defined]
+
+
+async def _publisher(ws, hub: Hub) -> None:
+    try:
+        while True:
+            data = await ws.recv()
+            if data is None:
+                continue
+            if isinstance(data, str):
+                await ws.close(CLOSE_UNSUPPORTED_DATA, "the feed protocol is binary protobuf")
+                return
+            batch_id = 0
+            try:
+                batch = codec.decode_feed(data)
+                batch_id = batch.batch_id
+                result = hub.ingest(batch)
+                reply = codec.feed_ack(batch_id, len(result.deltas), result.positions)
+            except InvalidInput as exc:
+                reply = codec.feed_error(
+                    codec.error_code_for(exc), str(exc), getattr(exc, "symbol", ""), batch_id
+                )
+            # Awaiting here paces this publisher alone by its own socket.
+            await ws.send(reply)
+    except (ConnectionClosed, WebsocketClosed):
+        return

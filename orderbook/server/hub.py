@@ -1,0 +1,236 @@
+"""The fan-out hub: applies feed batches to the market, encodes each change
+once, keeps the resume history, and queues the same frame bytes for every
+subscriber. Everything here is synchronous: a subscription's ack and its
+snapshot (or replay) are queued and the subscriber registered with no await
+in between, so no change can fall between them or be sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from orderbook.core.errors import UnknownSymbol
+from orderbook.core.events import BatchResult, Delta, FeedBatch
+from orderbook.core.market import Market
+from orderbook.core.resume import decide
+from orderbook.wire import codec
+from orderbook.wire.codec import ErrorCode, SubscribeRequest
+
+from .channel import Channel
+from .connection import Connection, Subscription
+from .outgoing import Outgoing
+from .settings import Settings
+
+log = logging.getLogger("orderbook.hub")
+
+
+class SubscribeRejected(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Hub:
+    def __init__(
+        self,
+        settings: Settings,
+        epoch: int,
+        loop: asyncio.AbstractEventLoop,
+        wall_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.settings = settings
+        self.market = Market(epoch)
+        self.channels: dict[str, Channel] = {}
+        self.connections: set[Connection] = set()
+        self._loop = loop
+        self._wall_ns = wall_ns
+        self._dirty: list[Connection] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._lagging: set[Connection] = set()
+        self.stats_deltas = 0
+        self.stats_resyncs = 0
+        self.stats_slow_closed = 0
+
+    @property
+    def epoch(self) -> int:
+        return self.market.epoch
+
+    # Connections ---------------------------------------------------------------
+    def new_connection(self, transport, encoding, peer: str = "") -> Connection:
+        conn = Connection(
+            transport, encoding, self.settings.client_buffer_limit, self._schedule, self._lagging.add, peer
+        )
+        self.connections.add(conn)
+        return conn
+
+    def drop_connection(self, conn: Connection) -> None:
+        conn.closed = True
+        for sub in conn.subs.values():
+            sub.channel.remove(sub)
+        conn.subs.clear()
+        self.connections.discard(conn)
+        self._lagging.discard(conn)
+
+    def _schedule(self, conn: Connection) -> None:
+        # Coalesce: every frame due to a client in this loop turn goes out in
+        # one write when the turn ends.
+        self._dirty.append(conn)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+
+    # Ingest --------------------------------------------------------------------
+    def ingest(self, batch: FeedBatch) -> BatchResult:
+        """Apply a batch (validated whole first) and broadcast its deltas."""
+        result = self.market.apply(batch, self._wall_ns())
+        now = self._loop.time()
+        for inst in result.new_instruments:
+            # A symbol defined in this epoch starts at seq 0.
+            self.channels[inst.symbol] = Channel(
+                self.market.get(inst.symbol), self.settings.history, now, start_seq=0
+            )
+        channels = self.channels
+        for delta in result.deltas:
+            self._publish(channels[delta.symbol], delta, now)
+        return result
+
+    def _publish(self, ch: Channel, delta: Delta, now: float) -> None:
+        out = Outgoing(codec.delta_message(delta))
+        payload = out.payload
+        ch.history.append(delta.seq, delta.prev_seq, payload, len(payload))
+        self.stats_deltas += 1
+        ch.last_sent = now
+        for sub in ch.full:
+            sub.conn.push(sub, out, now)
+        if ch.groups:
+            for group, vd in ch.view_deltas(delta):
+                group.last_sent = now
+                vout = Outgoing(codec.delta_message(vd))
+                for sub in group.subs:
+                    sub.conn.push(sub, vout, now)
+
+    # Subscriptions -------------------------------------------------------------
+    def subscribe(self, conn: Connection, req: SubscribeRequest) -> None:
+        """Ack, then snapshot or replay, then register: all before returning."""
+        s = self.settings
+        ch = self.channels.get(req.symbol)
+        if not req.symbol:
+            raise SubscribeRejected(ErrorCode.ERROR_CODE_INVALID_ARGUMENT, "symbol is empty")
+        if ch is None:
+            raise SubscribeRejected(ErrorCode.ERROR_CODE_UNKNOWN_SYMBOL, str(UnknownSymbol(req.symbol)))
+        if req.symbol in conn.subs:
+            raise SubscribeRejected(
+                ErrorCode.ERROR_CODE_ALREADY_SUBSCRIBED,
+                f"already subscribed to {req.symbol!r}; unsubscribe first to resubscribe",
+            )
+        if len(conn.subs) >= s.max_subscriptions:
+            raise SubscribeRejected(
+                ErrorCode.ERROR_CODE_TOO_MANY_SUBSCRIPTIONS,
+                f"at most {s.max_subscriptions} subscriptions per connection",
+            )
+        if req.depth > s.max_depth:
+            raise SubscribeRejected(
+                ErrorCode.ERROR_CODE_INVALID_ARGUMENT,
+                f"depth {req.depth} exceeds the maximum {s.max_depth} (0 = full book)",
+            )
+        now = self._loop.time()
+        sb = ch.seqbook
+        sub = Subscription(conn, ch, req.depth)
+        if req.depth:
+            group = ch.group(req.depth, now)
+            decision = decide(sb.epoch, group.view.seq, ch.history, req.resume, req.depth)
+        else:
+            group = None
+            decision = decide(sb.epoch, sb.seq, ch.history, req.resume, 0)
+        if decision.resumed:
+            assert req.resume is not None
+            conn.send(
+                Outgoing(
+                    codec.subscribed_message(
+                        req.symbol, req.request_id, True, None, sb.epoch, req.resume.seq, 0, sb.instrument
+                    )
+                )
+            )
+            for payload in decision.replay:
+                conn.send(Outgoing(payload=payload))
+        else:
+            snap = ch.snapshot_for(req.depth, self._wall_ns())
+            conn.send(
+                Outgoing(
+                    codec.subscribed_message(
+                        req.symbol,
+                        req.request_id,
+                        False,
+                        decision.reason,
+                        sb.epoch,
+                        snap.seq,
+                        req.depth,
+                        sb.instrument,
+                    )
+                )
+            )
+            conn.send(Outgoing(codec.snapshot_message(snap)))
+        conn.subs[req.symbol] = sub
+        if group is not None:
+            group.subs.add(sub)
+        else:
+            ch.full.add(sub)
+
+    def unsubscribe(self, conn: Connection, symbol: str, request_id: int) -> None:
+        sub = conn.subs.pop(symbol, None)
+        if sub is None:
+            raise SubscribeRejected(ErrorCode.ERROR_CODE_NOT_SUBSCRIBED, f"not subscribed to {symbol!r}")
+        sub.channel.remove(sub)
+        conn.send(Outgoing(codec.unsubscribed_message(symbol, request_id)))
+
+    # Periodic duties -------------------------------------------------------------
+    def heartbeat(self) -> None:
+        """Tell subscribers of quiet symbols where the sequence stands."""
+        now = self._loop.time()
+        quiet = now - self.settings.symbol_heartbeat
+        wall = self._wall_ns()
+        for ch in self.channels.values():
+            sb = ch.seqbook
+            if ch.full and ch.last_sent <= quiet:
+                ch.last_sent = now
+                out = Outgoing(codec.heartbeat_message(sb.instrument.symbol, sb.epoch, sb.seq, wall))
+                for sub in ch.full:
+                    sub.conn.push(sub, out, now)
+            for g in ch.groups.values():
+                if g.last_sent <= quiet:
+                    g.last_sent = now
+                    out = Outgoing(codec.heartbeat_message(sb.instrument.symbol, sb.epoch, g.view.seq, wall))
+                    for sub in g.subs:
+                        sub.conn.push(sub, out, now)
+
+    def sweep_lagging(self) -> list[Connection]:
+        """Resync drained laggards with fresh snapshots; return those stuck too long."""
+        now = self._loop.time()
+        stuck = []
+        for conn in list(self._lagging):
+            if conn.closed or conn.lagging_since is None:
+                self._lagging.discard(conn)
+                continue
+            if conn.buffered() <= conn.limit // 4:
+                wall = self._wall_ns()
+                for sub in conn.subs.values():
+                    if sub.lagging:
+                        sub.lagging = False
+                        conn.send(Outgoing(codec.snapshot_message(sub.channel.snapshot_for(sub.depth, wall))))
+                        self.stats_resyncs += 1
+                conn.lagging_since = None
+                self._lagging.discard(conn)
+            elif now - conn.lagging_since > self.settings.slow_client_timeout:
+                stuck.append(conn)
+        return stuck
+
+    def subscriber_count(self) -> int:
+        return sum(ch.subscriber_count() for ch in self.channels.values())

@@ -1,0 +1,44 @@
+"""Server configuration: one frozen value built by the CLI or by tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orderbook.core.history import HistoryLimits
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # WebSocket Origin allow-list. Empty: same host as the request, and
+    # localhost/127.0.0.1/[::1] on any port. "*" allows every origin.
+    allowed_origins: tuple[str, ...] = ()
+    # Subscriber token (None: subscribers need no token).
+    subscriber_token: str | None = None
+    # Publisher token for /feed (None: /feed is refused).
+    feed_token: str | None = None
+    # WebSocket ping interval and the pong wait before a peer is declared dead.
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    # A subscribed symbol with no change for this long gets a Heartbeat.
+    symbol_heartbeat: float = 2.0
+    history: HistoryLimits = field(default_factory=HistoryLimits)
+    max_connections: int = 10_000
+    max_subscriptions: int = 1_000  # per connection
+    max_depth: int = 1_000  # largest depth-limited subscription; 0 (full) is always allowed
+    max_message_bytes: int = 64 * 1024  # largest client message (close 1009 beyond)
+    max_feed_message_bytes: int = 16 * 1024 * 1024
+    # Bytes queued for one client (in our queue plus the transport's) beyond
+    # which its deltas are dropped and a snapshot is sent once it drains.
+    client_buffer_limit: int = 4 * 1024 * 1024
+    # A client that stays over the limit this long is closed (1013).
+    slow_client_timeout: float = 30.0
+    # Consecutive bad messages before a client is closed (1008).
+    max_client_errors: int = 20
+    # Built-in market simulator (the embedded default feed).
+    simulator: bool = True
+    simulator_rate: float = 200.0  # book updates per second, all symbols together
+    simulator_seed: int | None = None
+    # Epoch of this process's sequences; None: derived from the start time.
+    epoch: int | None = None

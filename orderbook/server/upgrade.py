@@ -1,0 +1,37 @@
+"""Performing the WebSocket upgrade ourselves, after our own checks.
+
+Sanic's websocket routes negotiate subprotocols from a fixed list and refuse
+clients that offer none; we need protobuf as the default and a token that may
+travel as a subprotocol, so the handler answers refusals with plain HTTP and
+then asks Sanic's protocol for the handshake with the subprotocol it chose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from sanic import Request
+
+
+async def upgrade(request: Request, subprotocol: str | None, max_message_bytes: int):
+    protocol = request.transport.get_protocol()
+    ws = await protocol.websocket_handshake(request, [subprotocol] if subprotocol else None)
+    # Set before any frame is parsed: the handshake returns without yielding
+    # once the protocol is attached.
+    ws.ws_proto.max_message_size = max_message_bytes
+    return ws
+
+
+async def run_tracked(request: Request, ws, session: Callable[[], Awaitable[None]]) -> None:
+    """Run a session as Sanic runs its own websocket handlers: tracked, so the
+    server cancels it on shutdown, and closed with 1001 when cancelled."""
+    app = request.app
+    fut = asyncio.ensure_future(session())
+    app.websocket_tasks.add(fut)
+    try:
+        await fut
+    except asyncio.CancelledError:
+        ws.end_connection(1001, "server shutting down")
+    finally:
+        app.websocket_tasks.discard(fut)
