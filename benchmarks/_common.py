@@ -26,6 +26,7 @@ from orderbook.core.events import BookUpdate
 from orderbook.core.instrument import Instrument
 
 S = TypeVar("S")
+K = TypeVar("K")
 
 # ----------------------------------------------------------------------------- timing
 
@@ -48,9 +49,6 @@ class Rate:
     def high(self) -> float:
         return max(self.samples)
 
-    def scaled(self, factor: int) -> Rate:
-        return Rate(tuple(s * factor for s in self.samples))
-
 
 def time_once(setup: Callable[[], S], body: Callable[[S], object]) -> float:
     """Seconds taken by `body(setup())`; setup is not timed and the cyclic
@@ -66,29 +64,27 @@ def time_once(setup: Callable[[], S], body: Callable[[S], object]) -> float:
         gc.enable()
 
 
-def rate_fixed(
-    setup: Callable[[], S], body: Callable[[S], object], ops: int, repeats: int
-) -> Rate:
-    """`ops / seconds` for `repeats` runs of a fixed amount of work."""
-    return Rate(tuple(ops / time_once(setup, body) for _ in range(repeats)))
+def fixed(setup: Callable[[], S], body: Callable[[S], object], ops: int) -> Callable[[], float]:
+    """A sampler: `ops / seconds` of one run of a fixed amount of work."""
+    return lambda: ops / time_once(setup, body)
 
 
-def rate_timeboxed(step: Callable[[int], int], seconds: float, repeats: int) -> Rate:
-    """Ops per second of `step(i)` (i = 0, 1, ...; each call returns the ops it
-    did), called until `seconds` have passed; one untimed warm-up run first.
+def timeboxed(step: Callable[[int], int], seconds: float) -> Callable[[], float]:
+    """A sampler: ops per second of `step(i)` (i = 0, 1, ...; each call returns
+    the ops it did), called until `seconds` have passed.
 
     Used where the cost per op differs by orders of magnitude between rows,
     so a fixed count would make the slow rows take minutes.
     """
 
-    def once(budget: float) -> float:
+    def sample() -> float:
         gc.collect()
         gc.disable()
         try:
             ops = 0
             i = 0
             start = time.perf_counter()
-            deadline = start + budget
+            deadline = start + seconds
             while True:
                 ops += step(i)
                 i += 1
@@ -98,8 +94,20 @@ def rate_timeboxed(step: Callable[[int], int], seconds: float, repeats: int) -> 
         finally:
             gc.enable()
 
-    once(min(0.1, seconds))
-    return Rate(tuple(once(seconds) for _ in range(repeats)))
+    return sample
+
+
+def interleaved(samplers: dict[K, Callable[[], float]], repeats: int) -> dict[K, Rate]:
+    """Round-robin: round r samples every row once before round r+1 starts.
+
+    On a shared machine the load changes over seconds; interleaving spreads
+    it over all rows alike, so ratios within one run stay meaningful.
+    """
+    samples: dict[K, list[float]] = {k: [] for k in samplers}
+    for _ in range(repeats):
+        for k, sampler in samplers.items():
+            samples[k].append(sampler())
+    return {k: Rate(tuple(v)) for k, v in samples.items()}
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -119,7 +127,9 @@ def fmt_ratio(value: float) -> str:
     return f"{value:,.1f}×" if value >= 10 else f"{value:,.2f}×"
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[bool] | None = None) -> str:
+def markdown_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[bool] | None = None
+) -> str:
     """A GitHub-flavoured Markdown table; `right[i]` right-aligns column i."""
     align = right or [False] * len(headers)
     cells = [[str(c) for c in row] for row in rows]
@@ -133,14 +143,25 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], rig
 
 
 def cpu_model() -> str:
+    """`model name` from /proc/cpuinfo, with family/model/cache where given
+    (virtual machines often report only a vendor line such as "AMD EPYC")."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
+    extra = [
+        f"{label} {fields[key]}"
+        for key, label in (("cpu family", "family"), ("model", "model"), ("cache size", "cache"))
+        if fields.get(key)
+    ]
+    return f"{name} ({', '.join(extra)})" if extra else name
 
 
 def _version(dist: str) -> str:
@@ -148,6 +169,10 @@ def _version(dist: str) -> str:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+def load_average() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def machine_info() -> dict[str, str]:
@@ -164,16 +189,13 @@ def machine_info() -> dict[str, str]:
     return {
         "CPU": cpu_model(),
         "Cores (logical / usable)": f"{os.cpu_count()} / {usable}",
+        "Load average (1 / 5 / 15 min) at start": load_average(),
         "OS": f"{platform.system()} {platform.release()} ({platform.machine()})",
         "Python": f"{platform.python_implementation()} {platform.python_version()}",
         "orderbook": _version("orderbook"),
         "protobuf": f"{_version('protobuf')} (backend: {pb_backend})",
         "sortedcontainers": _version("sortedcontainers"),
     }
-
-
-def machine_table() -> str:
-    return markdown_table(["Machine", ""], list(machine_info().items()))
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -183,11 +205,15 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def print_header(title: str, argv: Sequence[str] | None = None) -> None:
+def print_header(title: str, info: dict[str, str], argv: Sequence[str] | None = None) -> None:
+    """Title, the command line, and the machine details collected at start
+    (`info`) plus the load average now, at the end of the timed runs."""
     args = " ".join(sys.argv[1:] if argv is None else argv)
+    script = os.path.join("benchmarks", os.path.basename(sys.argv[0]))
     print(f"## {title}\n")
-    print(f"`python {os.path.join('benchmarks', os.path.basename(sys.argv[0]))}{' ' + args if args else ''}`\n")
-    print(machine_table())
+    print(f"`python {script}{' ' + args if args else ''}`\n")
+    rows = [*info.items(), ("Load average (1 / 5 / 15 min) at end", load_average())]
+    print(markdown_table(["Machine", ""], rows))
     print()
 
 
@@ -309,6 +335,11 @@ def generate_stream(seed: int, updates: int, levels_per_side: int) -> Stream:
             levels.append(side.set(side.nth(_NEAR) + side.sign * rng.randint(1, 5), _size(rng)))
         lv = tuple(levels)
         out.append(
-            BookUpdate(INSTRUMENT.symbol, bids=lv if side is bids else (), asks=lv if side is asks else (), event_time_ns=t)
+            BookUpdate(
+                INSTRUMENT.symbol,
+                bids=lv if side is bids else (),
+                asks=lv if side is asks else (),
+                event_time_ns=t,
+            )
         )
     return Stream(snapshot, tuple(out), levels_per_side)

@@ -121,6 +121,8 @@ def run_naive(book: NaiveBook, updates: Sequence[tuple[StrLevels, StrLevels]]) -
 
 def _where(path: str) -> str:
     # Relative, machine-independent names for the profile table.
+    if path == "<string>":
+        return "generated"  # dataclass __init__ and the like
     if path.startswith("~") or path.startswith("<"):
         return "builtin"
     marker = "site-packages" + os.sep
@@ -132,22 +134,49 @@ def _where(path: str) -> str:
         return os.path.basename(path)
 
 
-def profile_table(fn, *args: object, top: int = 12) -> str:
+# (label, file suffix, function name): shares of the run shown under the table.
+FOCUS = (
+    ("`Book.checksum` (top-10 lists + CRC-32)", "orderbook/core/book.py", "checksum"),
+    ("`_apply_side` (book mutation, change detection)", "orderbook/core/sequencer.py", "_apply_side"),
+    ("`SequencedBook.validate`", "orderbook/core/sequencer.py", "validate"),
+)
+
+
+def profile_tables(fn, *args: object, top: int = 12) -> str:
+    """Top functions by own time, then the cumulative share of `FOCUS` entries."""
     prof = cProfile.Profile()
     prof.enable()
     fn(*args)
     prof.disable()
     st = pstats.Stats(prof)
+    stats = st.stats  # type: ignore[attr-defined]
     total = st.total_tt  # type: ignore[attr-defined]
     rows = []
-    entries = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
+    entries = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)
     for (path, line, name), (_cc, ncalls, tottime, cumtime, _callers) in entries[:top]:
         where = _where(path)
-        label = f"`{name}`" if where == "builtin" else f"`{where}:{line}({name})`"
-        rows.append([label, f"{ncalls:,}", f"{tottime:.3f}", f"{100 * tottime / total:.1f}%", f"{cumtime:.3f}"])
-    return c.markdown_table(
+        if where == "builtin":
+            label = f"`{name}`"
+        elif where == "generated":
+            # pstats keys by (file, line, name): generated __init__s collide, so this
+            # row may stand for one class only (in the per-update run, `Delta`).
+            label = f"dataclass `{name}` (generated)"
+        else:
+            label = f"`{where}:{line}({name})`"
+        share = f"{100 * tottime / total:.1f}%"
+        rows.append([label, f"{ncalls:,}", f"{tottime:.3f}", share, f"{cumtime:.3f}"])
+    own = c.markdown_table(
         ["function", "calls", "own s", "own %", "cumulative s"], rows, [False, True, True, True, True]
     )
+    shares = []
+    for label, suffix, func in FOCUS:
+        cum = sum(
+            v[3] for (path, _, name), v in stats.items() if name == func and path.endswith(suffix)
+        )
+        if cum:
+            shares.append([label, f"{100 * cum / total:.0f}%"])
+    focus = c.markdown_table(["including callees", "share of the run"], shares, [False, True])
+    return own + "\n\n" + focus
 
 
 # ----------------------------------------------------------------------------- main
@@ -157,19 +186,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = c.base_parser(__doc__.splitlines()[0])
     p.add_argument("--updates", type=int, default=20_000, help="updates per timed run (default 20,000)")
     p.add_argument("--book-levels", type=int, default=500, help="book size per side (default 500)")
+    p.add_argument(
+        "--naive-updates",
+        type=int,
+        default=4_000,
+        help="updates per naive run: a prefix of the same stream, as the naive path is "
+        "~20x slower (default 4,000)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="updates per FeedBatch (default 32)")
     p.add_argument("--profile", action="store_true", help="also print a cProfile summary of both paths")
     args = p.parse_args(argv)
     if args.book_levels < 60:
         p.error("--book-levels must be at least 60")
 
+    info = c.machine_info()
     stream = c.generate_stream(args.seed, args.updates, args.book_levels)
     updates = stream.updates
-    batches = tuple(
-        FeedBatch(i, updates=updates[i : i + args.batch_size]) for i in range(0, len(updates), args.batch_size)
-    )
+    size = args.batch_size
+    batches = tuple(FeedBatch(i, updates=updates[i : i + size]) for i in range(0, len(updates), size))
     naive_snapshot = (to_strings(stream.snapshot.bids), to_strings(stream.snapshot.asks))
-    naive_updates = tuple((to_strings(u.bids), to_strings(u.asks)) for u in updates)
+    n_naive = min(args.naive_updates, len(updates))
+    naive_updates = tuple((to_strings(u.bids), to_strings(u.asks)) for u in updates[:n_naive])
     warm = min(1_000, len(updates))
 
     # Correctness first (untimed): all paths must end in the same book.
@@ -177,10 +214,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     deltas = run_market(m, batches)
     sb = fresh_book(stream.snapshot)
     run_book(sb, updates)
+    final = m.get(c.INSTRUMENT.symbol).book
+    sb_prefix = fresh_book(stream.snapshot)
+    run_book(sb_prefix, updates[:n_naive])
     nb = fresh_naive(naive_snapshot)
     run_naive(nb, naive_updates)
-    final = m.get(c.INSTRUMENT.symbol).book
-    if not (final.checksum() == sb.book.checksum() == nb.checksum):
+    if final.checksum() != sb.book.checksum() or nb.checksum != sb_prefix.book.checksum():
         sys.exit("paths disagree on the final book checksum")
 
     # Warm-up on a prefix, then the timed runs.
@@ -188,20 +227,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_book(fresh_book(stream.snapshot), updates[:warm])
     run_naive(fresh_naive(naive_snapshot), naive_updates[:warm])
     n = len(updates)
-    rates = {
-        "market": c.rate_fixed(lambda: fresh_market(stream.snapshot), lambda s: run_market(s, batches), n, args.repeats),
-        "book": c.rate_fixed(lambda: fresh_book(stream.snapshot), lambda s: run_book(s, updates), n, args.repeats),
-        "naive": c.rate_fixed(lambda: fresh_naive(naive_snapshot), lambda s: run_naive(s, naive_updates), n, args.repeats),
-    }
+    rates = c.interleaved(
+        {
+            "market": c.fixed(lambda: fresh_market(stream.snapshot), lambda s: run_market(s, batches), n),
+            "book": c.fixed(lambda: fresh_book(stream.snapshot), lambda s: run_book(s, updates), n),
+            "naive": c.fixed(
+                lambda: fresh_naive(naive_snapshot), lambda s: run_naive(s, naive_updates), n_naive
+            ),
+        },
+        args.repeats,
+    )
 
-    c.print_header("Ingest: updates applied per second", argv)
+    c.print_header("Ingest: updates applied per second", info, argv)
     lpu = stream.level_count / n
+    lpu_naive = sum(len(u.bids) + len(u.asks) for u in updates[:n_naive]) / n_naive
     print(
         c.markdown_table(
             ["Stream", ""],
             [
-                ["updates per run", f"{n:,}"],
-                ["levels per update (mean)", f"{lpu:.2f}"],
+                ["updates per run (naive: first part of the same stream)", f"{n:,} (naive: {n_naive:,})"],
+                ["levels per update (mean)", f"{lpu:.2f} (naive: {lpu_naive:.2f})"],
                 ["book size per side at start", f"{args.book_levels:,}"],
                 ["book size at end (bids / asks)", f"{final.bid_count():,} / {final.ask_count():,}"],
                 ["updates that changed the book (deltas)", f"{deltas:,}"],
@@ -224,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 labels[key],
                 c.fmt_rate(r.median),
                 c.fmt_spread(r),
-                c.fmt_rate(r.median * lpu),
+                c.fmt_rate(r.median * (lpu_naive if key == "naive" else lpu)),
                 f"{1e6 / r.median:.1f}",
                 c.fmt_ratio(r.median / naive),
             ]
@@ -240,10 +285,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.profile:
         print("### Profile: `SequencedBook.apply`, one run, top functions by own time\n")
-        print(profile_table(run_book, fresh_book(stream.snapshot), updates))
+        print(profile_tables(run_book, fresh_book(stream.snapshot), updates))
         print()
         print("### Profile: `Market.apply`, one run, top functions by own time\n")
-        print(profile_table(run_market, fresh_market(stream.snapshot), batches))
+        print(profile_tables(run_market, fresh_market(stream.snapshot), batches))
         print()
 
 

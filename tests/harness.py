@@ -38,6 +38,7 @@ def free_port() -> int:
 
 
 def test_settings(**overrides) -> Settings:
+    """Settings for a test server (not a test itself)."""
     base = Settings(
         port=0,
         simulator=False,
@@ -75,6 +76,10 @@ async def serve_in_process(settings: Settings | None = None) -> AsyncIterator[In
     port = free_port()
     settings = replace(settings or test_settings(), port=port)
     app = create_app(settings, name=f"orderbook_test_{next(_names)}")
+    # Sanic rewrites its own methods on the first start in a process; a second
+    # app in the same process must not redo it.
+    app.config.TOUCHUP = False
+    app.config.MOTD = False
     server = await app.create_server(host="127.0.0.1", port=port, access_log=False, return_asyncio_server=True)
     assert server is not None
     await server.startup()
@@ -198,3 +203,101 @@ def instrument(symbol: str = "TEST", price_scale: int = 2, size_scale: int = 4, 
 
 def update(symbol: str, bids=(), asks=(), replace: bool = False) -> BookUpdate:
     return BookUpdate(symbol, tuple(bids), tuple(asks), replace)
+
+
+# ------------------------------------------------------------------ a strict test subscriber
+
+
+class Subscriber:
+    """A minimal subscriber for tests: one socket, one BookFollower per symbol,
+    every message checked. Records each Delta's (epoch, seq) to prove there is
+    no gap and no duplicate."""
+
+    def __init__(self, ws, encoding: codec.Encoding = codec.Encoding.PROTOBUF) -> None:
+        from orderbook.core.follower import BookFollower
+
+        self.ws = ws
+        self.encoding = encoding
+        self.followers: dict[str, BookFollower] = {}
+        self._follower_cls = BookFollower
+        self.seen: dict[str, list[tuple[int, int]]] = {}
+        self.acks: list = []
+        self.errors: list = []
+        self.snapshots: dict[str, int] = {}
+        self.heartbeats: list = []
+        self.unsubscribed: set[str] = set()
+        self.pongs: list = []
+        self._ids = itertools.count(1)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, url: str, encoding: codec.Encoding = codec.Encoding.PROTOBUF, **kw):
+        import websockets
+
+        subprotocols = [encoding.value] if encoding is codec.Encoding.JSON else None
+        async with websockets.connect(url, subprotocols=subprotocols, max_size=None, **kw) as ws:
+            yield cls(ws, encoding)
+
+    def follower(self, symbol: str):
+        f = self.followers.get(symbol)
+        if f is None:
+            f = self.followers[symbol] = self._follower_cls(symbol)
+        return f
+
+    async def send(self, msg) -> None:
+        await self.ws.send(codec.encode(msg, self.encoding))
+
+    async def subscribe(self, symbol: str, depth: int = 0, resume=None):
+        rid = next(self._ids)
+        await self.send(codec.subscribe_message(symbol, depth, resume, rid))
+        return rid
+
+    async def recv(self, timeout: float = 10.0):
+        data = await asyncio.wait_for(self.ws.recv(), timeout)
+        msg = codec.parse_server_message(data)
+        kind = msg.WhichOneof("kind")
+        if kind == "snapshot":
+            s = codec.snapshot_from_pb(msg.snapshot)
+            self.follower(s.symbol).apply_snapshot(s.epoch, s.seq, s.bids, s.asks, s.checksum, s.instrument, s.depth)
+            self.snapshots[s.symbol] = self.snapshots.get(s.symbol, 0) + 1
+        elif kind == "delta":
+            d = codec.delta_from_pb(msg.delta)
+            self.follower(d.symbol).apply_delta(d.epoch, d.seq, d.prev_seq, d.bids, d.asks, d.checksum)
+            self.seen.setdefault(d.symbol, []).append((d.epoch, d.seq))
+        elif kind == "subscribed":
+            self.acks.append(msg.subscribed)
+        elif kind == "error":
+            self.errors.append(msg.error)
+        elif kind == "unsubscribed":
+            self.unsubscribed.add(msg.unsubscribed.symbol)
+        elif kind == "pong":
+            self.pongs.append(msg.pong)
+        elif kind == "heartbeat":
+            hb = msg.heartbeat
+            self.heartbeats.append(hb)
+            self.follower(hb.symbol).check_heartbeat(hb.epoch, hb.seq)
+        return msg
+
+    async def until(self, predicate, timeout: float = 10.0):
+        """Read messages until `predicate()` holds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError("condition not reached")
+            await self.recv(remaining)
+
+    async def until_seq(self, symbol: str, seq: int, timeout: float = 10.0) -> None:
+        def reached():
+            f = self.followers.get(symbol)
+            return f is not None and f.synced and f.seq is not None and f.seq >= seq
+
+        await self.until(reached, timeout)
+
+    def abort(self) -> None:
+        """Drop the TCP connection with no close frame."""
+        self.ws.transport.abort()
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test

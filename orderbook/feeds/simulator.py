@@ -101,8 +101,11 @@ def _skew(rng: random.Random, mean: int) -> int:
 class _SymbolModel:
     """One symbol's book plus the hidden fair price its flow chases.
 
-    All prices are ticks that are multiples of `pinc`; all sizes are lots that
-    are multiples of `sinc`.
+    `fair` is where a fresh bid would rest (asks rest at least one increment
+    above it); it random-walks and the flow leans toward it, which is what
+    moves the visible book. All prices are ticks that are multiples of `pinc`;
+    all sizes are lots that are multiples of `sinc`. `gap`, `walk` and `lot`
+    count grid steps.
     """
 
     __slots__ = (
@@ -122,8 +125,8 @@ class _SymbolModel:
             self.walk = _steps(style.walk, inst.price_scale, pinc)
             self.lot = _steps(style.lot, inst.size_scale, sinc)
         else:
-            # Unknown symbol: price near 100 with a one-step gap, orders of about
-            # one whole unit; enough steps that the bid side stays positive.
+            # Unknown symbol: price near 100 with a one-step gap and orders of
+            # about one whole unit, whatever the scales.
             mid_steps = _steps("100", inst.price_scale, pinc)
             self.gap = self.walk = 1
             self.lot = max(1, 10**inst.size_scale // sinc)
@@ -262,6 +265,7 @@ def _add(m: _SymbolModel, rng: random.Random, ed: _Edit, up: bool) -> None:
 
 
 def _partial_cancel(m: _SymbolModel, rng: random.Random, ed: _Edit, up: bool) -> None:
+    """Part of a level near the top is withdrawn."""
     bid = not up  # pulling bids lets the price fall
     price, size = m.level_at(bid, min(_skew(rng, 2), m.count(bid) - 1))
     units = size // m.sinc
@@ -274,6 +278,7 @@ def _partial_cancel(m: _SymbolModel, rng: random.Random, ed: _Edit, up: bool) ->
 
 
 def _full_cancel(m: _SymbolModel, rng: random.Random, ed: _Edit, up: bool) -> None:
+    """A whole level near the top is withdrawn (size 0 removes it)."""
     bid = not up
     if m.count(bid) <= 1:
         _add(m, rng, ed, bid)  # never empty a side
@@ -286,21 +291,18 @@ def _trade(m: _SymbolModel, rng: random.Random, ed: _Edit, up: bool) -> None:
     """An aggressor eats the best level on the far side; now and then sweeps 2-3."""
     bid = not up  # a buyer (up) lifts asks, a seller hits bids
     n = 1 if rng.randrange(10) else rng.randint(2, 3)
-    remaining = m.count(bid)
     levels = m.book.bids(n) if bid else m.book.asks(n)
-    for i, (price, size) in enumerate(levels):
-        last = i == len(levels) - 1
-        if not last and remaining > 1:
-            ed.set(bid, price, 0)
-            remaining -= 1
-            continue
-        units = size // m.sinc
-        if remaining > 1 and (units == 1 or rng.randrange(3) == 0):
-            ed.set(bid, price, 0)
-        elif units >= 2:
-            ed.set(bid, price, size - m.sinc * rng.randrange(1, units))
-        break
-    if not ed.touched():
+    # Levels before the last are eaten whole; at least one level survives
+    # because at most `count` levels are listed and the last is kept if alone.
+    for price, _ in levels[:-1]:
+        ed.set(bid, price, 0)
+    price, size = levels[-1]
+    units = size // m.sinc
+    if m.count(bid) > 1 and (units == 1 or rng.randrange(3) == 0):
+        ed.set(bid, price, 0)
+    elif units >= 2:
+        ed.set(bid, price, size - m.sinc * rng.randrange(1, units))
+    elif not ed.touched():
         _add(m, rng, ed, bid)  # a lone one-lot level: replenish it instead
 
 
@@ -402,7 +404,7 @@ class MarketSimulator:
             )
             for sym, m in self._models.items()
         )
-        return FeedBatch(self._next_id(), self._instruments, updates)
+        return FeedBatch(batch_id=self._next_id(), instruments=self._instruments, updates=updates)
 
     def next_batch(self, now_ns: int, n_updates: int) -> FeedBatch:
         """`n_updates` incremental updates, each for one symbol and 1..4 levels."""
@@ -410,7 +412,7 @@ class MarketSimulator:
             raise ValueError(f"n_updates must be >= 0, got {n_updates}")
         rng = self._rng
         updates = [self._one(rng, now_ns) for _ in range(n_updates)]
-        return FeedBatch(self._next_id(), (), tuple(updates))
+        return FeedBatch(batch_id=self._next_id(), updates=tuple(updates))
 
     def _one(self, rng: random.Random, now_ns: int) -> BookUpdate:
         m = self._models[rng.choice(self._symbols)]

@@ -7,7 +7,7 @@ from sanic import Request, response
 from sanic.exceptions import WebsocketClosed
 from websockets.exceptions import ConnectionClosed
 
-from orderbook.core.errors import InvalidInput
+from orderbook.core.errors import InvalidInput, UnknownSymbol
 from orderbook.wire import codec
 
 from . import admission
@@ -42,6 +42,13 @@ async def feed_endpoint(request: Request):
 feed_endpoint.is_websocket = True  # type: ignore[attr-defined]
 
 
+def _feed_error_code(exc: InvalidInput) -> int:
+    # feed.proto: an update for an unknown symbol is an invalid update.
+    if isinstance(exc, UnknownSymbol):
+        return codec.ErrorCode.ERROR_CODE_INVALID_UPDATE
+    return codec.error_code_for(exc)
+
+
 async def _publisher(ws, hub: Hub) -> None:
     try:
         while True:
@@ -59,7 +66,7 @@ async def _publisher(ws, hub: Hub) -> None:
                 reply = codec.feed_ack(batch_id, len(result.deltas), result.positions)
             except InvalidInput as exc:
                 reply = codec.feed_error(
-                    codec.error_code_for(exc), str(exc), getattr(exc, "symbol", ""), batch_id
+                    _feed_error_code(exc), str(exc), getattr(exc, "symbol", ""), batch_id
                 )
             # Awaiting here paces this publisher alone by its own socket.
             await ws.send(reply)

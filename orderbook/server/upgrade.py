@@ -20,7 +20,25 @@ async def upgrade(request: Request, subprotocol: str | None, max_message_bytes: 
     # Set before any frame is parsed: the handshake returns without yielding
     # once the protocol is attached.
     ws.ws_proto.max_message_size = max_message_bytes
+    _fail_on_invalid_utf8(ws)
     return ws
+
+
+def _fail_on_invalid_utf8(ws) -> None:
+    """Close with 1007 on a text frame that is not UTF-8 (RFC 6455 8.1).
+
+    Sanic's frame assembler lets the UnicodeDecodeError escape from a
+    background task, so the connection would otherwise just hang.
+    """
+    process_events = ws.process_events
+
+    async def checked(events) -> None:
+        try:
+            await process_events(events)
+        except UnicodeDecodeError:
+            ws.fail_connection(1007, "invalid UTF-8 in a text frame")
+
+    ws.process_events = checked
 
 
 async def run_tracked(request: Request, ws, session: Callable[[], Awaitable[None]]) -> None:
