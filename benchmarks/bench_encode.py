@@ -19,6 +19,7 @@ running the generated stream through `SequencedBook` before timing.
 from __future__ import annotations
 
 import json
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -150,9 +151,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         back = codec.delta_from_pb(codec.parse_server_message(unframe(encode_pb(d))).delta)
         js = json.loads(codec.to_json(codec.delta_message(d)))["delta"]
         nj = json.loads(json.dumps(naive_dict(nd)))
-        assert back == d and int(js["seq"]) == nj["seq"] == d.seq
-        naive_bids = [[c.INSTRUMENT.price_ticks(x), c.INSTRUMENT.size_lots(y)] for x, y in nj["bids"]]
-        assert naive_bids == [[int(lv["price"]), int(lv["size"])] for lv in js.get("bids", [])]
+        same = back == d and int(js["seq"]) == nj["seq"] == d.seq
+        for side in ("bids", "asks"):
+            from_naive = [[c.INSTRUMENT.price_ticks(x), c.INSTRUMENT.size_lots(y)] for x, y in nj[side]]
+            same = same and from_naive == [[int(lv["price"]), int(lv["size"])] for lv in js.get(side, [])]
+        if not same:
+            sys.exit(f"encodings disagree on delta seq {d.seq}")
 
     sizes = {
         "pb": sum(len(encode_pb(d)) for d in deltas) / len(deltas),

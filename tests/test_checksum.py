@@ -57,7 +57,7 @@ def test_asks_before_bids():
     assert book_checksum([(1, 2)], [(3, 4)]) != book_checksum([(3, 4)], [(1, 2)])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, report_multiple_bugs=False)
 @given(
     st.lists(st.tuples(st.integers(-(10**12), 10**12), st.integers(1, 10**12)), max_size=25),
     st.lists(st.tuples(st.integers(-(10**12), 10**12), st.integers(1, 10**12)), max_size=25),

@@ -34,11 +34,13 @@ from orderbook.wire.framing import OP_BINARY, OP_TEXT, frame
 
 pytestmark = pytest.mark.timeout(120)
 
-SETTINGS = settings(max_examples=120, deadline=None)
+SETTINGS = settings(max_examples=120, deadline=None, report_multiple_bugs=False)
 
 u64 = st.one_of(st.just(0), st.integers(0, 2**64 - 1), st.sampled_from([2**53 + 1, 2**63, 2**64 - 1]))
 i64 = st.one_of(
-    st.just(0), st.integers(-(2**63), 2**63 - 1), st.sampled_from([-(2**63), 2**63 - 1, -1, -(2**53) - 1])
+    st.just(0),
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from([-(2**63), 2**63 - 1, -1, -(2**53) - 1]),
 )
 u32 = st.one_of(st.just(0), st.integers(0, 2**32 - 1))
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
@@ -151,7 +153,8 @@ def test_json_uses_canonical_names():
     assert sub["reason"] == "SNAPSHOT_REASON_AHEAD"
     err = json.loads(codec.to_json(codec.error_message(ErrorCode.ERROR_CODE_UNKNOWN_SYMBOL, "x")))
     assert err["error"]["code"] == "ERROR_CODE_UNKNOWN_SYMBOL" and err["error"]["requestId"] == "0"
-    assert json.loads(codec.to_json(codec.pong_message(1, 2))) == {"pong": {"requestId": "1", "timeNs": "2"}}
+    pong = json.loads(codec.to_json(codec.pong_message(1, 2)))
+    assert pong == {"pong": {"requestId": "1", "timeNs": "2"}}
     # Compact output.
     assert " " not in codec.to_json(codec.pong_message(1, 2))
     cm = json.loads(codec.to_json(codec.subscribe_message("E", 3, ResumePoint(4, 5), 6)))
@@ -285,7 +288,7 @@ def test_empty_or_unknown_envelope(data, enc):
     assert codec.error_code_for(exc.value) == ErrorCode.ERROR_CODE_UNKNOWN_MESSAGE
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, report_multiple_bugs=False)
 @given(st.binary(max_size=40))
 def test_random_bytes_never_escape_the_error_types(data):
     try:
@@ -309,7 +312,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, report_multiple_bugs=False)
 @given(json_values)
 def test_random_json_never_escapes_the_error_types(value):
     try:

@@ -41,7 +41,7 @@ def longest_fitting_suffix(sizes: list[int], lim: HistoryLimits) -> int:
     return n
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, report_multiple_bugs=False)
 @given(stream, limits, st.integers(0, 3))
 def test_resume_from_every_seq(steps, lim, start_seq):
     sb = SequencedBook(INST, EPOCH, seq=start_seq)
@@ -90,7 +90,7 @@ def test_resume_from_every_seq(steps, lim, start_seq):
             )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, report_multiple_bugs=False)
 @given(
     st.lists(st.tuples(st.integers(1, 4), st.integers(0, 30)), max_size=20),
     limits,
@@ -135,7 +135,8 @@ def test_history_docstring_example_and_chain():
         h.append(3, 3, "not after", 1)
     assert (h.head_seq, len(h)) == (3, 2)  # a refused append changes nothing
     h.reset(50)
-    assert (h.base_seq, h.head_seq, len(h), h.nbytes, h.since(50), h.since(49)) == (50, 50, 0, 0, [], None)
+    assert (h.base_seq, h.head_seq, len(h), h.nbytes) == (50, 50, 0, 0)
+    assert (h.since(50), h.since(49)) == ([], None)
     h.append(51, 50, "d51", 1)
     assert h.since(50) == ["d51"]
 

@@ -16,7 +16,8 @@ GENERATED_DIR = ROOT / "orderbook" / "v1"
 
 
 def test_generated_code_matches_proto(tmp_path):
-    protos = sorted(p.relative_to(ROOT).as_posix() for p in (PROTO_DIR / "orderbook" / "v1").glob("*.proto"))
+    found = (PROTO_DIR / "orderbook" / "v1").glob("*.proto")
+    protos = sorted(p.relative_to(ROOT).as_posix() for p in found)
     assert protos, "no .proto files found"
     result = subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", "-Iproto",

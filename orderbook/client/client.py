@@ -904,7 +904,13 @@ class OrderbookClient:
             # The server still holds an older subscription: leave it, then
             # subscribe again on the acknowledgement.
             self._queue_unsubscribe(sub)
-        elif e.code in _PERMANENT_REFUSALS:
+        elif e.code in _PERMANENT_REFUSALS and not (
+            e.code == ErrorCode.ERROR_CODE_UNKNOWN_SYMBOL
+            and symbol in self.books
+            and self.books[symbol].epoch is not None
+        ):
+            # A symbol we already held a book for is unknown only while a
+            # restarted node waits for its feed: that one is retried below.
             log.error("subscription refused: %s", err)
             del self._subs[symbol]
             self._wanted.pop(symbol, None)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .errors import UnknownSymbol
-from .events import BatchResult, FeedBatch, Position
+from .events import BatchResult, Delta, FeedBatch, Position
 from .instrument import Instrument
 from .sequencer import SequencedBook
 
@@ -69,8 +69,18 @@ class Market:
             else:
                 sb.validate(update)
 
-    def apply(self, batch: FeedBatch, now_ns: int = 0) -> BatchResult:
-        """Validate, then apply the batch; return the deltas in order."""
+    def apply(
+        self,
+        batch: FeedBatch,
+        now_ns: int = 0,
+        on_delta: Callable[[Delta], None] | None = None,
+    ) -> BatchResult:
+        """Validate, then apply the batch; return the deltas in order.
+
+        `on_delta` sees each delta right after its change is applied, while
+        the book is exactly at that delta's seq (later updates of the same
+        batch not yet applied).
+        """
         self.validate(batch)
         new = tuple(i for i in batch.instruments if self.define(i))
         deltas = []
@@ -82,6 +92,8 @@ class Market:
             delta = sb.apply(update, now_ns)
             if delta is not None:
                 deltas.append(delta)
+                if on_delta is not None:
+                    on_delta(delta)
         positions = tuple(Position(s, sb.epoch, sb.seq) for s, sb in touched.items())
         return BatchResult(tuple(deltas), positions, new)
 

@@ -14,6 +14,11 @@ from .events import BookUpdate, Delta, Snapshot
 from .instrument import Instrument
 
 
+# Sizes travel as uint64; a value past int64 is what a negative number
+# written into that field looks like, and no real book holds it.
+MAX_SIZE = 2**63 - 1
+
+
 class SequencedBook:
     __slots__ = ("instrument", "book", "epoch", "seq")
 
@@ -31,8 +36,8 @@ class SequencedBook:
             for price, size in levels:
                 if type(price) is not int or type(size) is not int:
                     raise InvalidUpdate(update.symbol, f"{side} level {price}x{size} is not integral")
-                if size < 0:
-                    raise InvalidUpdate(update.symbol, f"{side} {price}: negative size {size}")
+                if size < 0 or size > MAX_SIZE:
+                    raise InvalidUpdate(update.symbol, f"{side} {price}: size {size} out of range")
                 if pinc > 1 and price % pinc:
                     raise InvalidUpdate(
                         update.symbol, f"{side} price {price} is not a multiple of {pinc} ticks"
@@ -69,8 +74,10 @@ class SequencedBook:
 
     def _replace(self, update: BookUpdate) -> tuple[tuple[Level, ...], tuple[Level, ...]]:
         book = self.book
-        new_bids = {p: s for p, s in update.bids if s}
-        new_asks = {p: s for p, s in update.asks if s}
+        # Last write wins per price, as in an incremental update; then the
+        # zero sizes (removals) are dropped from the new book.
+        new_bids = {p: s for p, s in dict(update.bids).items() if s}
+        new_asks = {p: s for p, s in dict(update.asks).items() if s}
         bids = _diff(dict(book.bids()), new_bids)
         asks = _diff(dict(book.asks()), new_asks)
         book.replace(new_bids.items(), new_asks.items())

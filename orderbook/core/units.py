@@ -7,6 +7,7 @@ exist only at the edges.
 
 from __future__ import annotations
 
+import re
 from decimal import Context, Decimal, InvalidOperation
 
 from .errors import InexactValue
@@ -15,6 +16,10 @@ from .errors import InexactValue
 _CTX = Context(prec=80)
 
 MAX_SCALE = 18
+
+# Plain ASCII decimal notation only: Decimal() would also take "1_000",
+# non-ASCII digits, "NaN" and "Infinity", none of which a price should be.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z", re.ASCII)
 
 
 def to_units(value: str | Decimal | int, scale: int) -> int:
@@ -25,14 +30,19 @@ def to_units(value: str | Decimal | int, scale: int) -> int:
     >>> to_units("0.00000500", 8)
     500
     """
-    if isinstance(value, float):
-        raise TypeError("floats are not accepted on the price path; pass a str or Decimal")
+    if isinstance(value, (float, bool)):
+        raise TypeError(f"{type(value).__name__} is not accepted on the price path; pass a str or Decimal")
     if isinstance(value, int):
         return value * 10**scale
-    try:
-        d = value if isinstance(value, Decimal) else Decimal(value.strip())
-    except (InvalidOperation, AttributeError) as exc:
-        raise InexactValue(f"not a decimal number: {value!r}") from exc
+    if isinstance(value, Decimal):
+        d = value
+    elif isinstance(value, str) and _DECIMAL.match(value.strip()):
+        try:
+            d = Decimal(value.strip())
+        except InvalidOperation as exc:  # pragma: no cover - the pattern admits only valid input
+            raise InexactValue(f"not a decimal number: {value!r}") from exc
+    else:
+        raise InexactValue(f"not a decimal number: {value!r}")
     if not d.is_finite():
         raise InexactValue(f"not a finite number: {value!r}")
     scaled = d.scaleb(scale, _CTX)

@@ -428,7 +428,10 @@ class MarketSimulator:
         # Refill a thin side from the deep end within the same update.
         thin = max(1, m.depth // 2)
         for bid in (True, False):
-            while ed.touched() < MAX_LEVELS_PER_UPDATE and m.count(bid) < thin:
+            # Bounded: on a narrow grid a fill may land on an existing level.
+            for _ in range(4 * MAX_LEVELS_PER_UPDATE):
+                if ed.touched() >= MAX_LEVELS_PER_UPDATE or m.count(bid) >= thin:
+                    break
                 _fill(m, rng, ed, bid)
         return ed.update(now_ns)
 

@@ -90,17 +90,27 @@ class Hub:
     # Ingest --------------------------------------------------------------------
     def ingest(self, batch: FeedBatch) -> BatchResult:
         """Apply a batch (validated whole first) and broadcast its deltas."""
-        result = self.market.apply(batch, self._wall_ns())
         now = self._loop.time()
-        for inst in result.new_instruments:
-            # A symbol defined in this epoch starts at seq 0.
-            self.channels[inst.symbol] = Channel(
-                self.market.get(inst.symbol), self.settings.history, now, start_seq=0
-            )
         channels = self.channels
-        for delta in result.deltas:
-            self._publish(channels[delta.symbol], delta, now)
+
+        def publish(delta: Delta) -> None:
+            # Runs while the book is at this delta's seq: depth views diff
+            # against the book, so they must not see later updates of the batch.
+            ch = channels.get(delta.symbol)
+            if ch is None:
+                ch = self._add_channel(delta.symbol, now)
+            self._publish(ch, delta, now)
+
+        result = self.market.apply(batch, self._wall_ns(), publish)
+        for inst in result.new_instruments:
+            if inst.symbol not in channels:
+                self._add_channel(inst.symbol, now)
         return result
+
+    def _add_channel(self, symbol: str, now: float) -> Channel:
+        # A symbol defined in this epoch starts at seq 0.
+        ch = self.channels[symbol] = Channel(self.market.get(symbol), self.settings.history, now, start_seq=0)
+        return ch
 
     def _publish(self, ch: Channel, delta: Delta, now: float) -> None:
         out = Outgoing(codec.delta_message(delta))

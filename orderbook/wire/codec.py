@@ -249,15 +249,40 @@ def parse_client_message(data: bytes | str, encoding: Encoding) -> stream_pb2.Cl
         if encoding is Encoding.JSON:
             if not isinstance(data, str):
                 raise MalformedMessage("expected a JSON text message")
+            obj = json.loads(data)
+            _check_json_shape(obj, msg.DESCRIPTOR)
             # Unknown fields are ignored so newer clients work with older servers.
-            json_format.Parse(data, msg, ignore_unknown_fields=True)
+            json_format.ParseDict(obj, msg, ignore_unknown_fields=True)
         else:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise MalformedMessage("expected a binary protobuf message")
             msg.ParseFromString(bytes(data))
-    except (DecodeError, json_format.ParseError, ValueError, RecursionError) as exc:
+    except MalformedMessage:
+        raise
+    except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         raise MalformedMessage(f"cannot decode message: {exc}".strip()[:200]) from None
     return msg
+
+
+def _check_json_shape(obj, descriptor) -> None:
+    """Messages must be JSON objects at every level. protobuf's parser, with
+    unknown fields ignored, would turn `"ping": "x"` or `"resume": []` into an
+    empty message instead of reporting it."""
+    if not isinstance(obj, dict):
+        raise MalformedMessage(f"{descriptor.name} must be a JSON object")
+    fields = descriptor.fields_by_camelcase_name
+    by_name = descriptor.fields_by_name
+    for key, value in obj.items():
+        field = fields.get(key) or by_name.get(key)
+        if field is None or field.message_type is None or value is None:
+            continue  # unknown fields are ignored; scalars are checked by protobuf
+        if field.is_repeated:
+            if not isinstance(value, list):
+                raise MalformedMessage(f"{key} must be a JSON array")
+            for item in value:
+                _check_json_shape(item, field.message_type)
+        else:
+            _check_json_shape(value, field.message_type)
 
 
 def client_request(msg: stream_pb2.ClientMessage) -> ClientRequest:
@@ -309,10 +334,14 @@ def parse_server_message(data: bytes | str) -> stream_pb2.ServerMessage:
     msg = ServerMessage()
     try:
         if isinstance(data, str):
-            json_format.Parse(data, msg, ignore_unknown_fields=True)
+            obj = json.loads(data)
+            _check_json_shape(obj, msg.DESCRIPTOR)
+            json_format.ParseDict(obj, msg, ignore_unknown_fields=True)
         else:
             msg.ParseFromString(bytes(data))
-    except (DecodeError, json_format.ParseError) as exc:
+    except MalformedMessage:
+        raise
+    except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         raise MalformedMessage(f"cannot decode server message: {exc}") from None
     return msg
 
