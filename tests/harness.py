@@ -49,9 +49,9 @@ def test_settings(**overrides) -> Settings:
     return replace(base, **overrides)
 
 
-@dataclass
-class InProcessServer:
-    app: Sanic
+class Endpoints:
+    """The addresses of a test server listening on 127.0.0.1:port."""
+
     port: int
 
     @property
@@ -65,6 +65,12 @@ class InProcessServer:
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class InProcessServer(Endpoints):
+    app: Sanic
+    port: int
 
     @property
     def hub(self) -> Hub:
@@ -102,22 +108,10 @@ async def serve_in_process(settings: Settings | None = None) -> AsyncIterator[In
 
 
 @dataclass
-class ServerProcess:
+class ServerProcess(Endpoints):
     proc: subprocess.Popen
     port: int
     log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    @property
-    def feed_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/feed"
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         if self.proc.poll() is None:

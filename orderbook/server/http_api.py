@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from sanic import Request, response
 
 from orderbook.core.instrument import Instrument
@@ -59,6 +61,9 @@ async def symbols(request: Request):
 async def book(request: Request, symbol: str):
     """The book with exact decimal strings; `depth` levels per side (0 = all)."""
     hub = request.app.ctx.state.hub
+    # The router hands over the raw path segment; symbols such as "EUR/USD"
+    # arrive percent-encoded.
+    symbol = unquote(symbol)
     ch = hub.channels.get(symbol)
     if ch is None:
         return response.json({"error": f"unknown symbol {symbol!r}"}, status=404)

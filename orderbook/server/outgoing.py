@@ -6,15 +6,14 @@ same encoding; the JSON form is only built if some subscriber wants it.
 
 from __future__ import annotations
 
-from orderbook.v1 import stream_pb2
-from orderbook.wire.codec import Encoding, to_json
+from orderbook.wire.codec import Encoding, ServerMessage, to_json
 from orderbook.wire.framing import OP_BINARY, OP_TEXT, frame
 
 
 class Outgoing:
     __slots__ = ("_msg", "payload", "_proto_frame", "_json_frame")
 
-    def __init__(self, msg: stream_pb2.ServerMessage | None = None, payload: bytes | None = None) -> None:
+    def __init__(self, msg: ServerMessage | None = None, payload: bytes | None = None) -> None:
         if payload is None:
             assert msg is not None
             payload = msg.SerializeToString()
@@ -33,6 +32,6 @@ class Outgoing:
         if f is None:
             msg = self._msg
             if msg is None:
-                msg = self._msg = stream_pb2.ServerMessage.FromString(self.payload)
+                msg = self._msg = ServerMessage.FromString(self.payload)
             f = self._json_frame = frame(to_json(msg).encode(), OP_TEXT)
         return f
