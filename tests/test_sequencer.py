@@ -288,3 +288,25 @@ def test_replaying_deltas_rebuilds_the_market(batches):
         if s in m:
             assert replica[s] == m.get(s).book
             assert m.get(s).seq == last[s]
+
+
+# The sequencer reuses the previous checksum when a change lies strictly below
+# the 10th level; these streams concentrate changes around that boundary.
+@settings(max_examples=200, deadline=None)
+@given(
+    depth=st.integers(8, 14),
+    changes=st.lists(
+        st.tuples(st.booleans(), st.integers(0, 16), st.integers(0, 3)),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_checksum_is_right_after_changes_around_the_tenth_level(depth, changes):
+    sb = SequencedBook(Instrument("C", 0, 0), epoch=1)
+    sb.apply(BookUpdate("C", bids=tuple((100 - i, 1) for i in range(depth)), asks=tuple((101 + i, 1) for i in range(depth))))
+    for is_bid, rank, size in changes:
+        # rank counts from the best price outward, so 9 is the 10th level.
+        update = BookUpdate("C", bids=((100 - rank, size),)) if is_bid else BookUpdate("C", asks=((101 + rank, size),))
+        delta = sb.apply(update)
+        if delta is not None:
+            assert delta.checksum == sb.book.checksum()

@@ -103,6 +103,14 @@ class Book:
         get = self._asks.__getitem__
         return [(k, get(k)) for k in keys]
 
+    def nth_bid_price(self, n: int) -> int | None:
+        """Price of the n-th best bid (0 = best), or None if there are fewer."""
+        return -self._bids.keys()[n] if n < len(self._bids) else None
+
+    def nth_ask_price(self, n: int) -> int | None:
+        """Price of the n-th best ask (0 = best), or None if there are fewer."""
+        return self._asks.keys()[n] if n < len(self._asks) else None
+
     def bid_count(self) -> int:
         return len(self._bids)
 

@@ -20,13 +20,14 @@ MAX_SIZE = 2**63 - 1
 
 
 class SequencedBook:
-    __slots__ = ("instrument", "book", "epoch", "seq")
+    __slots__ = ("instrument", "book", "epoch", "seq", "_checksum")
 
     def __init__(self, instrument: Instrument, epoch: int, seq: int = 0) -> None:
         self.instrument = instrument
         self.book = Book()
         self.epoch = epoch
         self.seq = seq
+        self._checksum = self.book.checksum()
 
     def validate(self, update: BookUpdate) -> None:
         """Raise `InvalidUpdate` unless every level is on the grids and sizes are >= 0."""
@@ -52,12 +53,22 @@ class SequencedBook:
         book = self.book
         if update.replace:
             bids, asks = self._replace(update)
+            top_changed = True
         else:
+            # The checksum covers the top 10 only: a change strictly below the
+            # 10th level (when there is one) cannot alter it, so it is reused.
+            bid_floor = book.nth_bid_price(CHECKSUM_DEPTH - 1)
+            ask_ceiling = book.nth_ask_price(CHECKSUM_DEPTH - 1)
             # Last write wins within one update; record only effective changes.
             bids = _apply_side(book.set_bid, update.bids)
             asks = _apply_side(book.set_ask, update.asks)
+            top_changed = (
+                bool(bids) and (bid_floor is None or any(p >= bid_floor for p, _ in bids))
+            ) or (bool(asks) and (ask_ceiling is None or any(p <= ask_ceiling for p, _ in asks)))
         if not bids and not asks:
             return None
+        if top_changed:
+            self._checksum = book.checksum()
         prev = self.seq
         self.seq = prev + 1
         return Delta(
@@ -67,7 +78,7 @@ class SequencedBook:
             prev_seq=prev,
             bids=bids,
             asks=asks,
-            checksum=book.checksum(),
+            checksum=self._checksum,
             event_time_ns=update.event_time_ns,
             publish_time_ns=now_ns,
         )
