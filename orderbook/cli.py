@@ -66,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
+    from orderbook.client import ClientError
     from orderbook.client.watch import watch
 
     try:
@@ -81,6 +82,9 @@ def _watch(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         pass
+    except ClientError as exc:
+        print(f"orderbook watch: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

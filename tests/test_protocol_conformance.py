@@ -595,8 +595,8 @@ async def test_resume_from_a_stale_or_future_point_gets_a_snapshot():
             await assert_matches_http(srv, client, "RX", feed.model["RX"])
 
 
-@pytest.mark.xfail(strict=True, reason="GET /book does not percent-decode the symbol (docs/protocol.md section 1.1)")
 async def test_http_book_of_a_symbol_with_reserved_url_characters():
+    """§1.1: percent-encode the symbol in the /book path; §12.2 allows any printable symbol."""
     async with serve_in_process(test_settings()) as srv, Publisher.connect(srv.feed_url) as pub:
         feed = Feed(pub, random.Random(5))
         await feed.define("EUR/USD", 4, 0)  # "printable characters" are allowed in a symbol

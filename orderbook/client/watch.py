@@ -103,7 +103,7 @@ async def watch(
                 runner.result()  # run() ended first: raise why
             waiting.result()
             text = render(client.books, rows)
-            stream.write(text)
+            stream.write(text if text.endswith("\n") else text + "\n")
             stream.flush()
             return text
         while True:
