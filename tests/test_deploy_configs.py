@@ -71,7 +71,7 @@ def free_port() -> int:
 
 def haproxy_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    for key in ("ORDERBOOK_BIND", "ORDERBOOK_NODE1", "ORDERBOOK_NODE2", "ORDERBOOK_STATS_BIND"):
+    for key in ("ORDERBOOK_BIND", "ORDERBOOK_NODE1", "ORDERBOOK_NODE2", "ORDERBOOK_STATS_BIND", "ORDERBOOK_DNS"):
         env.pop(key, None)
     env.update(ORDERBOOK_NODE1="127.0.0.1:18001", ORDERBOOK_NODE2="127.0.0.1:18002")
     env.update(extra)
@@ -92,8 +92,9 @@ _HOST_WARNINGS = re.compile(r"nameserver|resolv\.conf|FD limit|ulimit", re.I)
         {},
         {"ORDERBOOK_BIND": "127.0.0.1:18000", "ORDERBOOK_STATS_BIND": "127.0.0.1:18404"},
         {"ORDERBOOK_NODE1": "localhost:18001", "ORDERBOOK_NODE2": "localhost:18002"},
+        {"ORDERBOOK_NODE1": "localhost:18001", "ORDERBOOK_NODE2": "127.0.0.1:18002", "ORDERBOOK_DNS": "1"},
     ],
-    ids=["defaults", "bind-and-stats", "hostnames"],
+    ids=["defaults", "bind-and-stats", "hostnames", "dns"],
 )
 def test_haproxy_config_is_valid(extra):
     res = haproxy_check(HAPROXY_CFG, haproxy_env(**extra))
@@ -109,6 +110,15 @@ def test_haproxy_requires_the_node_addresses():
     del env["ORDERBOOK_NODE2"]
     res = haproxy_check(HAPROXY_CFG, env)
     assert res.returncode != 0, res.stdout + res.stderr
+
+
+def test_haproxy_unresolvable_node_is_fatal_only_without_dns():
+    env = haproxy_env(ORDERBOOK_NODE1="no-such-node.invalid:8000")
+    res = haproxy_check(HAPROXY_CFG, env)
+    assert res.returncode != 0, res.stdout + res.stderr
+    # With ORDERBOOK_DNS (compose) that node starts out of rotation instead.
+    res = haproxy_check(HAPROXY_CFG, dict(env, ORDERBOOK_DNS="1"))
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_haproxy_rejects_a_broken_copy(tmp_path):
@@ -385,6 +395,7 @@ def test_compose_structure():
     assert any(str(p).split(":")[-2:] == ["8000", "8000"] for p in lb["ports"])
     env = lb["environment"]
     assert env["ORDERBOOK_NODE1"] == "node1:8000" and env["ORDERBOOK_NODE2"] == "node2:8000"
+    assert "ORDERBOOK_DNS" in env
     assert lb["ulimits"]["nofile"]["soft"] >= 65536
 
     # service_healthy only makes sense for a service that has a health check.
