@@ -57,7 +57,7 @@ def test_core_is_pure(path):
             assert top in CORE_ALLOWED_EXTERNAL or top in _stdlib(), f"{path.name} imports {name}"
 
 
-@pytest.mark.parametrize("sub", ["wire", "feeds", "client"])
+@pytest.mark.parametrize("sub", ["wire", "feeds", "client", "replication"])
 def test_outer_layers_never_import_the_server(sub):
     for path in modules(sub):
         for name in imports_of(path):

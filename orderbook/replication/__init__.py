@@ -1,0 +1,1 @@
+"""Replication through Redis: the sequenced log, the sequencer lease, fencing."""
