@@ -44,7 +44,10 @@ def _serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         client_buffer_limit=args.client_buffer,
         slow_client_timeout=args.slow_client_timeout,
-        simulator=not args.no_simulator,
+        simulator=not args.no_simulator and not args.redis,
+        redis_url=args.redis,
+        redis_prefix=args.redis_prefix,
+        lease_ttl_ms=int(args.lease_ttl * 1000),
         simulator_rate=args.simulator_rate,
         simulator_seed=args.seed,
     )
@@ -52,7 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
     print(
         f"orderbook: serving on http://{args.host}:{args.port}  "
         f"(WebSocket ws://{args.host}:{args.port}/ws, feed {'on' if args.feed_token else 'off'}, "
-        f"simulator {'off' if args.no_simulator else 'on'}, fd limit {soft})",
+        f"{'cluster ' + args.redis if args.redis else 'simulator ' + ('off' if args.no_simulator else 'on')}, "
+        f"fd limit {soft})",
         flush=True,
     )
     app.run(
@@ -107,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--client-buffer", type=int, default=4 * 1024 * 1024, help="bytes per slow client")
     s.add_argument("--slow-client-timeout", type=float, default=30.0)
     s.add_argument("--no-simulator", action="store_true", help="serve only what /feed publishes")
+    s.add_argument(
+        "--redis",
+        default=os.environ.get("ORDERBOOK_REDIS"),
+        help="join a cluster through this Redis (redis://host:port/db); the simulator is then off",
+    )
+    s.add_argument("--redis-prefix", default="orderbook", help="key prefix of the cluster in Redis")
+    s.add_argument("--lease-ttl", type=float, default=3.0, help="sequencer lease in seconds (failover time)")
     s.add_argument("--simulator-rate", type=float, default=200.0, help="updates per second")
     s.add_argument("--seed", type=int, default=None, help="simulator seed")
     s.add_argument("--access-log", action="store_true")

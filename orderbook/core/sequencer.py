@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .book import Book, Level
 from .checksum import CHECKSUM_DEPTH, book_checksum
-from .errors import InvalidUpdate
+from .errors import ChecksumMismatch, EpochMismatch, InvalidUpdate, SequenceGap
 from .events import BookUpdate, Delta, Snapshot
 from .instrument import Instrument
 
@@ -82,6 +82,23 @@ class SequencedBook:
             event_time_ns=update.event_time_ns,
             publish_time_ns=now_ns,
         )
+
+    def follow(self, delta: Delta) -> None:
+        """Apply a delta sequenced elsewhere (by the cluster's sequencer):
+        it must continue this book exactly and leave the stated checksum."""
+        if delta.epoch != self.epoch:
+            raise EpochMismatch(delta.symbol, self.epoch, delta.epoch)
+        if delta.prev_seq != self.seq:
+            raise SequenceGap(delta.symbol, self.seq, delta.prev_seq)
+        book = self.book
+        for price, size in delta.bids:
+            book.set_bid(price, size)
+        for price, size in delta.asks:
+            book.set_ask(price, size)
+        self.seq = delta.seq
+        self._checksum = book.checksum()
+        if self._checksum != delta.checksum:
+            raise ChecksumMismatch(delta.symbol, delta.seq, delta.checksum, self._checksum)
 
     def _replace(self, update: BookUpdate) -> tuple[tuple[Level, ...], tuple[Level, ...]]:
         book = self.book

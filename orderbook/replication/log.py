@@ -89,6 +89,10 @@ class Keys:
     def cursor(self) -> str:
         return f"{self.prefix}:cursor"
 
+    @property
+    def input(self) -> str:
+        return f"{self.prefix}:input"
+
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
@@ -166,6 +170,21 @@ class RedisLog:
             for entry_id, fields in items:
                 eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 out.append(LogEntry(int(eid.split("-", 1)[0]), fields[b"e"] if b"e" in fields else fields["e"]))
+        return out
+
+    # Input ------------------------------------------------------------------
+    async def submit(self, batch: bytes) -> str:
+        """Queue a publisher batch (a FeedMessage) for whichever node sequences."""
+        entry_id = await self._r.xadd(self.keys.input, {"b": batch})
+        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+    async def read_input(self, after: str, count: int = 100, block_ms: int | None = None) -> list[tuple[str, bytes]]:
+        reply = await self._r.xread({self.keys.input: after}, count=count, block=block_ms)
+        out = []
+        for _stream, items in reply or ():
+            for entry_id, fields in items:
+                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                out.append((eid, fields.get(b"b", b"")))
         return out
 
     async def trim_before(self, position: int) -> int:

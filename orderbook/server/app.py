@@ -11,6 +11,7 @@ from sanic import Sanic
 
 from . import background, http_api
 from .feed_ws import feed_endpoint
+from .cluster import Cluster
 from .hub import Hub
 from .settings import Settings
 from .subscriber_ws import subscriber_endpoint
@@ -24,6 +25,12 @@ class ServerState:
     hub: Hub
     ready: bool = False
     tasks: list[asyncio.Task] = field(default_factory=list)
+    cluster: Cluster | None = None
+
+    @property
+    def serving(self) -> bool:
+        """Ready to take subscribers: started, and in a cluster caught up."""
+        return self.ready and (self.cluster is None or self.cluster.ready)
 
 
 def _report_crash(task: asyncio.Task) -> None:
@@ -51,13 +58,22 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
     @app.before_server_start
     async def start(app: Sanic) -> None:
         loop = asyncio.get_running_loop()
-        epoch = settings.epoch if settings.epoch is not None else time.time_ns()
-        state = ServerState(settings, Hub(settings, epoch, loop))
+        cluster = None
+        if settings.redis_url:
+            cluster = await Cluster.connect(settings, loop)
+            epoch = cluster.epoch
+        else:
+            epoch = settings.epoch if settings.epoch is not None else time.time_ns()
+        state = ServerState(settings, Hub(settings, epoch, loop), cluster=cluster)
         app.ctx.state = state
         hub = state.hub
         tick = max(settings.symbol_heartbeat / 4, 0.01)
-        duties = [background.heartbeats(hub, tick), background.lag_sweeper(hub)]
-        if settings.simulator:
+        # A cluster may replace the hub when its epoch changes: look it up each time.
+        current = lambda: state.hub  # noqa: E731
+        duties = [background.heartbeats(current, tick), background.lag_sweeper(current)]
+        if cluster is not None:
+            duties.append(cluster.run(state))
+        elif settings.simulator:
             duties.append(background.simulate(hub, settings.simulator_rate, settings.simulator_seed))
         for coro in duties:
             task = loop.create_task(coro)
@@ -77,5 +93,7 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
             t.cancel()
         await asyncio.gather(*state.tasks, return_exceptions=True)
         state.tasks.clear()
+        if state.cluster is not None:
+            await state.cluster.close()
 
     return app

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 
 from orderbook.feeds.simulator import MarketSimulator
 
@@ -18,15 +19,16 @@ SWEEP_INTERVAL = 0.1
 SIMULATOR_TICK = 0.05
 
 
-async def heartbeats(hub: Hub, interval: float) -> None:
+async def heartbeats(current: Callable[[], Hub], interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
-        hub.heartbeat()
+        current().heartbeat()
 
 
-async def lag_sweeper(hub: Hub) -> None:
+async def lag_sweeper(current: Callable[[], Hub]) -> None:
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
+        hub = current()
         for conn in hub.sweep_lagging():
             hub.stats_slow_closed += 1
             log.warning("closing slow client %s: over its buffer limit too long", conn.peer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sanic import Request, response
 from sanic.exceptions import WebsocketClosed
+from redis.exceptions import RedisError
 from websockets.exceptions import ConnectionClosed
 
 from orderbook.core.errors import InvalidInput, UnknownSymbol
@@ -36,7 +37,7 @@ async def feed_endpoint(request: Request):
     if not admission.token_matches(settings.feed_token, offered, _bearer(request)):
         return response.text("missing or wrong feed token (Authorization: Bearer <token>)\n", status=401)
     ws = await upgrade(request, None, settings.max_feed_message_bytes)
-    await run_tracked(request, ws, lambda: _publisher(ws, hub))
+    await run_tracked(request, ws, lambda: _publisher(ws, state))
 
 
 feed_endpoint.is_websocket = True  # type: ignore[attr-defined]
@@ -49,7 +50,7 @@ def _feed_error_code(exc: InvalidInput) -> int:
     return codec.error_code_for(exc)
 
 
-async def _publisher(ws, hub: Hub) -> None:
+async def _publisher(ws, state) -> None:
     try:
         while True:
             data = await ws.recv()
@@ -62,8 +63,22 @@ async def _publisher(ws, hub: Hub) -> None:
             try:
                 batch = codec.decode_feed(data)
                 batch_id = batch.batch_id
-                result = hub.ingest(batch)
-                reply = codec.feed_ack(batch_id, len(result.deltas), result.positions)
+                hub: Hub = state.hub
+                if state.cluster is None:
+                    result = hub.ingest(batch)
+                    reply = codec.feed_ack(batch_id, len(result.deltas), result.positions)
+                else:
+                    # Checked here so the publisher hears of a bad batch at
+                    # once; then queued for whichever node holds the lease.
+                    hub.market.validate(batch)
+                    try:
+                        await state.cluster.log.submit(bytes(data))
+                    except RedisError as exc:
+                        reply = codec.feed_error(
+                            codec.ErrorCode.ERROR_CODE_INTERNAL, f"not accepted, redis unavailable: {exc}", "", batch_id
+                        )
+                    else:
+                        reply = codec.feed_ack(batch_id, 0, ())
             except InvalidInput as exc:
                 reply = codec.feed_error(
                     _feed_error_code(exc), str(exc), getattr(exc, "symbol", ""), batch_id

@@ -21,7 +21,12 @@ async def readyz(request: Request):
     hub, s = state.hub, state.settings
     conns = len(hub.connections)
     body = {"connections": conns, "max_connections": s.max_connections, "symbols": len(hub.channels)}
-    if not state.ready:
+    cluster = state.cluster
+    if cluster is not None:
+        body.update(cluster.status())
+        if cluster.stale:
+            return response.json({"status": "stale", **body}, status=503)
+    if not state.serving:
         return response.json({"status": "starting", **body}, status=503)
     if conns >= s.max_connections:
         return response.json({"status": "full", **body}, status=503, headers={"Retry-After": "5"})

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from orderbook.core.errors import UnknownSymbol
 from orderbook.core.events import BatchResult, Delta, FeedBatch
+from orderbook.core.instrument import Instrument
 from orderbook.core.market import Market
 from orderbook.core.resume import decide
 from orderbook.wire import codec
@@ -112,8 +113,24 @@ class Hub:
         ch = self.channels[symbol] = Channel(self.market.get(symbol), self.settings.history, now, start_seq=0)
         return ch
 
-    def _publish(self, ch: Channel, delta: Delta, now: float) -> None:
-        out = Outgoing(codec.delta_message(delta))
+    def apply_log(self, instruments: Iterable[Instrument], deltas: Iterable[tuple[Delta, bytes]]) -> int:
+        """Follow one entry of the cluster's log: define its symbols, apply
+        each delta exactly as sequenced, and forward its bytes unchanged."""
+        now = self._loop.time()
+        market, channels = self.market, self.channels
+        for inst in instruments:
+            if market.define(inst) or inst.symbol not in channels:
+                self._add_channel(inst.symbol, now)
+        n = 0
+        for delta, payload in deltas:
+            ch = channels[delta.symbol]
+            ch.seqbook.follow(delta)
+            self._publish(ch, delta, now, payload)
+            n += 1
+        return n
+
+    def _publish(self, ch: Channel, delta: Delta, now: float, payload: bytes | None = None) -> None:
+        out = Outgoing(codec.delta_message(delta)) if payload is None else Outgoing(payload=payload)
         payload = out.payload
         ch.history.append(delta.seq, delta.prev_seq, payload, len(payload))
         self.stats_deltas += 1

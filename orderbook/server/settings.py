@@ -41,4 +41,10 @@ class Settings:
     simulator_rate: float = 200.0  # book updates per second, all symbols together
     simulator_seed: int | None = None
     # Epoch of this process's sequences; None: derived from the start time.
+    # With Redis, the cluster's epoch (kept in Redis) is used instead.
     epoch: int | None = None
+    # Cluster mode: nodes share one sequenced log in Redis (None: embedded).
+    redis_url: str | None = None
+    redis_prefix: str = "orderbook"
+    # How long the sequencer's lease lasts without renewal: the failover time.
+    lease_ttl_ms: int = 3000

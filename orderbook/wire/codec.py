@@ -26,7 +26,7 @@ from orderbook.core.errors import (
 from orderbook.core.events import BookUpdate, Delta, FeedBatch, Position, Snapshot
 from orderbook.core.instrument import Instrument
 from orderbook.core.resume import ResumePoint, SnapshotReason
-from orderbook.v1 import book_pb2, feed_pb2, stream_pb2
+from orderbook.v1 import book_pb2, feed_pb2, replication_pb2, stream_pb2
 
 SUBPROTOCOL_PROTO = "orderbook.v1.proto"
 SUBPROTOCOL_JSON = "orderbook.v1.json"
@@ -443,3 +443,31 @@ def parse_feed_reply(data: bytes) -> feed_pb2.FeedReply:
     reply = feed_pb2.FeedReply()
     reply.ParseFromString(data)
     return reply
+
+
+# ----------------------------------------------------------------------------- replication log
+
+
+def log_entry(epoch: int, instruments: Iterable[Instrument], delta_payloads: Iterable[bytes]) -> bytes:
+    entry = replication_pb2.LogEntry()
+    entry.epoch = epoch
+    for inst in instruments:
+        instrument_to_pb(inst, entry.instruments.add())
+    entry.deltas.extend(delta_payloads)
+    return entry.SerializeToString()
+
+
+def parse_log_entry(data: bytes) -> tuple[int, tuple[Instrument, ...], list[tuple[Delta, bytes]]]:
+    """(epoch, instruments, [(delta, its exact ServerMessage bytes)])."""
+    entry = replication_pb2.LogEntry()
+    try:
+        entry.ParseFromString(data)
+        out = []
+        for payload in entry.deltas:
+            msg = ServerMessage.FromString(payload)
+            if msg.WhichOneof("kind") != "delta":
+                raise MalformedMessage("a log entry holds a non-delta message")
+            out.append((delta_from_pb(msg.delta), bytes(payload)))
+    except DecodeError as exc:
+        raise MalformedMessage(f"cannot decode log entry: {exc}") from None
+    return entry.epoch, tuple(instrument_from_pb(i) for i in entry.instruments), out

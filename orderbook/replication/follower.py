@@ -1,0 +1,78 @@
+"""The serving role, on every node: follow the cluster's log and hand each
+entry to the hub, which forwards the exact delta bytes to subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+
+from redis.exceptions import RedisError
+
+from orderbook.core.events import Delta
+from orderbook.core.instrument import Instrument
+from orderbook.wire import codec
+
+from .log import RedisLog
+
+log = logging.getLogger("orderbook.follower")
+
+ApplyEntry = Callable[[Iterable[Instrument], list[tuple[Delta, bytes]]], object]
+
+
+class LogFollower:
+    """Reads the log from the start (position 0) and applies it in order.
+
+    `caught_up` turns true once the follower has reached the log's head as it
+    was when it started; `stale` while Redis cannot be read.
+    """
+
+    def __init__(self, rlog: RedisLog, epoch: int, apply: ApplyEntry) -> None:
+        self._log = rlog
+        self.epoch = epoch
+        self._apply = apply
+        self.position = 0
+        self.caught_up = False
+        self.stale = False
+        self.epoch_changed = asyncio.Event()
+
+    async def run(self) -> None:
+        backoff = 0.05
+        target: int | None = None
+        while True:
+            try:
+                if target is None:
+                    target = await self._log.position()
+                entries = await self._log.read(self.position, count=1000, block_ms=500)
+                self.stale = False
+                backoff = 0.05
+            except RedisError as exc:
+                if not self.stale:
+                    log.warning("redis unavailable; serving the last books as stale: %s", exc)
+                self.stale = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if not entries and await self._reset_upstream():
+                log.warning("the cluster log restarted (new epoch or emptied Redis)")
+                self.epoch_changed.set()
+                return
+            for e in entries:
+                epoch, instruments, deltas = codec.parse_log_entry(e.data)
+                if epoch != self.epoch:
+                    log.warning("cluster epoch changed from %d to %d", self.epoch, epoch)
+                    self.epoch_changed.set()
+                    return
+                self._apply(instruments, deltas)
+                self.position = e.position
+            if not self.caught_up and self.position >= target:
+                self.caught_up = True
+
+    async def _reset_upstream(self) -> bool:
+        """True if the log behind us is no longer the one we followed."""
+        try:
+            epoch = await self._log.epoch()
+            position = await self._log.position()
+        except RedisError:
+            return False
+        return epoch != self.epoch or position < self.position

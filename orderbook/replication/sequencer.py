@@ -1,0 +1,104 @@
+"""The sequencer role: whichever node holds the lease turns queued publisher
+batches into log entries. A node that takes the lease over rebuilds the books
+from the log and continues the same epoch and sequence."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from redis.exceptions import RedisError
+
+from orderbook.core.errors import InvalidInput
+from orderbook.core.market import Market
+from orderbook.wire import codec
+
+from .log import Fenced, RedisLog
+
+log = logging.getLogger("orderbook.sequencer")
+
+
+class Sequencer:
+    def __init__(self, rlog: RedisLog, ttl_ms: int = 3000, node: str = "") -> None:
+        self._log = rlog
+        self._ttl_ms = ttl_ms
+        self.token = f"{node or 'node'}:{uuid.uuid4().hex}"
+        self.holding = False
+        self._market: Market | None = None
+        self._position = 0
+        self._cursor = "0-0"
+        self._renewed = 0.0
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                if not self.holding:
+                    if not await self._take_over():
+                        await asyncio.sleep(self._ttl_ms / 3000)
+                        continue
+                await self._step()
+                backoff = 0.05
+            except Fenced as exc:
+                log.warning("lost the sequencer lease: %s", exc)
+                self.holding = False
+            except RedisError as exc:
+                # Whether the last append landed is unknown: rebuild from the
+                # log before sequencing again, never apply a batch twice.
+                self.holding = False
+                log.warning("redis unavailable to the sequencer: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _take_over(self) -> bool:
+        rlog = self._log
+        if not await rlog.acquire(self.token, self._ttl_ms):
+            return False
+        self._renewed = time.monotonic()
+        epoch = await rlog.epoch(candidate=time.time_ns())
+        assert epoch is not None
+        market = Market(epoch)
+        position = 0
+        # Replay the whole log: the same books, epoch and seqs as every node.
+        while True:
+            entries = await rlog.read(position, count=1000)
+            if not entries:
+                break
+            for e in entries:
+                e_epoch, instruments, deltas = codec.parse_log_entry(e.data)
+                for inst in instruments:
+                    market.define(inst)
+                for delta, _ in deltas:
+                    market.get(delta.symbol).follow(delta)
+                position = e.position
+        self._market, self._position = market, position
+        self._cursor = await rlog.cursor() or "0-0"
+        self.holding = True
+        log.info("sequencing epoch %d from log position %d", epoch, position)
+        return True
+
+    async def _step(self) -> None:
+        rlog, market = self._log, self._market
+        assert market is not None
+        now = time.monotonic()
+        if now - self._renewed > self._ttl_ms / 3000:
+            if not await rlog.renew(self.token, self._ttl_ms):
+                raise Fenced("lease renewal refused")
+            self._renewed = now
+        batch_wait = max(int(self._ttl_ms / 6), 10)
+        for input_id, data in await rlog.read_input(self._cursor, count=100, block_ms=batch_wait):
+            entries = []
+            try:
+                batch = codec.decode_feed(data)
+                result = market.apply(batch, time.time_ns())
+                payloads = [codec.delta_message(d).SerializeToString() for d in result.deltas]
+                if payloads or result.new_instruments:
+                    entries.append(codec.log_entry(market.epoch, result.new_instruments, payloads))
+            except InvalidInput as exc:
+                # Validated by the node that queued it; a batch that fails here
+                # raced with another definition. Consumed, not applied.
+                log.warning("dropping queued batch %s: %s", input_id, exc)
+            self._position = await rlog.append(self.token, market.epoch, self._position + 1, entries, input_id)
+            self._cursor = input_id

@@ -1,0 +1,95 @@
+"""Cluster mode: this node follows the shared log in Redis and serves it, and
+stands by to sequence (it does whenever it holds the lease)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from orderbook.replication.follower import LogFollower
+from orderbook.replication.log import Keys, RedisLog
+from orderbook.replication.sequencer import Sequencer
+
+from .hub import Hub
+from .settings import Settings
+
+log = logging.getLogger("orderbook.cluster")
+
+CLOSE_SERVICE_RESTART = 1012
+
+
+class Cluster:
+    def __init__(self, client: aioredis.Redis, rlog: RedisLog, epoch: int, settings: Settings) -> None:
+        self._client = client
+        self.log = rlog
+        self.epoch = epoch
+        self._settings = settings
+        self.follower: LogFollower | None = None
+        self.sequencer = Sequencer(rlog, settings.lease_ttl_ms, node=f"{settings.host}:{settings.port}")
+
+    @classmethod
+    async def connect(cls, settings: Settings, loop: asyncio.AbstractEventLoop) -> Cluster:
+        client = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        rlog = RedisLog(client, Keys(settings.redis_prefix))
+        epoch = await rlog.epoch(candidate=time.time_ns())
+        assert epoch is not None
+        return cls(client, rlog, epoch, settings)
+
+    @property
+    def ready(self) -> bool:
+        f = self.follower
+        return f is not None and f.caught_up and not f.stale
+
+    @property
+    def stale(self) -> bool:
+        return self.follower is not None and self.follower.stale
+
+    def status(self) -> dict:
+        f = self.follower
+        return {
+            "role": "sequencer" if self.sequencer.holding else "replica",
+            "log_position": f.position if f else 0,
+            "caught_up": bool(f and f.caught_up),
+            "stale": bool(f and f.stale),
+        }
+
+    async def run(self, state) -> None:
+        seq_task = asyncio.ensure_future(self.sequencer.run())
+        try:
+            while True:
+                hub: Hub = state.hub
+                self.follower = LogFollower(self.log, hub.epoch, hub.apply_log)
+                await self.follower.run()
+                # The log restarted under us (Redis emptied, or a new epoch):
+                # never mix sequences. Drop every subscriber so each comes back
+                # with its old epoch and gets a fresh snapshot of the new one.
+                epoch = await self._new_epoch()
+                log.warning("switching to epoch %d; closing %d subscribers", epoch, len(hub.connections))
+                old = hub
+                state.hub = Hub(self._settings, epoch, asyncio.get_running_loop())
+                self.epoch = epoch
+                for conn in list(old.connections):
+                    if conn.ws is not None:
+                        conn.ws.end_connection(CLOSE_SERVICE_RESTART, "cluster epoch changed")
+                    old.drop_connection(conn)
+        finally:
+            seq_task.cancel()
+            await asyncio.gather(seq_task, return_exceptions=True)
+
+    async def _new_epoch(self) -> int:
+        delay = 0.05
+        while True:
+            try:
+                epoch = await self.log.epoch(candidate=time.time_ns())
+                assert epoch is not None
+                return epoch
+            except Exception as exc:  # noqa: BLE001  Redis still away: wait for it
+                log.warning("waiting for redis: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def close(self) -> None:
+        await self._client.aclose()

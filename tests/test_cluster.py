@@ -1,0 +1,117 @@
+"""Several nodes on one (private, real) Redis serve the same books with the
+same epoch, seqs and bytes; the sequencer role fails over without a gap."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from orderbook.wire import codec
+
+from .harness import FEED_TOKEN, Publisher, Subscriber, instrument, start_server_process, update
+from .redis_harness import redis_factory, redis_proc  # noqa: F401
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def readyz(http: str) -> dict:
+    try:
+        with urllib.request.urlopen(http + "/readyz", timeout=2) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        return json.load(e)
+    except OSError:
+        return {}
+
+
+def has_symbol(http: str, symbol: str) -> bool:
+    try:
+        with urllib.request.urlopen(http + "/symbols", timeout=2) as r:
+            return any(s["symbol"] == symbol for s in json.load(r)["symbols"])
+    except OSError:
+        return False
+
+
+def start_node(tmp_path, redis_url: str):
+    return start_server_process(tmp_path, "--redis", redis_url, "--feed-token", FEED_TOKEN, "--lease-ttl", "1")
+
+
+async def until(pred, timeout: float = 20.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await asyncio.to_thread(pred):
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)  # polling a condition under a deadline
+
+
+async def delta_frames(sub: Subscriber, symbol: str, last_seq: int) -> list[bytes]:
+    """The raw bytes of every Delta for `symbol` up to `last_seq`."""
+    out = []
+    while True:
+        data = await asyncio.wait_for(sub.ws.recv(), 20)
+        msg = codec.parse_server_message(data)
+        if msg.WhichOneof("kind") == "delta" and msg.delta.symbol == symbol:
+            out.append(data)
+            if msg.delta.seq == last_seq:
+                return out
+
+
+async def test_nodes_serve_identical_epoch_seq_and_bytes(tmp_path, redis_proc):  # noqa: F811
+    nodes = [start_node(tmp_path, redis_proc.url) for _ in range(3)]
+    try:
+        async with Publisher.connect(nodes[0].feed_url) as pub:
+            reply = await pub.send([instrument("C")], [update("C", bids=[(100, 1)], asks=[(101, 1)])])
+            assert reply.WhichOneof("kind") == "ack", reply
+            await until(lambda: all(has_symbol(n.http, "C") for n in nodes))
+            async with Subscriber.connect(nodes[0].url) as s0, Subscriber.connect(
+                nodes[1].url
+            ) as s1, Subscriber.connect(nodes[2].url) as s2:
+                subs = [s0, s1, s2]
+                for s in subs:
+                    await s.subscribe("C")
+                    await s.until(lambda s=s: s.snapshots.get("C"))
+                assert len({s.followers["C"].epoch for s in subs}) == 1
+                start = subs[0].followers["C"].seq
+                for i in range(30):
+                    await pub.send(updates=[update("C", bids=[(100 - i % 4, 2 + i)], asks=[(101 + i % 3, 1 + i)])])
+                frames = [await delta_frames(s, "C", start + 30) for s in subs]
+                assert frames[0] == frames[1] == frames[2]
+                seqs = [codec.parse_server_message(f).delta.seq for f in frames[0]]
+                assert seqs == list(range(start + 1, start + 31))
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+async def test_sequencer_killed_under_load_standby_continues_without_loss(tmp_path, redis_proc):  # noqa: F811
+    nodes = [start_node(tmp_path, redis_proc.url) for _ in range(3)]
+    try:
+        await until(lambda: sum(readyz(n.http).get("role") == "sequencer" for n in nodes) == 1)
+        sequencer = next(n for n in nodes if readyz(n.http).get("role") == "sequencer")
+        survivors = [n for n in nodes if n is not sequencer]
+        published = 0
+        async with Publisher.connect(survivors[0].feed_url) as pub, Subscriber.connect(survivors[1].url) as sub:
+            await pub.send([instrument("K")], [update("K", asks=[(10_000, 1)])])
+            await until(lambda: has_symbol(survivors[1].http, "K"))
+            await sub.subscribe("K")
+            await sub.until(lambda: sub.snapshots.get("K"))
+            for i in range(150):
+                # One new bid level per update: every update is one change.
+                reply = await pub.send(updates=[update("K", bids=[(1 + i, 1)])])
+                assert reply.WhichOneof("kind") == "ack", reply
+                published += 1
+                if i == 50:
+                    sequencer.kill()
+                await asyncio.sleep(0.01)  # a steady publish rate
+            await until(lambda: any(readyz(n.http).get("role") == "sequencer" for n in survivors))
+            await sub.until(lambda: sub.followers["K"].book.bid_count() == published, timeout=30)
+            seqs = [s for _, s in sub.seen["K"]]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap, no duplicate
+            assert sub.followers["K"].seq == 1 + published
+    finally:
+        for n in nodes:
+            n.kill()
