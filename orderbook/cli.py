@@ -48,6 +48,8 @@ def _serve(args: argparse.Namespace) -> int:
         redis_url=args.redis,
         redis_prefix=args.redis_prefix,
         lease_ttl_ms=int(args.lease_ttl * 1000),
+        snapshot_every=args.snapshot_every,
+        log_retention=args.log_retention,
         simulator_rate=args.simulator_rate,
         simulator_seed=args.seed,
     )
@@ -118,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--redis-prefix", default="orderbook", help="key prefix of the cluster in Redis")
     s.add_argument("--lease-ttl", type=float, default=3.0, help="sequencer lease in seconds (failover time)")
+    s.add_argument("--snapshot-every", type=int, default=1000, help="log entries between cluster snapshots")
+    s.add_argument("--log-retention", type=int, default=10_000, help="log entries kept before the newest snapshot")
     s.add_argument("--simulator-rate", type=float, default=200.0, help="updates per second")
     s.add_argument("--seed", type=int, default=None, help="simulator seed")
     s.add_argument("--access-log", action="store_true")

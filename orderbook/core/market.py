@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from .errors import UnknownSymbol
-from .events import BatchResult, Delta, FeedBatch, Position
+from .events import BatchResult, Delta, FeedBatch, Position, Snapshot
 from .instrument import Instrument
 from .sequencer import SequencedBook
 
@@ -48,6 +48,15 @@ class Market:
             return False
         self._books[instrument.symbol] = SequencedBook(instrument, self.epoch)
         return True
+
+    def restore(self, books: Iterable[Snapshot]) -> None:
+        """Load full books taken at some point of this epoch (a cluster snapshot)."""
+        for snap in books:
+            self.define(snap.instrument)
+            self._books[snap.symbol].restore(snap)
+
+    def snapshot(self, now_ns: int = 0) -> list[Snapshot]:
+        return [sb.snapshot(0, now_ns) for sb in self._books.values()]
 
     def validate(self, batch: FeedBatch) -> None:
         pending: dict[str, Instrument] = {}

@@ -83,6 +83,14 @@ class SequencedBook:
             publish_time_ns=now_ns,
         )
 
+    def restore(self, snapshot: Snapshot) -> None:
+        """Become the (full) book of a snapshot taken elsewhere, checksum verified."""
+        self.book.replace(snapshot.bids, snapshot.asks)
+        self.seq = snapshot.seq
+        self._checksum = self.book.checksum()
+        if self._checksum != snapshot.checksum:
+            raise ChecksumMismatch(snapshot.symbol, snapshot.seq, snapshot.checksum, self._checksum)
+
     def follow(self, delta: Delta) -> None:
         """Apply a delta sequenced elsewhere (by the cluster's sequencer):
         it must continue this book exactly and leave the stated checksum."""

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 from redis.exceptions import RedisError
 
-from orderbook.core.events import Delta
+from orderbook.core.events import Delta, Snapshot
 from orderbook.core.instrument import Instrument
 from orderbook.wire import codec
 
@@ -18,29 +18,38 @@ from .log import RedisLog
 log = logging.getLogger("orderbook.follower")
 
 ApplyEntry = Callable[[Iterable[Instrument], list[tuple[Delta, bytes]]], object]
+Restore = Callable[[list[Snapshot]], object]
 
 
 class LogFollower:
-    """Reads the log from the start (position 0) and applies it in order.
+    """Starts from the newest cluster snapshot (if any), then applies the log
+    after it in order.
 
     `caught_up` turns true once the follower has reached the log's head as it
-    was when it started; `stale` while Redis cannot be read.
+    was when it started; `stale` while Redis cannot be read. `reset` is set
+    (and `run` returns) when the log can no longer be followed: a new epoch,
+    Redis emptied, or entries trimmed away before this node read them.
     """
 
-    def __init__(self, rlog: RedisLog, epoch: int, apply: ApplyEntry) -> None:
+    def __init__(self, rlog: RedisLog, epoch: int, apply: ApplyEntry, restore: Restore) -> None:
         self._log = rlog
         self.epoch = epoch
         self._apply = apply
+        self._restore = restore
+        self._started = False
         self.position = 0
         self.caught_up = False
         self.stale = False
-        self.epoch_changed = asyncio.Event()
+        self.reset = asyncio.Event()
 
     async def run(self) -> None:
         backoff = 0.05
         target: int | None = None
         while True:
             try:
+                if not self._started:
+                    await self._load_snapshot()
+                    self._started = True
                 if target is None:
                     target = await self._log.position()
                 entries = await self._log.read(self.position, count=1000, block_ms=500)
@@ -55,18 +64,31 @@ class LogFollower:
                 continue
             if not entries and await self._reset_upstream():
                 log.warning("the cluster log restarted (new epoch or emptied Redis)")
-                self.epoch_changed.set()
+                self.reset.set()
+                return
+            if entries and entries[0].position != self.position + 1:
+                log.warning("log entries %d..%d were trimmed before this node read them", self.position + 1, entries[0].position - 1)
+                self.reset.set()
                 return
             for e in entries:
                 epoch, instruments, deltas = codec.parse_log_entry(e.data)
                 if epoch != self.epoch:
                     log.warning("cluster epoch changed from %d to %d", self.epoch, epoch)
-                    self.epoch_changed.set()
+                    self.reset.set()
                     return
                 self._apply(instruments, deltas)
                 self.position = e.position
             if not self.caught_up and self.position >= target:
                 self.caught_up = True
+
+    async def _load_snapshot(self) -> None:
+        data = await self._log.load_snapshot()
+        if data is None:
+            return
+        epoch, position, books = codec.parse_cluster_snapshot(data)
+        if epoch == self.epoch and position > self.position:
+            self._restore(books)
+            self.position = position
 
     async def _reset_upstream(self) -> bool:
         """True if the log behind us is no longer the one we followed."""

@@ -43,6 +43,18 @@ end
 return last + #ARGV - 4
 """
 
+# KEYS: lease, epoch, snapshot, log; ARGV: token, epoch, snapshot, minimum position kept
+_SNAPSHOT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED lease not held')
+end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return redis.error_reply('FENCED epoch changed')
+end
+redis.call('SET', KEYS[3], ARGV[3])
+return redis.call('XTRIM', KEYS[4], 'MINID', string.format('%d-0', tonumber(ARGV[4])))
+"""
+
 # KEYS: lease; ARGV: token, ttl ms
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -93,6 +105,10 @@ class Keys:
     def input(self) -> str:
         return f"{self.prefix}:input"
 
+    @property
+    def snapshot(self) -> str:
+        return f"{self.prefix}:snapshot"
+
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
@@ -107,6 +123,7 @@ class RedisLog:
         self._append = client.register_script(_APPEND)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._snapshot = client.register_script(_SNAPSHOT)
 
     # Epoch ------------------------------------------------------------------
     async def epoch(self, candidate: int | None = None) -> int | None:
@@ -171,6 +188,23 @@ class RedisLog:
                 eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 out.append(LogEntry(int(eid.split("-", 1)[0]), fields[b"e"] if b"e" in fields else fields["e"]))
         return out
+
+    # Snapshots --------------------------------------------------------------
+    async def save_snapshot(self, token: str, epoch: int, data: bytes, keep_from: int) -> int:
+        """Store the cluster snapshot and drop log entries before `keep_from`
+        (fenced like an append); return how many entries were dropped."""
+        k = self.keys
+        try:
+            return int(
+                await self._snapshot(keys=[k.lease, k.epoch, k.snapshot, k.log], args=[token, str(epoch), data, max(keep_from, 1)])
+            )
+        except ResponseError as exc:
+            if "FENCED" in str(exc):
+                raise Fenced(str(exc)) from None
+            raise
+
+    async def load_snapshot(self) -> bytes | None:
+        return await self._r.get(self.keys.snapshot)
 
     # Input ------------------------------------------------------------------
     async def submit(self, batch: bytes) -> str:

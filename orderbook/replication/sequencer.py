@@ -21,9 +21,21 @@ log = logging.getLogger("orderbook.sequencer")
 
 
 class Sequencer:
-    def __init__(self, rlog: RedisLog, ttl_ms: int = 3000, node: str = "") -> None:
+    def __init__(
+        self,
+        rlog: RedisLog,
+        ttl_ms: int = 3000,
+        node: str = "",
+        snapshot_every: int = 1000,
+        retention: int = 10_000,
+    ) -> None:
         self._log = rlog
         self._ttl_ms = ttl_ms
+        # A snapshot every `snapshot_every` log entries; `retention` entries
+        # before the newest snapshot stay in the log for nodes that lag.
+        self._snapshot_every = snapshot_every
+        self._retention = retention
+        self._snapshot_position = 0
         self.token = f"{node or 'node'}:{uuid.uuid4().hex}"
         self.holding = False
         self._market: Market | None = None
@@ -61,7 +73,14 @@ class Sequencer:
         assert epoch is not None
         market = Market(epoch)
         position = 0
-        # Replay the whole log: the same books, epoch and seqs as every node.
+        snap = await rlog.load_snapshot()
+        if snap is not None:
+            s_epoch, s_position, books = codec.parse_cluster_snapshot(snap)
+            if s_epoch == epoch:
+                market.restore(books)
+                position = s_position
+        self._snapshot_position = position
+        # Replay the log after it: the same books, epoch and seqs as every node.
         while True:
             entries = await rlog.read(position, count=1000)
             if not entries:
@@ -102,3 +121,7 @@ class Sequencer:
                 log.warning("dropping queued batch %s: %s", input_id, exc)
             self._position = await rlog.append(self.token, market.epoch, self._position + 1, entries, input_id)
             self._cursor = input_id
+        if self._position - self._snapshot_position >= self._snapshot_every:
+            data = codec.cluster_snapshot(market.epoch, self._position, market.snapshot(time.time_ns()))
+            await rlog.save_snapshot(self.token, market.epoch, data, self._position - self._retention + 1)
+            self._snapshot_position = self._position

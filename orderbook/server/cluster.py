@@ -9,6 +9,7 @@ import time
 
 import redis.asyncio as aioredis
 
+from orderbook.core.instrument import Instrument
 from orderbook.replication.follower import LogFollower
 from orderbook.replication.log import Keys, RedisLog
 from orderbook.replication.sequencer import Sequencer
@@ -28,7 +29,16 @@ class Cluster:
         self.epoch = epoch
         self._settings = settings
         self.follower: LogFollower | None = None
-        self.sequencer = Sequencer(rlog, settings.lease_ttl_ms, node=f"{settings.host}:{settings.port}")
+        # Definitions this node queued, so that updates right behind them
+        # validate before the definitions return through the log.
+        self.queued_instruments: dict[str, Instrument] = {}
+        self.sequencer = Sequencer(
+            rlog,
+            settings.lease_ttl_ms,
+            node=f"{settings.host}:{settings.port}",
+            snapshot_every=settings.snapshot_every,
+            retention=settings.log_retention,
+        )
 
     @classmethod
     async def connect(cls, settings: Settings, loop: asyncio.AbstractEventLoop) -> Cluster:
@@ -61,10 +71,10 @@ class Cluster:
         try:
             while True:
                 hub: Hub = state.hub
-                self.follower = LogFollower(self.log, hub.epoch, hub.apply_log)
+                self.follower = LogFollower(self.log, hub.epoch, hub.apply_log, hub.restore)
                 await self.follower.run()
-                # The log restarted under us (Redis emptied, or a new epoch):
-                # never mix sequences. Drop every subscriber so each comes back
+                # The log restarted under us (Redis emptied, a new epoch) or
+                # moved on past what this node read: never mix sequences. Drop every subscriber so each comes back
                 # with its old epoch and gets a fresh snapshot of the new one.
                 epoch = await self._new_epoch()
                 log.warning("switching to epoch %d; closing %d subscribers", epoch, len(hub.connections))

@@ -9,6 +9,7 @@ from redis.exceptions import RedisError
 from websockets.exceptions import ConnectionClosed
 
 from orderbook.core.errors import InvalidInput, UnknownSymbol
+from orderbook.core.events import FeedBatch
 from orderbook.wire import codec
 
 from . import admission
@@ -70,14 +71,21 @@ async def _publisher(ws, state) -> None:
                 else:
                     # Checked here so the publisher hears of a bad batch at
                     # once; then queued for whichever node holds the lease.
-                    hub.market.validate(batch)
+                    cluster = state.cluster
+                    # Symbols this node queued definitions for may not have come
+                    # back through the log yet: count them as defined.
+                    hub.market.validate(
+                        FeedBatch(batch.batch_id, (*cluster.queued_instruments.values(), *batch.instruments), batch.updates)
+                    )
                     try:
-                        await state.cluster.log.submit(bytes(data))
+                        await cluster.log.submit(bytes(data))
                     except RedisError as exc:
                         reply = codec.feed_error(
                             codec.ErrorCode.ERROR_CODE_INTERNAL, f"not accepted, redis unavailable: {exc}", "", batch_id
                         )
                     else:
+                        for inst in batch.instruments:
+                            cluster.queued_instruments[inst.symbol] = inst
                         reply = codec.feed_ack(batch_id, 0, ())
             except InvalidInput as exc:
                 reply = codec.feed_error(

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from orderbook.core.errors import UnknownSymbol
-from orderbook.core.events import BatchResult, Delta, FeedBatch
+from orderbook.core.events import BatchResult, Delta, FeedBatch, Snapshot
 from orderbook.core.instrument import Instrument
 from orderbook.core.market import Market
 from orderbook.core.resume import decide
@@ -112,6 +112,17 @@ class Hub:
         # A symbol defined in this epoch starts at seq 0.
         ch = self.channels[symbol] = Channel(self.market.get(symbol), self.settings.history, now, start_seq=0)
         return ch
+
+    def restore(self, books: list[Snapshot]) -> None:
+        """Start from a cluster snapshot: each symbol's history begins at its seq."""
+        now = self._loop.time()
+        self.market.restore(books)
+        for snap in books:
+            ch = self.channels.get(snap.symbol)
+            if ch is None or ch.subscriber_count() == 0:
+                self.channels[snap.symbol] = Channel(
+                    self.market.get(snap.symbol), self.settings.history, now, start_seq=snap.seq
+                )
 
     def apply_log(self, instruments: Iterable[Instrument], deltas: Iterable[tuple[Delta, bytes]]) -> int:
         """Follow one entry of the cluster's log: define its symbols, apply

@@ -48,3 +48,7 @@ class Settings:
     redis_prefix: str = "orderbook"
     # How long the sequencer's lease lasts without renewal: the failover time.
     lease_ttl_ms: int = 3000
+    # The sequencer writes a cluster snapshot every this many log entries and
+    # keeps `log_retention` entries before it for nodes that lag.
+    snapshot_every: int = 1000
+    log_retention: int = 10_000

@@ -23,15 +23,18 @@ _sym_db = _symbol_database.Default()
 
 
 from orderbook.v1 import book_pb2 as orderbook_dot_v1_dot_book__pb2
+from orderbook.v1 import stream_pb2 as orderbook_dot_v1_dot_stream__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eorderbook/v1/replication.proto\x12\x0corderbook.v1\x1a\x17orderbook/v1/book.proto\"X\n\x08LogEntry\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12-\n\x0binstruments\x18\x02 \x03(\x0b\x32\x18.orderbook.v1.Instrument\x12\x0e\n\x06\x64\x65ltas\x18\x03 \x03(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eorderbook/v1/replication.proto\x12\x0corderbook.v1\x1a\x17orderbook/v1/book.proto\x1a\x19orderbook/v1/stream.proto\"X\n\x08LogEntry\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12-\n\x0binstruments\x18\x02 \x03(\x0b\x32\x18.orderbook.v1.Instrument\x12\x0e\n\x06\x64\x65ltas\x18\x03 \x03(\x0c\"Y\n\x0f\x43lusterSnapshot\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\x04\x12%\n\x05\x62ooks\x18\x03 \x03(\x0b\x32\x16.orderbook.v1.Snapshotb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'orderbook.v1.replication_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOGENTRY']._serialized_start=73
-  _globals['_LOGENTRY']._serialized_end=161
+  _globals['_LOGENTRY']._serialized_start=100
+  _globals['_LOGENTRY']._serialized_end=188
+  _globals['_CLUSTERSNAPSHOT']._serialized_start=190
+  _globals['_CLUSTERSNAPSHOT']._serialized_end=279
 # @@protoc_insertion_point(module_scope)

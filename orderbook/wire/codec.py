@@ -471,3 +471,22 @@ def parse_log_entry(data: bytes) -> tuple[int, tuple[Instrument, ...], list[tupl
     except DecodeError as exc:
         raise MalformedMessage(f"cannot decode log entry: {exc}") from None
     return entry.epoch, tuple(instrument_from_pb(i) for i in entry.instruments), out
+
+
+def cluster_snapshot(epoch: int, position: int, books: Iterable[Snapshot]) -> bytes:
+    cs = replication_pb2.ClusterSnapshot()
+    cs.epoch = epoch
+    cs.position = position
+    for snap in books:
+        cs.books.add().CopyFrom(snapshot_message(snap).snapshot)
+    return cs.SerializeToString()
+
+
+def parse_cluster_snapshot(data: bytes) -> tuple[int, int, list[Snapshot]]:
+    """(epoch, position, books)."""
+    cs = replication_pb2.ClusterSnapshot()
+    try:
+        cs.ParseFromString(data)
+    except DecodeError as exc:
+        raise MalformedMessage(f"cannot decode cluster snapshot: {exc}") from None
+    return cs.epoch, cs.position, [snapshot_from_pb(b) for b in cs.books]
