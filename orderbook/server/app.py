@@ -70,7 +70,8 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
         tick = max(settings.symbol_heartbeat / 4, 0.01)
         # A cluster may replace the hub when its epoch changes: look it up each time.
         current = lambda: state.hub  # noqa: E731
-        duties = [background.heartbeats(current, tick), background.lag_sweeper(current)]
+        stale = lambda: cluster is not None and cluster.stale  # noqa: E731
+        duties = [background.heartbeats(current, tick, stale), background.lag_sweeper(current)]
         if cluster is not None:
             duties.append(cluster.run(state))
         elif settings.simulator:

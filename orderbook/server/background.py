@@ -19,10 +19,10 @@ SWEEP_INTERVAL = 0.1
 SIMULATOR_TICK = 0.05
 
 
-async def heartbeats(current: Callable[[], Hub], interval: float) -> None:
+async def heartbeats(current: Callable[[], Hub], interval: float, stale: Callable[[], bool]) -> None:
     while True:
         await asyncio.sleep(interval)
-        current().heartbeat()
+        current().heartbeat(stale())
 
 
 async def lag_sweeper(current: Callable[[], Hub]) -> None:

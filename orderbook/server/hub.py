@@ -230,8 +230,9 @@ class Hub:
         conn.send(Outgoing(codec.unsubscribed_message(symbol, request_id)))
 
     # Periodic duties -------------------------------------------------------------
-    def heartbeat(self) -> None:
-        """Tell subscribers of quiet symbols where the sequence stands."""
+    def heartbeat(self, stale: bool = False) -> None:
+        """Tell subscribers of quiet symbols where the sequence stands (and
+        whether the books may be behind their source)."""
         now = self._loop.time()
         quiet = now - self.settings.symbol_heartbeat
         wall = self._wall_ns()
@@ -239,13 +240,13 @@ class Hub:
             sb = ch.seqbook
             if ch.full and ch.last_sent <= quiet:
                 ch.last_sent = now
-                out = Outgoing(codec.heartbeat_message(sb.instrument.symbol, sb.epoch, sb.seq, wall))
+                out = Outgoing(codec.heartbeat_message(sb.instrument.symbol, sb.epoch, sb.seq, wall, stale))
                 for sub in ch.full:
                     sub.conn.push(sub, out, now)
             for g in ch.groups.values():
                 if g.last_sent <= quiet:
                     g.last_sent = now
-                    out = Outgoing(codec.heartbeat_message(sb.instrument.symbol, sb.epoch, g.view.seq, wall))
+                    out = Outgoing(codec.heartbeat_message(sb.instrument.symbol, sb.epoch, g.view.seq, wall, stale))
                     for sub in g.subs:
                         sub.conn.push(sub, out, now)
 

@@ -192,16 +192,18 @@ class Delta(_message.Message):
     def __init__(self, symbol: _Optional[str] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., prev_seq: _Optional[int] = ..., bids: _Optional[_Iterable[_Union[_book_pb2.Level, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[_book_pb2.Level, _Mapping]]] = ..., checksum: _Optional[int] = ..., event_time_ns: _Optional[int] = ..., publish_time_ns: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("symbol", "epoch", "seq", "time_ns")
+    __slots__ = ("symbol", "epoch", "seq", "time_ns", "stale")
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     symbol: str
     epoch: int
     seq: int
     time_ns: int
-    def __init__(self, symbol: _Optional[str] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., time_ns: _Optional[int] = ...) -> None: ...
+    stale: bool
+    def __init__(self, symbol: _Optional[str] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., time_ns: _Optional[int] = ..., stale: _Optional[bool] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "symbol", "request_id")

@@ -176,13 +176,16 @@ def unsubscribed_message(symbol: str, request_id: int) -> stream_pb2.ServerMessa
     return msg
 
 
-def heartbeat_message(symbol: str, epoch: int, seq: int, time_ns: int) -> stream_pb2.ServerMessage:
+def heartbeat_message(
+    symbol: str, epoch: int, seq: int, time_ns: int, stale: bool = False
+) -> stream_pb2.ServerMessage:
     msg = ServerMessage()
     hb = msg.heartbeat
     hb.symbol = symbol
     hb.epoch = epoch
     hb.seq = seq
     hb.time_ns = time_ns
+    hb.stale = stale
     return msg
 
 
