@@ -26,6 +26,17 @@ def _raise_fd_limit() -> tuple[int, int]:
     return soft, hard
 
 
+def _redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _serve(args: argparse.Namespace) -> int:
     from orderbook.server.app import create_app
     from orderbook.server.settings import Settings
@@ -57,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(
         f"orderbook: serving on http://{args.host}:{args.port}  "
         f"(WebSocket ws://{args.host}:{args.port}/ws, feed {'on' if args.feed_token else 'off'}, "
-        f"{'cluster ' + args.redis if args.redis else 'simulator ' + ('off' if args.no_simulator else 'on')}, "
+        f"{'cluster ' + _redact(args.redis) if args.redis else 'simulator ' + ('off' if args.no_simulator else 'on')}, "
         f"fd limit {soft})",
         flush=True,
     )
