@@ -154,3 +154,43 @@ async def test_late_node_starts_from_the_snapshot_of_a_trimmed_log(tmp_path, red
         first.stop()
         if late is not None:
             late.stop()
+
+
+async def test_sequencer_paused_past_its_lease_is_fenced_and_rejoins_as_replica(tmp_path, redis_proc):  # noqa: F811
+    import signal
+
+    nodes = [start_node(tmp_path, redis_proc.url) for _ in range(2)]
+    try:
+        await until(lambda: sum(readyz(n.http).get("role") == "sequencer" for n in nodes) == 1)
+        old = next(n for n in nodes if readyz(n.http).get("role") == "sequencer")
+        other = next(n for n in nodes if n is not old)
+        async with Publisher.connect(other.feed_url) as pub, Subscriber.connect(other.url) as sub:
+            await pub.send([instrument("P")], [update("P", asks=[(900, 1)])])
+            await until(lambda: has_symbol(other.http, "P"))
+            await sub.subscribe("P")
+            await sub.until(lambda: sub.snapshots.get("P"))
+            old.proc.send_signal(signal.SIGSTOP)
+            try:
+                # Published while the old sequencer is frozen past its lease.
+                for i in range(40):
+                    reply = await pub.send(updates=[update("P", bids=[(1 + i, 1)])])
+                    assert reply.WhichOneof("kind") == "ack", reply
+                await until(lambda: readyz(other.http).get("role") == "sequencer")
+            finally:
+                old.proc.send_signal(signal.SIGCONT)
+            for i in range(40, 60):
+                await pub.send(updates=[update("P", bids=[(1 + i, 1)])])
+            await sub.until(lambda: sub.followers["P"].book.bid_count() == 60, timeout=30)
+            # The woken node is fenced: it follows as a replica, in step.
+            await until(lambda: readyz(old.http).get("role") == "replica" and readyz(old.http).get("log_position") == readyz(other.http).get("log_position"))
+            seqs = [s for _, s in sub.seen["P"]]
+            assert seqs == list(range(2, 62))
+        async with Subscriber.connect(old.url) as again:
+            await again.subscribe("P")
+            await again.until_seq("P", 61)
+            assert again.followers["P"].book == sub.followers["P"].book
+    finally:
+        for n in nodes:
+            if n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGCONT)
+            n.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 from redis.exceptions import RedisError
@@ -41,6 +42,9 @@ class LogFollower:
         self.caught_up = False
         self.stale = False
         self.reset = asyncio.Event()
+        # Replica lag: how long after the sequencer stamped it this node
+        # applied the newest change (ms), measured on the last entry applied.
+        self.lag_ms = 0.0
 
     async def run(self) -> None:
         backoff = 0.05
@@ -78,6 +82,8 @@ class LogFollower:
                     return
                 self._apply(instruments, deltas)
                 self.position = e.position
+                if deltas:
+                    self.lag_ms = (time.time_ns() - deltas[-1][0].publish_time_ns) / 1e6
             if not self.caught_up and self.position >= target:
                 self.caught_up = True
 

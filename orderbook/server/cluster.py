@@ -64,6 +64,7 @@ class Cluster:
             "log_position": f.position if f else 0,
             "caught_up": bool(f and f.caught_up),
             "stale": bool(f and f.stale),
+            "lag_ms": round(f.lag_ms, 3) if f else None,
         }
 
     async def run(self, state) -> None:
