@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 
 from redis.exceptions import RedisError
 
+from orderbook.core.errors import OrderbookError
 from orderbook.core.events import Delta, Snapshot
 from orderbook.core.instrument import Instrument
 from orderbook.wire import codec
@@ -57,6 +58,9 @@ class LogFollower:
                 if target is None:
                     target = await self._log.position()
                 entries = await self._log.read(self.position, count=1000, block_ms=500)
+                if self.stale:
+                    await self._log.drop_idle_connections()
+                    log.info("redis is back")
                 self.stale = False
                 backoff = 0.05
             except RedisError as exc:
@@ -80,7 +84,14 @@ class LogFollower:
                     log.warning("cluster epoch changed from %d to %d", self.epoch, epoch)
                     self.reset.set()
                     return
-                self._apply(instruments, deltas)
+                try:
+                    self._apply(instruments, deltas)
+                except OrderbookError:
+                    # The log does not continue this node's books (for example
+                    # Redis came back with an older copy): start over from it.
+                    log.exception("log entry %d does not apply; resetting", e.position)
+                    self.reset.set()
+                    return
                 self.position = e.position
                 if deltas:
                     self.lag_ms = (time.time_ns() - deltas[-1][0].publish_time_ns) / 1e6

@@ -125,6 +125,11 @@ class RedisLog:
         self._release = client.register_script(_RELEASE)
         self._snapshot = client.register_script(_SNAPSHOT)
 
+    async def drop_idle_connections(self) -> None:
+        """After an outage, pooled connections still look open but fail on
+        first use: close the idle ones so the next commands reconnect."""
+        await self._r.connection_pool.disconnect(inuse_connections=False)
+
     # Epoch ------------------------------------------------------------------
     async def epoch(self, candidate: int | None = None) -> int | None:
         """The cluster's epoch; with `candidate`, create it if Redis has none

@@ -106,7 +106,8 @@ class Sequencer:
             if not await rlog.renew(self.token, self._ttl_ms):
                 raise Fenced("lease renewal refused")
             self._renewed = now
-        batch_wait = max(int(self._ttl_ms / 6), 10)
+        # Short enough to renew in time, and well inside the client's socket timeout.
+        batch_wait = min(max(int(self._ttl_ms / 6), 10), 1000)
         for input_id, data in await rlog.read_input(self._cursor, count=100, block_ms=batch_wait):
             entries = []
             try:

@@ -80,6 +80,7 @@ class Cluster:
                 epoch = await self._new_epoch()
                 log.warning("switching to epoch %d; closing %d subscribers", epoch, len(hub.connections))
                 old = hub
+                self.queued_instruments.clear()
                 state.hub = Hub(self._settings, epoch, asyncio.get_running_loop())
                 self.epoch = epoch
                 for conn in list(old.connections):
@@ -103,4 +104,9 @@ class Cluster:
                 delay = min(delay * 2, 2.0)
 
     async def close(self) -> None:
+        # Hand the lease over at once on a clean stop rather than after it lapses.
+        try:
+            await self.log.release(self.sequencer.token)
+        except Exception as exc:  # noqa: BLE001  best effort: the lease lapses anyway
+            log.warning("could not release the lease: %s", exc)
         await self._client.aclose()

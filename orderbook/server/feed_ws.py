@@ -73,7 +73,11 @@ async def _publisher(ws, state) -> None:
                     # once; then queued for whichever node holds the lease.
                     cluster = state.cluster
                     # Symbols this node queued definitions for may not have come
-                    # back through the log yet: count them as defined.
+                    # back through the log yet: count them as defined. Once the
+                    # log has defined a symbol, the log's definition rules.
+                    queued = cluster.queued_instruments
+                    for symbol in [s for s in queued if s in hub.market]:
+                        del queued[symbol]
                     hub.market.validate(
                         FeedBatch(batch.batch_id, (*cluster.queued_instruments.values(), *batch.instruments), batch.updates)
                     )

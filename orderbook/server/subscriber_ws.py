@@ -52,6 +52,7 @@ async def subscriber_endpoint(request: Request):
         )
     adm = admission.choose_encoding(offered)
     ws = await upgrade(request, adm.subprotocol, settings.max_message_bytes)
+    hub = state.hub  # a cluster may have switched hubs (new epoch) during the upgrade
     conn = hub.new_connection(ws.io_proto.transport, adm.encoding, peer=request.client_ip or "")
     conn.ws = ws
     try:
