@@ -15,23 +15,20 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness import FEED_TOKEN, Publisher, Subscriber, instrument, start_server_process, update  # noqa: E402
+from tests.harness import (  # noqa: E402
+    FEED_TOKEN,
+    Publisher,
+    Subscriber,
+    instrument,
+    readyz,
+    start_server_process,
+    update,
+)
 from tests.redis_harness import start_redis  # noqa: E402
-
-
-def readyz(http: str) -> dict:
-    try:
-        with urllib.request.urlopen(http + "/readyz", timeout=2) as r:
-            return json.load(r)
-    except urllib.error.HTTPError as e:
-        return json.load(e)
-    except OSError:
-        return {}
 
 
 async def until(pred, timeout: float = 30.0) -> None:

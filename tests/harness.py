@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -162,6 +164,27 @@ def wait_ready(http: str, timeout: float, proc: subprocess.Popen | None = None) 
             pass
         time.sleep(0.05)  # polling a condition, bounded by the deadline
     raise TimeoutError(f"{http} not ready after {timeout}s")
+
+
+# ------------------------------------------------------------------ cluster nodes
+
+
+def readyz(http: str) -> dict:
+    try:
+        with urllib.request.urlopen(http + "/readyz", timeout=2) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        return json.load(e)
+    except OSError:
+        return {}
+
+
+def has_symbol(http: str, symbol: str) -> bool:
+    try:
+        with urllib.request.urlopen(http + "/symbols", timeout=2) as r:
+            return any(s["symbol"] == symbol for s in json.load(r)["symbols"])
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------ publishing

@@ -4,36 +4,15 @@ same epoch, seqs and bytes; the sequencer role fails over without a gap."""
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.error
-import urllib.request
 
 import pytest
 
 from orderbook.wire import codec
 
-from .harness import FEED_TOKEN, Publisher, Subscriber, instrument, start_server_process, update
+from .harness import FEED_TOKEN, Publisher, Subscriber, has_symbol, instrument, readyz, start_server_process, update
 from .redis_harness import redis_factory, redis_proc  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def readyz(http: str) -> dict:
-    try:
-        with urllib.request.urlopen(http + "/readyz", timeout=2) as r:
-            return json.load(r)
-    except urllib.error.HTTPError as e:
-        return json.load(e)
-    except OSError:
-        return {}
-
-
-def has_symbol(http: str, symbol: str) -> bool:
-    try:
-        with urllib.request.urlopen(http + "/symbols", timeout=2) as r:
-            return any(s["symbol"] == symbol for s in json.load(r)["symbols"])
-    except OSError:
-        return False
 
 
 def start_node(tmp_path, redis_url: str, *extra: str):

@@ -33,7 +33,8 @@ from orderbook.wire.codec import ErrorCode
 
 from .harness import ROOT, Publisher, Subscriber, free_port, instrument, update
 from .redis_harness import redis_factory, redis_proc  # noqa: F401
-from .test_cluster import has_symbol, readyz, start_node, until
+from .harness import has_symbol, readyz
+from .test_cluster import start_node, until
 
 pytestmark = pytest.mark.timeout(120)
 
