@@ -50,8 +50,8 @@ def cluster(tmp_path, redis_proc):  # noqa: F811
     (before the Redis fixture stops its server)."""
     started = []
 
-    def start():
-        node = start_node(tmp_path, redis_proc.url)
+    def start(*extra: str):
+        node = start_node(tmp_path, redis_proc.url, *extra)
         started.append(node)
         return node
 
@@ -370,7 +370,8 @@ async def test_late_node_catches_up_serves_the_same_books_and_resumes_a_point_fr
 
 
 async def test_redis_stopped_and_restarted_with_data_nodes_go_stale_then_continue(redis_proc, cluster):  # noqa: F811
-    nodes = [cluster(), cluster()]
+    # Quick heartbeats, so the stale flag shows on the wire during the outage.
+    nodes = [cluster("--heartbeat", "0.3"), cluster("--heartbeat", "0.3")]
     a, b = nodes
     async with Publisher.connect(a.feed_url) as pub, Subscriber.connect(a.url) as sa, Subscriber.connect(
         b.url
@@ -398,6 +399,9 @@ async def test_redis_stopped_and_restarted_with_data_nodes_go_stale_then_continu
         assert reply.error.code == ErrorCode.ERROR_CODE_INTERNAL, reply
         assert "redis unavailable" in reply.error.message, reply
 
+        # Heartbeats say the books may be behind.
+        for s in subs:
+            await s.until(lambda s=s: bool(s.heartbeats) and s.heartbeats[-1].stale, timeout=10)
         # Subscribers keep their connection and their (last) books.
         for s, n in zip(subs, nodes):
             await ping(s)
@@ -410,6 +414,8 @@ async def test_redis_stopped_and_restarted_with_data_nodes_go_stale_then_continu
             body = readyz(n.http)
             assert body.get("stale") is False and body.get("caught_up") is True, body
         await until(lambda: sum(readyz(n.http).get("role") == "sequencer" for n in nodes) == 1)
+        for s in subs:
+            await s.until(lambda s=s: not s.heartbeats[-1].stale, timeout=10)
 
         # Ready again means /feed accepts again. A refusal is kept for the
         # final assertion and retried (setting the same level twice is one
