@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -25,18 +24,12 @@ from tests.harness import (  # noqa: E402
     Subscriber,
     instrument,
     readyz,
+    sequencer_of,
     start_server_process,
+    until,
     update,
 )
 from tests.redis_harness import start_redis  # noqa: E402
-
-
-async def until(pred, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(pred):
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -50,8 +43,7 @@ async def main(rate: int, seconds: float, ttl: float) -> None:
     args = ("--redis", redis.url, "--feed-token", FEED_TOKEN, "--lease-ttl", str(ttl))
     nodes = [start_server_process(tmp, *args) for _ in range(2)]
     try:
-        await until(lambda: sum(readyz(n.http).get("role") == "sequencer" for n in nodes) == 1)
-        seq_node = next(n for n in nodes if readyz(n.http).get("role") == "sequencer")
+        seq_node = await sequencer_of(nodes)
         replica = next(n for n in nodes if n is not seq_node)
         async with Publisher.connect(replica.feed_url) as pub, Subscriber.connect(replica.url) as sub:
             await pub.send([instrument("R")], [update("R", asks=[(100_000, 1)])])

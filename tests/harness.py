@@ -187,6 +187,21 @@ def has_symbol(http: str, symbol: str) -> bool:
         return False
 
 
+async def until(pred, timeout: float = 20.0) -> None:
+    """Poll a blocking predicate (HTTP calls) off the loop until it holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await asyncio.to_thread(pred):
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)  # polling a condition under a deadline
+
+
+async def sequencer_of(nodes):
+    """Wait until exactly one of `nodes` sequences; return it."""
+    await until(lambda: sum(readyz(n.http).get("role") == "sequencer" for n in nodes) == 1)
+    return next(n for n in nodes if readyz(n.http).get("role") == "sequencer")
+
+
 # ------------------------------------------------------------------ publishing
 
 

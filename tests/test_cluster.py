@@ -9,7 +9,18 @@ import pytest
 
 from orderbook.wire import codec
 
-from .harness import FEED_TOKEN, Publisher, Subscriber, has_symbol, instrument, readyz, start_server_process, update
+from .harness import (
+    FEED_TOKEN,
+    Publisher,
+    Subscriber,
+    has_symbol,
+    instrument,
+    readyz,
+    sequencer_of,
+    start_server_process,
+    until,
+    update,
+)
 from .redis_harness import redis_factory, redis_proc  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -19,14 +30,6 @@ def start_node(tmp_path, redis_url: str, *extra: str):
     return start_server_process(
         tmp_path, "--redis", redis_url, "--feed-token", FEED_TOKEN, "--lease-ttl", "1", *extra
     )
-
-
-async def until(pred, timeout: float = 20.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await asyncio.to_thread(pred):
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)  # polling a condition under a deadline
 
 
 async def delta_frames(sub: Subscriber, symbol: str, last_seq: int) -> list[bytes]:
@@ -71,8 +74,7 @@ async def test_nodes_serve_identical_epoch_seq_and_bytes(tmp_path, redis_proc): 
 async def test_sequencer_killed_under_load_standby_continues_without_loss(tmp_path, redis_proc):  # noqa: F811
     nodes = [start_node(tmp_path, redis_proc.url) for _ in range(3)]
     try:
-        await until(lambda: sum(readyz(n.http).get("role") == "sequencer" for n in nodes) == 1)
-        sequencer = next(n for n in nodes if readyz(n.http).get("role") == "sequencer")
+        sequencer = await sequencer_of(nodes)
         survivors = [n for n in nodes if n is not sequencer]
         published = 0
         async with Publisher.connect(survivors[0].feed_url) as pub, Subscriber.connect(survivors[1].url) as sub:
@@ -140,8 +142,7 @@ async def test_sequencer_paused_past_its_lease_is_fenced_and_rejoins_as_replica(
 
     nodes = [start_node(tmp_path, redis_proc.url) for _ in range(2)]
     try:
-        await until(lambda: sum(readyz(n.http).get("role") == "sequencer" for n in nodes) == 1)
-        old = next(n for n in nodes if readyz(n.http).get("role") == "sequencer")
+        old = await sequencer_of(nodes)
         other = next(n for n in nodes if n is not old)
         async with Publisher.connect(other.feed_url) as pub, Subscriber.connect(other.url) as sub:
             await pub.send([instrument("P")], [update("P", asks=[(900, 1)])])
