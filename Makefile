@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# Publishers (`orderbook replay`) use this on `make run`'s /feed; change it
+# before listening anywhere but loopback.
+FEED_TOKEN ?= local-dev
 PYTEST_ARGS ?=
 
 BIN   := $(VENV)/bin
@@ -24,7 +27,7 @@ install: $(STAMP)
 
 ## Run one node on the embedded default: no Redis, built-in market simulator.
 run: $(STAMP)
-	$(BIN)/orderbook serve --host $(HOST) --port $(PORT)
+	$(BIN)/orderbook serve --host $(HOST) --port $(PORT) --feed-token $(FEED_TOKEN)
 
 ## Run the whole test suite.
 test: $(STAMP)
@@ -38,6 +41,7 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_encode.py
+	$(BIN)/python benchmarks/bench_replay.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

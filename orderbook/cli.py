@@ -1,4 +1,6 @@
-"""The `orderbook` command: `serve` runs a node, `watch` shows live books."""
+"""The `orderbook` command: `serve` runs a node, `watch` shows live books,
+`replay` plays recorded market data into a node, `verify` checks a recording
+against the venue's own references, `record` writes what a subscriber receives."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import os
 import resource
 import sys
 
+from orderbook.core.errors import InvalidInput
 from orderbook.core.history import HistoryLimits
 
 
@@ -41,6 +44,18 @@ def _serve(args: argparse.Namespace) -> int:
     from orderbook.server.app import create_app
     from orderbook.server.settings import Settings
 
+    replay_plan = None
+    if args.replay:
+        if args.redis:
+            print("orderbook serve: --replay serves one node; to replay into a cluster, run "
+                  "`orderbook replay FILE --url <any node>`", file=sys.stderr)
+            return 2
+        args.file = args.replay
+        try:
+            replay_plan = _plan(args)
+        except (ValueError, InvalidInput) as exc:
+            print(f"orderbook serve: {exc}", file=sys.stderr)
+            return 2
     soft, _ = _raise_fd_limit()
     settings = Settings(
         host=args.host,
@@ -55,7 +70,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         client_buffer_limit=args.client_buffer,
         slow_client_timeout=args.slow_client_timeout,
-        simulator=not args.no_simulator and not args.redis,
+        simulator=not args.no_simulator and not args.redis and replay_plan is None,
+        replay=replay_plan,
         redis_url=args.redis,
         redis_prefix=args.redis_prefix,
         lease_ttl_ms=int(args.lease_ttl * 1000),
@@ -68,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(
         f"orderbook: serving on http://{args.host}:{args.port}  "
         f"(WebSocket ws://{args.host}:{args.port}/ws, feed {'on' if args.feed_token else 'off'}, "
-        f"{'cluster ' + _redact(args.redis) if args.redis else 'simulator ' + ('off' if args.no_simulator else 'on')}, "
+        f"{_feed_description(args)}, "
         f"fd limit {soft})",
         flush=True,
     )
@@ -80,6 +96,168 @@ def _serve(args: argparse.Namespace) -> int:
         motd=False,
     )
     return 0
+
+
+def _feed_description(args: argparse.Namespace) -> str:
+    if args.redis:
+        return "cluster " + _redact(args.redis)
+    if args.replay:
+        return f"replaying {args.replay}"
+    return "simulator " + ("off" if args.no_simulator else "on")
+
+
+# ----------------------------------------------------------------------------- replay / verify / record
+
+# Reader options a format takes, as (cli dest, reader keyword).
+_FORMAT_OPTIONS = {
+    "kraken": ("depth",),
+    "coinbase": ("price_scale", "size_scale"),
+    "binance": ("snapshots",),
+    "lobster": ("symbol", "levels"),
+    "tardis": ("price_scale", "size_scale"),
+    "recording": (),
+}
+
+
+def _source(args: argparse.Namespace):
+    from pathlib import Path
+
+    from orderbook.replay.files import Source, detect_format
+
+    path = Path(args.file)
+    fmt = args.format
+    if fmt == "auto":
+        fmt = detect_format(path)
+    options = {}
+    for name in ("depth", "price_scale", "size_scale", "snapshots", "symbol", "levels"):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name not in _FORMAT_OPTIONS[fmt]:
+            raise ValueError(f"--{name.replace('_', '-')} does not apply to the {fmt} format")
+        options[name] = value
+    return Source(path, fmt, tuple(sorted(options.items())))
+
+
+def _window(args: argparse.Namespace):
+    from orderbook.replay.window import parse_time
+
+    start = parse_time(args.start) if args.start else None
+    end = parse_time(args.end) if args.end else None
+    return start, end
+
+
+def _plan(args: argparse.Namespace):
+    from orderbook.replay.pacing import parse_speed
+    from orderbook.replay.player import ReplayPlan
+
+    start, end = _window(args)
+    return ReplayPlan(_source(args), parse_speed(args.speed), args.loop, start, end)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from orderbook.replay.player import FeedSink, play
+
+    try:
+        plan = _plan(args)
+    except (ValueError, InvalidInput) as exc:
+        print(f"orderbook replay: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        sink = await FeedSink.connect(args.url, args.feed_token)
+        try:
+            stats = await play(
+                plan.source.records, sink, speed=plan.speed, loop=plan.loop, laps=args.laps,
+                start=plan.start, end=plan.end,
+            )
+        finally:
+            await sink.close()
+        print(
+            f"orderbook replay: {stats.records} records, {stats.updates} updates in {stats.batches} batches, "
+            f"{sink.changes} changes sequenced, {stats.laps} lap(s)",
+            flush=True,
+        )
+
+    return _run_async("replay", run)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from orderbook.replay.verify import verify
+
+    try:
+        source = _source(args)
+        if args.server:
+            from orderbook.replay.endtoend import verify_through_server
+
+            report = asyncio.run(
+                verify_through_server(
+                    source.records(), args.server, feed_token=args.feed_token, token=args.token, timeout=args.timeout
+                )
+            )
+        else:
+            report = verify(source.records())
+    except (ValueError, InvalidInput) as exc:
+        print(f"orderbook verify: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"orderbook verify: {exc}", file=sys.stderr)
+        return 1
+    where = f"through {args.server}" if args.server else "offline"
+    print(f"{args.file} ({source.format}, {where}):")
+    for line in report.lines():
+        print("  " + line)
+    return 0 if report.ok else 1
+
+
+def _record(args: argparse.Namespace) -> int:
+    from orderbook.replay.recorder import record
+
+    async def run() -> None:
+        summary = await record(
+            args.url, args.symbols, args.out, token=args.token, gzip=args.gzip,
+            duration=args.duration, max_messages=args.count,
+        )
+        print(f"orderbook record: {summary}", flush=True)
+
+    return _run_async("record", run)
+
+
+def _run_async(name: str, main) -> int:
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        return 130
+    except (InvalidInput, OSError) as exc:
+        print(f"orderbook {name}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a refused handshake, a closed connection: one clear line
+        print(f"orderbook {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_source_arguments(p: argparse.ArgumentParser) -> None:
+    from orderbook.replay.files import FORMATS
+
+    p.add_argument("file", help="the recording (a folder for LOBSTER or Binance captures)")
+    p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="default: guess from the file")
+    g = p.add_argument_group("format options")
+    g.add_argument("--depth", type=int, help="kraken: the subscribed book depth (default: from the channel name)")
+    g.add_argument("--price-scale", type=int, help="tardis, coinbase: decimals of prices (default: from the data)")
+    g.add_argument("--size-scale", type=int, help="tardis, coinbase: decimals of sizes (default: from the data)")
+    g.add_argument("--snapshots", help="binance: the REST snapshot file (default: *.http.* beside the capture)")
+    g.add_argument("--symbol", help="lobster: the symbol (default: from the file name)")
+    g.add_argument("--levels", type=int, help="lobster: levels in the file (default: from the file name)")
+
+
+def _add_pacing_arguments(p: argparse.ArgumentParser, loop_help: str = "start again at the end") -> None:
+    p.add_argument("--speed", default="1", help="1 = recorded pace, 10 = ten times faster, max = as fast as possible")
+    p.add_argument("--loop", action="store_true", help=loop_help)
+    p.add_argument("--start", help="window start: +SECONDS after the first record (+30s, +2m) or an ISO-8601 time")
+    p.add_argument("--end", help="window end, same forms as --start")
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -136,7 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--simulator-rate", type=float, default=200.0, help="updates per second")
     s.add_argument("--seed", type=int, default=None, help="simulator seed")
     s.add_argument("--access-log", action="store_true")
-    s.set_defaults(func=_serve)
+    s.add_argument("--replay", metavar="FILE", help="serve a recording instead of the simulator")
+    s.add_argument("--format", default="auto", help="format of --replay's file (default: guess)")
+    for name in ("--depth", "--price-scale", "--size-scale", "--levels"):
+        s.add_argument(name, type=int, help=argparse.SUPPRESS)
+    for name in ("--snapshots", "--symbol"):
+        s.add_argument(name, help=argparse.SUPPRESS)
+    _add_pacing_arguments(s, "play --replay's file again and again")
+    s.set_defaults(func=_serve, file=None)
 
     w = sub.add_parser("watch", help="print a live top-of-book")
     w.add_argument("symbols", nargs="+")
@@ -146,6 +331,32 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--json", action="store_true", help="use the JSON encoding")
     w.add_argument("--once", action="store_true", help="print one table and exit")
     w.set_defaults(func=_watch)
+
+    r = sub.add_parser("replay", help="play recorded market data into a running node through /feed")
+    _add_source_arguments(r)
+    r.add_argument("--url", default="http://127.0.0.1:8000", help="the node (its /feed endpoint)")
+    r.add_argument("--feed-token", default=os.environ.get("ORDERBOOK_FEED_TOKEN"))
+    _add_pacing_arguments(r)
+    r.add_argument("--laps", type=int, default=None, help="with --loop: stop after this many laps")
+    r.set_defaults(func=_replay)
+
+    v = sub.add_parser("verify", help="rebuild the books of a recording and check the venue's own references")
+    _add_source_arguments(v)
+    v.add_argument("--server", help="check end to end: replay through this node's /feed and compare a subscriber's books")
+    v.add_argument("--feed-token", default=os.environ.get("ORDERBOOK_FEED_TOKEN"))
+    v.add_argument("--token", default=os.environ.get("ORDERBOOK_TOKEN"), help="subscriber token")
+    v.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server at each step")
+    v.set_defaults(func=_verify)
+
+    c = sub.add_parser("record", help="write what a subscriber receives to a file that replay plays back")
+    c.add_argument("symbols", nargs="+")
+    c.add_argument("--url", default="ws://127.0.0.1:8000/ws")
+    c.add_argument("--out", required=True, help="the file to write (gzip-compressed if it ends in .gz)")
+    c.add_argument("--gzip", action="store_true", help="compress even without a .gz name")
+    c.add_argument("--duration", type=float, help="stop after this many seconds")
+    c.add_argument("--count", type=int, help="stop after this many messages")
+    c.add_argument("--token", default=os.environ.get("ORDERBOOK_TOKEN"))
+    c.set_defaults(func=_record)
     return p
 
 

@@ -1,10 +1,13 @@
-"""The book checksum, proven equal to Kraken's on a real capture."""
+"""The book checksum, proven equal to Kraken's on a real capture read by the
+Kraken reader and rebuilt by the same Market the server uses."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import itertools
 import zlib
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,10 @@ from hypothesis import strategies as st
 
 from orderbook.core.book import Book
 from orderbook.core.checksum import CHECKSUM_DEPTH, book_checksum
+from orderbook.core.events import BookUpdate
+from orderbook.replay.formats import kraken
+from orderbook.replay.records import Record
+from orderbook.replay.verify import Verifier, verify
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,211 +80,146 @@ def test_only_top_ten_count(asks, bids):
 # ----------------------------------------------------------------------------- Kraken capture
 
 
-def _decimals(text: str) -> int:
-    return len(text.partition(".")[2])
-
-
-def _units(text: str) -> int:
-    # Kraken's rule: drop the '.' and leading zeros; int() does the latter.
-    return int(text.replace(".", ""))
-
-
-class KrakenReplay:
-    """Rebuilds every pair's book from the raw capture, checking each checksum."""
-
-    def __init__(self, depth: int = KRAKEN_DEPTH) -> None:
-        self.depth = depth
-        self.trimmed = 0
-        self.books: dict[str, Book] = {}
-        self.scales: dict[str, tuple[int, int]] = {}  # pair -> (price dp, size dp)
-        self.channels: dict[int, str] = {}
-        self.snapshots: dict[str, tuple[int, int]] = {}
-        self.updates = Counter()
-        self.level_changes = 0
-        self.deletions = 0
-        self.republished = 0
-        self.heartbeats = 0
-        self.mismatches: list[tuple[str, int, int, int]] = []
-        self.checked = 0
-
-    def _scale_check(self, pair: str, price: str, size: str) -> None:
-        # Kraken writes a fixed number of decimals per pair: the scales are those.
-        got = (_decimals(price), _decimals(size))
-        want = self.scales.setdefault(pair, got)
-        assert got == want, f"{pair}: {price} {size} breaks the fixed decimals {want}"
-
-    def _levels(self, pair: str, entries: list[list[str]]) -> list[tuple[int, int]]:
-        out = []
-        for entry in entries:
-            price, size = entry[0], entry[1]
-            if len(entry) > 3:
-                assert entry[3] == "r", entry  # republish: applied like any update
-                self.republished += 1
-            self._scale_check(pair, price, size)
-            out.append((_units(price), _units(size)))
-        return out
-
-    def feed_line(self, line: str) -> None:
-        line = line.rstrip("\r\n")
-        if not line or line.startswith("wss://") or line.startswith("configuration:"):
-            return
-        _, sep, body = line.partition(": ")
-        assert sep, line[:80]
-        msg = json.loads(body)
-        if isinstance(msg, dict):
-            if msg.get("event") == "subscriptionStatus":
-                self.channels[msg["channelID"]] = msg["pair"]
-            elif msg.get("event") == "heartbeat":
-                self.heartbeats += 1
-            return
-        pair = msg[-1]
-        assert msg[-2] == "book-1000"
-        assert self.channels[msg[0]] == pair
-        payloads = msg[1:-2]
-        if "as" in payloads[0] or "bs" in payloads[0]:
-            self._snapshot(pair, payloads[0])
-        else:
-            self._update(pair, payloads)
-
-    def _snapshot(self, pair: str, snap: dict) -> None:
-        asks = self._levels(pair, snap.get("as", []))
-        bids = self._levels(pair, snap.get("bs", []))
-        assert asks == sorted(asks) and bids == sorted(bids, reverse=True)
-        book = Book()
-        book.replace(bids, asks)
-        book.check()
-        self.books[pair] = book
-        self.snapshots[pair] = (len(asks), len(bids))
-
-    def _update(self, pair: str, payloads: list[dict]) -> None:
-        book = self.books[pair]
-        checksum = None
-        for part in payloads:
-            for price, size in self._levels(pair, part.get("a", [])):
-                book.set_ask(price, size)
-                self.level_changes += 1
-                self.deletions += size == 0
-            for price, size in self._levels(pair, part.get("b", [])):
-                book.set_bid(price, size)
-                self.level_changes += 1
-                self.deletions += size == 0
-            if "c" in part:
-                checksum = int(part["c"])
-        # Kraken trims each side to the subscribed depth after every message.
-        while book.ask_count() > self.depth:
-            book.set_ask(book.asks()[-1][0], 0)
-            self.trimmed += 1
-        while book.bid_count() > self.depth:
-            book.set_bid(book.bids()[-1][0], 0)
-            self.trimmed += 1
-        assert checksum is not None, f"{pair}: update without checksum"
-        self.updates[pair] += 1
-        computed = book.checksum()
-        self.checked += 1
-        if computed != checksum:
-            self.mismatches.append((pair, self.updates[pair], checksum, computed))
-
-
-def replay(path: Path) -> KrakenReplay:
-    r = KrakenReplay()
+def read_capture_file(path: Path, **kwargs) -> list[Record]:
     with path.open(encoding="utf-8") as f:
-        for line in f:
-            r.feed_line(line)
-    return r
+        return list(kraken.read(f, **kwargs))
+
+
+def rebuild(records: Iterable[Record]) -> Verifier:
+    """Feed records to the same Market the server uses; keep it for its books."""
+    v = Verifier()
+    for record in records:
+        v.feed(record)
+    return v
+
+
+def updates(records: Iterable[Record], replace: bool) -> list[BookUpdate]:
+    return [u for r in records for u in r.updates if u.replace == replace]
 
 
 @pytest.fixture(scope="module")
-def kraken(shared_data: Path) -> KrakenReplay:
-    return replay(shared_data / KRAKEN_DIR / "KRAKEN.ws.50.0")
+def capture(shared_data: Path) -> Path:
+    return shared_data / KRAKEN_DIR / "KRAKEN.ws.50.0"
 
 
-def test_kraken_every_checksum_matches(kraken):
-    assert kraken.mismatches == []
-    assert kraken.checked == EXPECTED_UPDATES
-    assert sum(kraken.updates.values()) == EXPECTED_UPDATES
-    assert dict(kraken.updates) == EXPECTED_PER_PAIR
+@pytest.fixture(scope="module")
+def records(capture: Path) -> list[Record]:
+    return read_capture_file(capture)
 
 
-def test_kraken_capture_shape(kraken):
-    # Guards that the parser really read what the README describes.
-    assert kraken.snapshots == EXPECTED_SNAPSHOT_DEPTH
-    assert kraken.level_changes == EXPECTED_LEVEL_CHANGES
-    assert kraken.deletions == EXPECTED_DELETIONS
-    assert kraken.heartbeats == 31
-    assert kraken.republished == 0 and kraken.trimmed == 0  # both shown synthetically below
-    assert len(kraken.channels) == 10
+@pytest.fixture(scope="module")
+def rebuilt(records: list[Record]) -> Verifier:
+    return rebuild(records)
+
+
+def test_kraken_every_checksum_matches(rebuilt):
+    report = rebuilt.report
+    assert report.mismatches == [] and report.rejected == []
+    assert report.by_kind() == {"checksum": (EXPECTED_UPDATES, EXPECTED_UPDATES)}
+    assert {s: r.checks["checksum"] for s, r in report.symbols.items()} == EXPECTED_PER_PAIR
+    assert report.ok
+
+
+def test_kraken_capture_shape(capture, records, rebuilt):
+    # Guards that the reader really read what the README describes.
+    snapshots = {u.symbol: (len(u.asks), len(u.bids)) for u in updates(records, replace=True)}
+    assert snapshots == EXPECTED_SNAPSHOT_DEPTH
+    changes = [level for u in updates(records, replace=False) for level in (*u.bids, *u.asks)]
+    assert len(changes) == EXPECTED_LEVEL_CHANGES
+    assert sum(size == 0 for _, size in changes) == EXPECTED_DELETIONS
+    assert Counter(u.symbol for u in updates(records, replace=False)) == EXPECTED_PER_PAIR
+    # Heartbeats and control messages are in the file but yield no record.
+    raw = capture.read_text(encoding="utf-8").splitlines()
+    assert sum('"event":"heartbeat"' in line for line in raw) == 31
+    assert len(records) == len(EXPECTED_SNAPSHOT_DEPTH) + EXPECTED_UPDATES
+    # No republish entries and no depth trims here (both shown synthetically
+    # below): no 4-element level, and the records do not depend on the depth.
+    assert not any('"r"]' in line for line in raw)
+    assert read_capture_file(capture, depth=10**6) == records
     # ADA/XBT: prices like "0.000022900" (9 dp), volumes like "13355.87450757" (8 dp).
-    assert kraken.scales["ADA/XBT"] == (9, 8)
-    assert kraken.scales["XBT/CHF"] == (5, 8)
-    for book in kraken.books.values():
+    scales = {i.symbol: (i.price_scale, i.size_scale) for r in records for i in r.instruments}
+    assert len(scales) == 10
+    assert scales["ADA/XBT"] == (9, 8)
+    assert scales["XBT/CHF"] == (5, 8)
+    for symbol in scales:
+        book = rebuilt.book(symbol)
         book.check()
         assert book.bid_count() <= KRAKEN_DEPTH and book.ask_count() <= KRAKEN_DEPTH
         assert not book.crossed()
 
 
-def test_kraken_checksum_is_sensitive(shared_data: Path):
-    # A plausible mistake (treating the volume as a delta) must be caught,
-    # which shows the match above is not vacuous.
-    path = shared_data / KRAKEN_DIR / "KRAKEN.ws.50.0"
-
-    class DeltaVolume(KrakenReplay):
-        def _update(self, pair, payloads):
-            book = self.books[pair]
-            for part in payloads:
-                for price, size in self._levels(pair, part.get("a", [])):
-                    book.set_ask(price, book.ask_size(price) + size if size else 0)
-                for price, size in self._levels(pair, part.get("b", [])):
-                    book.set_bid(price, book.bid_size(price) + size if size else 0)
-                if "c" in part:
-                    self.checked += 1
-                    if book.checksum() != int(part["c"]):
-                        self.mismatches.append((pair, 0, 0, 0))
-
-    wrong = DeltaVolume()
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            wrong.feed_line(line)
-            if n > 600:
-                break
-    assert wrong.checked > 100
-    assert len(wrong.mismatches) > wrong.checked // 2
+def as_volume_deltas(records: Iterable[Record]) -> Iterator[Record]:
+    """The plausible mistake of reading each volume as a change of size."""
+    books: dict[str, Book] = {}
+    for record in records:
+        out = []
+        for u in record.updates:
+            book = books.setdefault(u.symbol, Book())
+            if u.replace:
+                book.replace(u.bids, u.asks)
+                out.append(u)
+                continue
+            bids = tuple((p, book.bid_size(p) + s if s else 0) for p, s in u.bids)
+            asks = tuple((p, book.ask_size(p) + s if s else 0) for p, s in u.asks)
+            for p, s in bids:
+                book.set_bid(p, s)
+            for p, s in asks:
+                book.set_ask(p, s)
+            out.append(dataclasses.replace(u, bids=bids, asks=asks))
+        yield dataclasses.replace(record, updates=tuple(out))
 
 
-def _synthetic(depth: int) -> KrakenReplay:
-    r = KrakenReplay(depth)
-    r.feed_line('1.0: {"channelID":7,"channelName":"book-1000","event":"subscriptionStatus",'
-                '"pair":"T/X","status":"subscribed"}')
-    r.feed_line('1.1: [7,{"as":[["1.50","2.000","1.0"],["1.60","1.000","1.0"]],'
-                '"bs":[["1.40","1.000","1.0"]]},"book-1000","T/X"]')
-    return r
+def test_kraken_checksum_is_sensitive(capture):
+    # The mistake must be caught, which shows the match above is not vacuous.
+    with capture.open(encoding="utf-8") as f:
+        report = verify(as_volume_deltas(kraken.read(itertools.islice(f, 600))))
+    assert report.checked > 100
+    assert report.mismatch_count > report.checked // 2
+    assert not report.ok
+
+
+# ----------------------------------------------------------------------------- synthetic Kraken lines
+
+SUBSCRIBED = (
+    '1.0: {"channelID":7,"channelName":"book-1000","event":"subscriptionStatus",'
+    '"pair":"T/X","status":"subscribed"}'
+)
+SNAPSHOT = (
+    '1.1: [7,{"as":[["1.50","2.000","1.0"],["1.60","1.000","1.0"]],"bs":[["1.40","1.000","1.0"]]},"book-1000","T/X"]'
+)
+
+
+def update_line(ts: str, side: str, entries: str, checksum: int) -> str:
+    return f'{ts}: [7,{{"{side}":[{entries}],"c":"{checksum}"}},"book-1000","T/X"]'
 
 
 def test_kraken_depth_trim():
     # The capture never exceeds 1000 levels, so the trim rule is shown here:
     # a better ask pushes the worst one out without any delete being sent.
-    r = _synthetic(depth=2)
     expected = Book()
     expected.replace([(140, 1000)], [(145, 7000), (150, 2000)])
-    r.feed_line(f'1.2: [7,{{"a":[["1.45","7.000","1.1"]],"c":"{expected.checksum()}"}},'
-                '"book-1000","T/X"]')
-    assert r.trimmed == 1
-    assert r.mismatches == []
-    assert r.books["T/X"] == expected
+    lines = [SUBSCRIBED, SNAPSHOT, update_line("1.2", "a", '["1.45","7.000","1.1"]', expected.checksum())]
     # The level that fell out stays out when a level below it is deleted.
-    expected.set_ask(150, 0)
-    r.feed_line(f'1.3: [7,{{"a":[["1.50","0.000","1.2"]],"c":"{expected.checksum()}"}},'
-                '"book-1000","T/X"]')
-    assert r.mismatches == []
-    assert r.books["T/X"].asks() == [(145, 7000)]
+    expected_after = expected.copy()
+    expected_after.set_ask(150, 0)
+    lines.append(update_line("1.3", "a", '["1.50","0.000","1.2"]', expected_after.checksum()))
+    records = list(kraken.read(lines, depth=2))
+    # The removal Kraken never sends travels in the same update as its cause.
+    assert records[1].updates[0].asks == ((145, 7000), (160, 0))
+    v = rebuild(records)
+    assert v.report.mismatch_count == 0 and v.report.by_kind() == {"checksum": (2, 2)}
+    assert v.book("T/X").asks() == [(145, 7000)]
+    # Without the trim (depth 1000) the pushed-out level stays and both checksums fail.
+    assert verify(kraken.read(lines)).mismatch_count == 2
 
 
 def test_kraken_republish_entry_is_applied():
-    # The capture has no "r" entries; feed one through the same parser.
-    r = _synthetic(depth=KRAKEN_DEPTH)
+    # The capture has no "r" entries; feed one through the same reader.
     book = Book()
     book.replace([(140, 3500)], [(150, 2000), (160, 1000)])
-    c = book.checksum()
-    r.feed_line(f'1.2: [7,{{"b":[["1.40","3.500","1.1","r"]],"c":"{c}"}},"book-1000","T/X"]')
-    assert r.republished == 1
-    assert r.mismatches == []
-    assert r.books["T/X"] == book
+    lines = [SUBSCRIBED, SNAPSHOT, update_line("1.2", "b", '["1.40","3.500","1.1","r"]', book.checksum())]
+    records = list(kraken.read(lines))
+    assert records[1].updates[0].bids == ((140, 3500),)
+    v = rebuild(records)
+    assert v.report.by_kind() == {"checksum": (1, 1)} and v.report.ok
+    assert v.book("T/X") == book

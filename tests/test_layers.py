@@ -57,11 +57,33 @@ def test_core_is_pure(path):
             assert top in CORE_ALLOWED_EXTERNAL or top in _stdlib(), f"{path.name} imports {name}"
 
 
-@pytest.mark.parametrize("sub", ["wire", "feeds", "client", "replication"])
+@pytest.mark.parametrize("sub", ["wire", "feeds", "client", "replication", "replay"])
 def test_outer_layers_never_import_the_server(sub):
     for path in modules(sub):
         for name in imports_of(path):
             assert not name.startswith("orderbook.server"), f"{sub}/{path.name} imports {name}"
+
+
+# Readers, verification, pacing and windows are pure: files, sockets and the
+# clock belong to files.py, player.py, recorder.py and endtoend.py.
+REPLAY_PURE = sorted(
+    [*(PKG / "replay" / "formats").glob("*.py")]
+    + [PKG / "replay" / f"{name}.py" for name in ("records", "verify", "pacing", "window")]
+)
+
+
+@pytest.mark.parametrize("path", REPLAY_PURE, ids=lambda p: p.name)
+def test_replay_readers_are_pure(path):
+    for name in imports_of(path):
+        top = name.split(".")[0]
+        if top == "orderbook":
+            assert name.startswith(("orderbook.core", "orderbook.wire", "orderbook.replay")), f"{path.name} imports {name}"
+            assert not name.startswith(("orderbook.replay.files", "orderbook.replay.player", "orderbook.replay.endtoend",
+                                        "orderbook.replay.recorder")), f"{path.name} imports {name}"
+        elif name != "urllib.parse":  # string parsing only
+            assert top not in IO_MODULES | {"gzip", "io", "os", "pathlib"}, f"{path.name} imports {name} (I/O or clock)"
+    # Nor do they open files themselves.
+    assert "open(" not in path.read_text().replace("gzip.open(", ""), f"{path.name} opens a file"
 
 
 def test_only_the_wire_imports_generated_code():

@@ -74,13 +74,16 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
         duties = [background.heartbeats(current, tick, stale), background.lag_sweeper(current)]
         if cluster is not None:
             duties.append(cluster.run(state))
+        elif settings.replay is not None:
+            duties.append(background.replay(hub, settings.replay))
         elif settings.simulator:
             duties.append(background.simulate(hub, settings.simulator_rate, settings.simulator_seed))
         for coro in duties:
             task = loop.create_task(coro)
             task.add_done_callback(_report_crash)
             state.tasks.append(task)
-        log.info("epoch %d; simulator %s", epoch, "on" if settings.simulator else "off")
+        feed = "replay" if settings.replay else "simulator" if settings.simulator and cluster is None else "feed only"
+        log.info("epoch %d; %s", epoch, feed)
 
     @app.after_server_start
     async def ready(app: Sanic) -> None:

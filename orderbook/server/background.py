@@ -8,7 +8,9 @@ import random
 import time
 from collections.abc import Callable
 
+from orderbook.core.errors import InvalidInput
 from orderbook.feeds.simulator import MarketSimulator
+from orderbook.replay.player import HubSink, ReplayPlan, play
 
 from .hub import Hub
 from .subscriber_ws import CLOSE_TRY_AGAIN_LATER, close
@@ -53,3 +55,17 @@ async def simulate(hub: Hub, rate: float, seed: int | None) -> None:
         if n:
             carry -= n
             hub.ingest(sim.next_batch(time.time_ns(), n))
+
+
+async def replay(hub: Hub, plan: ReplayPlan) -> None:
+    """Feed the hub from a recording (serve --replay); a bad file stops the
+    replay, never the server."""
+    log.info("replaying %s (%s) at %s%s", plan.source.path, plan.source.format,
+             "full speed" if not plan.speed else f"{plan.speed}x", ", looping" if plan.loop else "")
+    try:
+        stats = await play(plan.source.records, HubSink(hub.ingest), speed=plan.speed, loop=plan.loop,
+                           start=plan.start, end=plan.end)
+    except InvalidInput as exc:
+        log.error("replay of %s stopped: %s", plan.source.path, exc)
+        return
+    log.info("replay of %s done: %d records, %d updates", plan.source.path, stats.records, stats.updates)

@@ -29,7 +29,6 @@ def _bearer(request: Request) -> str | None:
 async def feed_endpoint(request: Request):
     state = request.app.ctx.state
     settings: Settings = state.settings
-    hub: Hub = state.hub
     if not admission.is_upgrade(request.headers):
         return response.text(admission.NOT_WEBSOCKET, status=426, headers={"Upgrade": "websocket"})
     if settings.feed_token is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from orderbook.core.history import HistoryLimits
+from orderbook.replay.player import ReplayPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,8 @@ class Settings:
     simulator: bool = True
     simulator_rate: float = 200.0  # book updates per second, all symbols together
     simulator_seed: int | None = None
+    # A recording played as the feed instead of the simulator (serve --replay).
+    replay: ReplayPlan | None = None
     # Epoch of this process's sequences; None: derived from the start time.
     # With Redis, the cluster's epoch (kept in Redis) is used instead.
     epoch: int | None = None

@@ -1,0 +1,1 @@
+"""Replay, recording and verification of recorded market data."""

@@ -1,0 +1,164 @@
+"""The file edge of replay: find a format's companion files, open them
+(gzip or not), and hand the pure readers their lines or byte chunks.
+
+Everything here blocks on disk, so asynchronous callers pull records through
+a worker thread (see `player.pull`)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from .records import FormatError, Record
+
+FORMATS = ("kraken", "coinbase", "binance", "lobster", "tardis", "recording")
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What to read: a path, its format and reader options."""
+
+    path: Path
+    format: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def records(self) -> Iterator[Record]:
+        return open_records(self.path, self.format, **dict(self.options))
+
+
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if _is_gzip(path) else path.open("rb")
+
+
+def open_text(path: Path) -> IO[str]:
+    # newline="" keeps '\r\n' as written; the readers accept both endings.
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", newline="")
+
+
+def _one(candidates: list[Path], what: str, near: Path) -> Path:
+    if len(candidates) != 1:
+        found = ", ".join(p.name for p in candidates) or "none"
+        raise FormatError(str(near), f"expected exactly one {what} beside it, found: {found}")
+    return candidates[0]
+
+
+def binance_files(path: Path, snapshots: Path | None = None) -> tuple[Path, Path]:
+    """The WebSocket capture and its REST snapshots: a folder holding both,
+    or the capture with `*.http.*` beside it unless named explicitly."""
+    if path.is_dir():
+        ws = _one(sorted(path.glob("*.ws.*")), "WebSocket capture (*.ws.*)", path)
+    else:
+        ws = path
+    if snapshots is None:
+        snapshots = _one(sorted(ws.parent.glob("*.http.*")), "REST snapshot file (*.http.*)", ws)
+    return ws, snapshots
+
+
+def lobster_files(path: Path) -> tuple[Path, Path]:
+    """The message file and its orderbook file (same name, 'orderbook' for 'message')."""
+    if path.is_dir():
+        path = _one(sorted(path.glob("*_message_*")), "LOBSTER message file (*_message_*)", path)
+    if "_message_" not in path.name:
+        raise FormatError(str(path), "a LOBSTER message file is named <SYMBOL>_<date>_<start>_<end>_message_<L>.csv")
+    book = path.with_name(path.name.replace("_message_", "_orderbook_"))
+    if not book.exists():
+        raise FormatError(str(path), f"its orderbook file {book.name} is missing (it is the reference)")
+    return path, book
+
+
+def open_records(path: Path | str, fmt: str, **options: Any) -> Iterator[Record]:
+    """Stream the records of a recording; the files close when the iterator does."""
+    path = Path(path)
+    if fmt == "auto":
+        fmt = detect_format(path)
+    if fmt not in FORMATS:
+        raise FormatError(str(path), f"unknown format {fmt!r}; one of: {', '.join(FORMATS)}")
+    if not path.exists():
+        raise FormatError(str(path), "no such file")
+    return _records(path, fmt, options)
+
+
+def _records(path: Path, fmt: str, options: dict[str, Any]) -> Iterator[Record]:
+    with ExitStack() as stack:
+        if fmt == "kraken":
+            from .formats import kraken
+
+            yield from kraken.read(stack.enter_context(open_text(path)), source=path.name, **options)
+        elif fmt == "coinbase":
+            from .formats import coinbase
+
+            yield from coinbase.read(stack.enter_context(open_text(path)), source=path.name, **options)
+        elif fmt == "binance":
+            from .formats import binance
+
+            snapshots = options.pop("snapshots", None)
+            ws, http = binance_files(path, Path(snapshots) if snapshots else None)
+            yield from binance.read(
+                stack.enter_context(open_text(ws)),
+                stack.enter_context(open_text(http)),
+                source=ws.name,
+                snapshot_source=http.name,
+                **options,
+            )
+        elif fmt == "lobster":
+            from .formats import lobster
+
+            messages, book = lobster_files(path)
+            symbol, date, levels = lobster.parse_filename(messages.name)
+            options.setdefault("symbol", symbol)
+            options.setdefault("date", date)
+            options.setdefault("levels", levels)
+            yield from lobster.read(
+                stack.enter_context(open_text(messages)),
+                stack.enter_context(open_text(book)),
+                source=messages.name,
+                **options,
+            )
+        elif fmt == "tardis":
+            from .formats import tardis
+
+            yield from tardis.read(stack.enter_context(open_text(path)), source=path.name, **options)
+        else:
+            from .formats import recording
+
+            f = stack.enter_context(open_binary(path))
+            yield from recording.read(iter(lambda: f.read(CHUNK), b""), source=path.name, **options)
+
+
+def detect_format(path: Path) -> str:
+    """Guess the format from the name and the first bytes; a clear error if unsure."""
+    if path.is_dir():
+        if any(path.glob("*_message_*")):
+            return "lobster"
+        if any(path.glob("*.ws.*")) and any(path.glob("*.http.*")):
+            return "binance"
+        raise FormatError(str(path), "cannot tell the format of this folder; pass --format")
+    if "_message_" in path.name:
+        return "lobster"
+    with open_binary(path) as f:
+        head = f.read(4096)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "recording"
+    first = text.lstrip().lower()
+    if first.startswith("exchange,symbol,timestamp"):
+        return "tardis"
+    for marker, fmt in (("kraken.com", "kraken"), ("coinbase.com", "coinbase"), ("binance.com", "binance")):
+        if marker in first[:1024]:
+            return fmt
+    if not text.isprintable() and "\n" not in text[:200]:
+        return "recording"
+    raise FormatError(str(path), "cannot tell the format; pass --format " + "|".join(FORMATS))

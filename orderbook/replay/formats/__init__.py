@@ -1,0 +1,2 @@
+"""Readers of recorded market data, one module per format; each exposes a
+pure `read(...)` generator of `orderbook.replay.records.Record`."""

@@ -1,0 +1,229 @@
+"""Coinbase Pro (Coinbase Exchange) WebSocket `level2` + `ticker`, as raw
+cryptofeed captures (see `capture`). Messages, after the receive time:
+
+    {"type": "snapshot", "product_id": "SKL-BTC", "bids": [[price, size], ...], "asks": [...]}
+    {"type": "l2update", "product_id": "SKL-BTC", "changes": [["buy"|"sell", price, size]], "time": "<ISO>"}
+    {"type": "ticker", "product_id": "SKL-BTC", "best_bid": "...", "best_ask": "...", ...}
+
+Quirks handled here:
+- No sequence numbers on level2: the only reference is the ticker's best bid
+  and ask (prices only; the ticker gives no sizes at the top).
+- The first ticker of each product on a connection is the last one known at
+  subscribe time, older than the snapshot: it yields a record noted
+  "stale ticker" with no check.
+- `size` is the new absolute size; zero is written many ways ("0.0",
+  "0.00000000", ...), so it is compared as a number.
+- Coinbase writes no scales in the stream. Each product's scales are the most
+  significant decimals in its first snapshot's prices resp. sizes (DASH-BTC
+  writes "0.50000000" for sizes on a 0.001 grid), unless given: `price_scale`
+  / `size_scale` for every product, or `products` per product (from
+  `read_products` over the REST /products response). A later value needing
+  more decimals is a `FormatError`, never rounded.
+- Ticker prices may be written with more or fewer decimals; they convert exactly.
+- match, last_match, subscriptions, heartbeat and other types yield nothing.
+
+`time_ns` is the receive time; an l2update's `event_time_ns` is its ISO
+"time" as exact integer ns; a snapshot's is the receive time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+
+from orderbook.core.book import Level
+from orderbook.core.events import BookUpdate
+from orderbook.core.instrument import Instrument
+
+from ..records import BestPrices, FormatError, Record, scale_of, significant_decimals, units
+from .capture import OPENED, RECEIVED, REST, read_capture
+
+VENUE = "coinbase"
+STALE_TICKER = "stale ticker"
+SIDES = {"buy": "bids", "sell": "asks"}
+
+_ISO = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)\Z",
+    re.ASCII,
+)
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+
+@dataclass(slots=True)
+class _State:
+    price_scale: int | None
+    size_scale: int | None
+    products: Mapping[str, tuple[int, int]]
+    instruments: dict[str, Instrument] = field(default_factory=dict)
+    tickers_seen: set[str] = field(default_factory=set)  # per connection
+
+
+def read(
+    lines: Iterable[str],
+    *,
+    source: str = "coinbase",
+    price_scale: int | None = None,
+    size_scale: int | None = None,
+    products: Mapping[str, tuple[int, int]] | None = None,
+) -> Iterator[Record]:
+    """Yield one `Record` per snapshot, l2update and ticker of a capture.
+
+    `price_scale`/`size_scale` fix the scales of every product; `products`
+    maps product_id -> (price scale, size scale) (see `read_products`).
+    """
+    state = _State(price_scale, size_scale, products or {})
+    for line in read_capture(lines, source):
+        if line.kind == OPENED:
+            state.tickers_seen.clear()  # a new subscription sends stale tickers again
+            continue
+        if line.kind != RECEIVED:
+            continue
+        msg = _json(line.body, line.where)
+        kind = msg.get("type")
+        if kind == "snapshot":
+            yield _snapshot(state, msg, line.time_ns, line.where)
+        elif kind == "l2update":
+            yield _l2update(state, msg, line.time_ns, line.where)
+        elif kind == "ticker":
+            yield _ticker(state, msg, line.time_ns, line.where)
+
+
+def read_products(lines: Iterable[str], *, source: str = "coinbase-products") -> dict[str, tuple[int, int]]:
+    """product_id -> (price scale, size scale) from a capture's REST /products
+    response: the decimals of `quote_increment` and `base_increment`."""
+    out: dict[str, tuple[int, int]] = {}
+    for line in read_capture(lines, source):
+        if line.kind != REST:
+            continue
+        try:
+            body = json.loads(line.body)
+        except ValueError as exc:
+            raise FormatError(line.where, f"not JSON: {exc}") from None
+        if not isinstance(body, list):
+            raise FormatError(line.where, "a /products response is a list of products")
+        for p in body:
+            try:
+                out[p["id"]] = (significant_decimals(p["quote_increment"]), significant_decimals(p["base_increment"]))
+            except (KeyError, TypeError):
+                raise FormatError(line.where, f"product without id/quote_increment/base_increment: {p!r:.80}") from None
+    return out
+
+
+def iso_to_ns(text: str, where: str) -> int:
+    """An ISO-8601 UTC time ("2021-04-17T16:43:37.075687Z") as exact Unix ns."""
+    m = _ISO.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise FormatError(where, f"not an ISO-8601 time: {text!r}")
+    year, month, day, hour, minute, second, frac, zone = m.groups()
+    try:
+        days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_DAY
+    except ValueError:
+        raise FormatError(where, f"not a date: {text!r}") from None
+    if int(hour) > 23 or int(minute) > 59 or int(second) > 60:
+        raise FormatError(where, f"not a time of day: {text!r}")
+    seconds = days * 86400 + int(hour) * 3600 + int(minute) * 60 + int(second) - _offset_seconds(zone)
+    return seconds * 10**9 + int((frac or "").ljust(9, "0"))
+
+
+def _offset_seconds(zone: str) -> int:
+    if zone == "Z":
+        return 0
+    digits = zone[1:].replace(":", "")
+    minutes = int(digits[:2]) * 60 + int(digits[2:])
+    return -minutes * 60 if zone[0] == "-" else minutes * 60
+
+
+def _json(body: str, where: str) -> dict:
+    try:
+        msg = json.loads(body)
+    except ValueError as exc:
+        raise FormatError(where, f"not JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise FormatError(where, f"expected a JSON object, got {body[:80]!r}")
+    return msg
+
+
+def _product(msg: dict, where: str) -> str:
+    product = msg.get("product_id")
+    if not isinstance(product, str) or not product:
+        raise FormatError(where, f"{msg.get('type')} without product_id")
+    return product
+
+
+def _snapshot(state: _State, msg: dict, time_ns: int, where: str) -> Record:
+    product = _product(msg, where)
+    bids_raw, asks_raw = _pairs(msg, "bids", where), _pairs(msg, "asks", where)
+    inst = state.instruments.get(product)
+    if inst is None:
+        inst = state.instruments[product] = _instrument(state, product, bids_raw + asks_raw)
+    bids = tuple(_level(inst, e[0], e[1], where) for e in bids_raw)
+    asks = tuple(_level(inst, e[0], e[1], where) for e in asks_raw)
+    update = BookUpdate(product, bids, asks, replace=True, event_time_ns=time_ns)
+    return Record(time_ns, instruments=(inst,), updates=(update,))
+
+
+def _instrument(state: _State, product: str, levels: list[list[str]]) -> Instrument:
+    given = state.products.get(product)
+    price_scale = state.price_scale
+    if price_scale is None:
+        price_scale = given[0] if given else scale_of([e[0] for e in levels])
+    size_scale = state.size_scale
+    if size_scale is None:
+        size_scale = given[1] if given else scale_of([e[1] for e in levels])
+    base, _, quote = product.partition("-")
+    return Instrument(product, price_scale, size_scale, base=base, quote=quote, venue=VENUE)
+
+
+def _l2update(state: _State, msg: dict, time_ns: int, where: str) -> Record:
+    product = _product(msg, where)
+    inst = state.instruments.get(product)
+    if inst is None:
+        raise FormatError(where, f"{product}: l2update before its snapshot")
+    changes = msg.get("changes")
+    if not isinstance(changes, list):
+        raise FormatError(where, "l2update without a list of changes")
+    sides: dict[str, list[Level]] = {"bids": [], "asks": []}
+    for change in changes:
+        if not isinstance(change, list) or len(change) != 3 or change[0] not in SIDES:
+            raise FormatError(where, f'bad change {change!r}: want ["buy"|"sell", price, size]')
+        sides[SIDES[change[0]]].append(_level(inst, change[1], change[2], where))
+    event_ns = iso_to_ns(msg["time"], where) if "time" in msg else time_ns
+    update = BookUpdate(product, tuple(sides["bids"]), tuple(sides["asks"]), event_time_ns=event_ns)
+    return Record(time_ns, updates=(update,))
+
+
+def _ticker(state: _State, msg: dict, time_ns: int, where: str) -> Record:
+    product = _product(msg, where)
+    if product not in state.tickers_seen:
+        state.tickers_seen.add(product)
+        return Record(time_ns, note=STALE_TICKER)
+    inst = state.instruments.get(product)
+    bid, ask = msg.get("best_bid"), msg.get("best_ask")
+    if inst is None or not bid or not ask:
+        # Nothing to hold it against: no book yet, or the venue left a side out.
+        return Record(time_ns, note="ticker without book" if inst is None else "ticker without best bid/ask")
+    check = BestPrices(
+        product,
+        (units(bid, inst.price_scale, where), 0),
+        (units(ask, inst.price_scale, where), 0),
+        bid_size_known=False,
+        ask_size_known=False,
+    )
+    return Record(time_ns, checks=(check,))
+
+
+def _pairs(msg: dict, key: str, where: str) -> list[list[str]]:
+    raw = msg.get(key, [])
+    if not isinstance(raw, list) or not all(isinstance(e, list) and len(e) >= 2 for e in raw):  # [price, size, ...]
+        raise FormatError(where, f'"{key}" must be a list of [price, size]')
+    return raw
+
+
+def _level(inst: Instrument, price: object, size: object, where: str) -> Level:
+    lots = units(size, inst.size_scale, where)  # type: ignore[arg-type]
+    if lots < 0:
+        raise FormatError(where, f"negative size {size!r}")
+    return units(price, inst.price_scale, where), lots  # type: ignore[arg-type]

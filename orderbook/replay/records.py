@@ -1,0 +1,120 @@
+"""What every recorded-data reader yields: timed records of book changes,
+each with the venue's own reference for the book that must result.
+
+Readers are pure generators over lines (or byte chunks) that the I/O edge
+opens; they stream, holding at most the books they need to turn a venue's
+message into absolute level sizes. A record's updates are applied in order
+and then every check must hold against the resulting books.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from orderbook.core.book import Level
+from orderbook.core.errors import InvalidInput
+from orderbook.core.events import BookUpdate
+from orderbook.core.instrument import Instrument
+from orderbook.core.units import to_units
+
+
+class FormatError(InvalidInput):
+    """A recording does not follow its format; the message names where."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+
+
+# ----------------------------------------------------------------------------- references
+
+
+@dataclass(frozen=True, slots=True)
+class Checksum:
+    """The venue's CRC32 of the top 10 levels (Kraken's rule, which is ours)."""
+
+    symbol: str
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class BestPrices:
+    """The venue's best bid and ask; a size of None means the venue gave none.
+    A side of None means that side must be empty."""
+
+    symbol: str
+    bid: Level | None
+    ask: Level | None
+    bid_size_known: bool = True
+    ask_size_known: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TopLevels:
+    """The venue's own book, best first, to the depth it shows: the book's top
+    `len(bids)` bids and `len(asks)` asks must equal these exactly, and it must
+    hold no more levels than `depth` per side (0 = no limit); with a depth, a
+    side shorter than it must be the whole side."""
+
+    symbol: str
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+    depth: int = 0
+
+
+Reference = Checksum | BestPrices | TopLevels
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One venue message (or one row) as it was received.
+
+    `time_ns` is when the recorder received it (the venue's time where the
+    format has no receive time): replay paces by it. `instruments` are
+    definitions first needed here; `note` names an event with no book change
+    (a trading halt, a resync) for reports and logs.
+    """
+
+    time_ns: int
+    instruments: tuple[Instrument, ...] = ()
+    updates: tuple[BookUpdate, ...] = ()
+    checks: tuple[Reference, ...] = ()
+    note: str = ""
+
+
+# ----------------------------------------------------------------------------- decimals
+
+
+def decimals(text: str) -> int:
+    """Digits after the point as written: "0.000022900" -> 9, "12" -> 0."""
+    return len(text.partition(".")[2])
+
+
+def significant_decimals(text: str) -> int:
+    """Decimals needed to hold the value exactly: "0.0" -> 0, "1.50" -> 1."""
+    frac = text.partition(".")[2].rstrip("0")
+    return len(frac)
+
+
+def units(text: str, scale: int, where: str) -> int:
+    """Exact integer units of a decimal string, or a FormatError naming `where`."""
+    if not isinstance(text, str):
+        raise FormatError(where, f"expected a decimal string, got {text!r}")
+    try:
+        return to_units(text, scale)
+    except InvalidInput as exc:
+        raise FormatError(where, f"{exc} (scale {scale}); pass a larger scale") from None
+
+
+def scale_of(values: list[str] | tuple[str, ...], floor: int = 0) -> int:
+    """The smallest scale that holds every value exactly (at least `floor`)."""
+    return max([floor, *(significant_decimals(v) for v in values)])
+
+
+def seconds_to_ns(text: str, where: str) -> int:
+    """A decimal seconds string (e.g. "1618678132.8413") as exact integer ns."""
+    try:
+        return int(Decimal(text.strip()).scaleb(9).to_integral_value())
+    except ArithmeticError:
+        raise FormatError(where, f"not a timestamp: {text!r}") from None

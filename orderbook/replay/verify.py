@@ -1,0 +1,194 @@
+"""Rebuild books from a reader's records and compare them with the venue's
+own references after every record. Pure: the same code checks a file
+offline and, fed a subscriber's books, a replay end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from orderbook.core.book import Book
+from orderbook.core.errors import InvalidInput
+from orderbook.core.events import FeedBatch
+from orderbook.core.market import Market
+
+from .records import BestPrices, Checksum, Record, Reference, TopLevels
+
+MAX_MISMATCHES_KEPT = 20
+
+
+def check_reference(book: Book, ref: Reference) -> str | None:
+    """None if `book` agrees with `ref`, else a one-line description of how not."""
+    if isinstance(ref, Checksum):
+        got = book.checksum()
+        return None if got == ref.value else f"checksum {got} != venue's {ref.value}"
+    if isinstance(ref, BestPrices):
+        problems = []
+        for side, want, got, size_known in (
+            ("bid", ref.bid, book.best_bid(), ref.bid_size_known),
+            ("ask", ref.ask, book.best_ask(), ref.ask_size_known),
+        ):
+            if want is None or got is None:
+                if want != got:
+                    problems.append(f"best {side} {got} != venue's {want}")
+            elif got[0] != want[0] or (size_known and got[1] != want[1]):
+                problems.append(f"best {side} {got} != venue's {want}")
+        return "; ".join(problems) or None
+    if isinstance(ref, TopLevels):
+        problems = []
+        for side, want, levels, count in (
+            # (depth 0 would mean "all levels" to the book: an empty side compares nothing)
+            ("bids", ref.bids, book.bids(len(ref.bids)) if ref.bids else [], book.bid_count()),
+            ("asks", ref.asks, book.asks(len(ref.asks)) if ref.asks else [], book.ask_count()),
+        ):
+            if tuple(levels) != tuple(want):
+                first = next((i for i, (a, b) in enumerate(zip(levels, want)) if a != b), min(len(levels), len(want)))
+                problems.append(
+                    f"{side} differ at level {first + 1}: "
+                    f"{levels[first] if first < len(levels) else None} != venue's {want[first] if first < len(want) else None}"
+                )
+            elif ref.depth and count > ref.depth:
+                problems.append(f"{side}: {count} levels, venue shows at most {ref.depth}")
+            elif ref.depth and len(want) < ref.depth and count != len(want):
+                # The venue shows a short side: nothing may hide beneath it.
+                problems.append(f"{side}: {count} levels, venue shows only {len(want)}")
+        return "; ".join(problems) or None
+    raise TypeError(f"unknown reference {ref!r}")
+
+
+def reference_kind(ref: Reference) -> str:
+    return {Checksum: "checksum", BestPrices: "best bid/ask", TopLevels: "book"}[type(ref)]
+
+
+@dataclass(slots=True)
+class SymbolReport:
+    symbol: str
+    records: int = 0
+    level_changes: int = 0
+    checks: dict[str, int] = field(default_factory=dict)  # kind -> count checked
+    matched: dict[str, int] = field(default_factory=dict)  # kind -> count matched
+
+    @property
+    def checked(self) -> int:
+        return sum(self.checks.values())
+
+    @property
+    def failed(self) -> int:
+        return self.checked - sum(self.matched.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    record: int  # 0-based index of the record in the file
+    time_ns: int
+    symbol: str
+    kind: str
+    detail: str
+
+
+@dataclass(slots=True)
+class Report:
+    symbols: dict[str, SymbolReport] = field(default_factory=dict)
+    records: int = 0
+    notes: dict[str, int] = field(default_factory=dict)
+    mismatches: list[Mismatch] = field(default_factory=list)
+    mismatch_count: int = 0
+    rejected: list[str] = field(default_factory=list)  # updates the service refused
+
+    @property
+    def checked(self) -> int:
+        return sum(s.checked for s in self.symbols.values())
+
+    @property
+    def matched(self) -> int:
+        return sum(sum(s.matched.values()) for s in self.symbols.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatch_count == 0 and not self.rejected and self.checked > 0
+
+    def by_kind(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, list[int]] = {}
+        for s in self.symbols.values():
+            for kind, n in s.checks.items():
+                pair = out.setdefault(kind, [0, 0])
+                pair[0] += s.matched.get(kind, 0)
+                pair[1] += n
+        return {k: (m, n) for k, (m, n) in out.items()}
+
+    def symbol(self, name: str) -> SymbolReport:
+        rep = self.symbols.get(name)
+        if rep is None:
+            rep = self.symbols[name] = SymbolReport(name)
+        return rep
+
+    def note_check(self, index: int, time_ns: int, ref: Reference, problem: str | None, kind: str = "") -> None:
+        kind = kind or reference_kind(ref)
+        rep = self.symbol(ref.symbol)
+        rep.checks[kind] = rep.checks.get(kind, 0) + 1
+        if problem is None:
+            rep.matched[kind] = rep.matched.get(kind, 0) + 1
+            return
+        self.mismatch_count += 1
+        if len(self.mismatches) < MAX_MISMATCHES_KEPT:
+            self.mismatches.append(Mismatch(index, time_ns, ref.symbol, kind, problem))
+
+    def lines(self) -> list[str]:
+        """A human-readable summary table."""
+        out = [f"{'symbol':<14} {'records':>8} {'changes':>8}  checks matched"]
+        for name in sorted(self.symbols):
+            s = self.symbols[name]
+            detail = ", ".join(f"{kind} {s.matched.get(kind, 0)}/{n}" for kind, n in sorted(s.checks.items()))
+            out.append(f"{name:<14} {s.records:>8} {s.level_changes:>8}  {detail or '-'}")
+        for kind, (m, n) in sorted(self.by_kind().items()):
+            out.append(f"total {kind}: {m} of {n} match")
+        for note, n in sorted(self.notes.items()):
+            out.append(f"events without a book change: {note} x{n}")
+        for mm in self.mismatches:
+            out.append(f"MISMATCH record {mm.record} {mm.symbol} {mm.kind}: {mm.detail}")
+        if self.mismatch_count > len(self.mismatches):
+            out.append(f"... {self.mismatch_count - len(self.mismatches)} more mismatches")
+        for r in self.rejected[:MAX_MISMATCHES_KEPT]:
+            out.append(f"REJECTED {r}")
+        verdict = "OK" if self.ok else ("NOTHING CHECKED" if not self.checked else "FAILED")
+        out.append(f"{verdict}: {self.matched} of {self.checked} references match over {self.records} records")
+        return out
+
+
+class Verifier:
+    """Applies records to a Market exactly as the server would (validated
+    whole, then sequenced) and checks each reference after its record."""
+
+    def __init__(self) -> None:
+        self.market = Market(epoch=1)
+        self.report = Report()
+
+    def book(self, symbol: str) -> Book:
+        return self.market.get(symbol).book
+
+    def feed(self, record: Record) -> None:
+        index = self.report.records
+        self.report.records += 1
+        if record.note:
+            self.report.notes[record.note] = self.report.notes.get(record.note, 0) + 1
+        try:
+            result = self.market.apply(FeedBatch(index, record.instruments, record.updates))
+        except InvalidInput as exc:
+            self.report.rejected.append(f"record {index}: {exc}")
+            return
+        for update in record.updates:
+            self.report.symbol(update.symbol).records += 1
+        for delta in result.deltas:
+            self.report.symbol(delta.symbol).level_changes += len(delta.bids) + len(delta.asks)
+        for ref in record.checks:
+            if ref.symbol not in self.market:
+                self.report.note_check(index, record.time_ns, ref, "symbol has no book yet")
+                continue
+            self.report.note_check(index, record.time_ns, ref, check_reference(self.book(ref.symbol), ref))
+
+
+def verify(records: Iterable[Record]) -> Report:
+    v = Verifier()
+    for record in records:
+        v.feed(record)
+    return v.report
