@@ -183,20 +183,24 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from orderbook.replay.verify import verify
+    from orderbook.replay.files import FORMATS_WITHOUT_REFERENCES
+    from orderbook.replay.verify import verify, with_rebuilt_references
 
     try:
         source = _source(args)
         if args.server:
             from orderbook.replay.endtoend import verify_through_server
 
+            records = source.records()
+            if source.format in FORMATS_WITHOUT_REFERENCES:
+                records = with_rebuilt_references(records)
             report = asyncio.run(
                 verify_through_server(
-                    source.records(), args.server, feed_token=args.feed_token, token=args.token, timeout=args.timeout
+                    records, args.server, feed_token=args.feed_token, token=args.token, timeout=args.timeout
                 )
             )
         else:
-            report = verify(source.records())
+            report = verify(source.records(), references_expected=source.format not in FORMATS_WITHOUT_REFERENCES)
     except (ValueError, InvalidInput) as exc:
         print(f"orderbook verify: {exc}", file=sys.stderr)
         return 2

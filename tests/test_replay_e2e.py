@@ -9,7 +9,9 @@ import pytest
 from orderbook.replay.endtoend import SERVER_CHECKSUM, verify_through_server
 from orderbook.core.events import BookUpdate
 from orderbook.replay.files import open_records
+from orderbook.replay.formats import tardis
 from orderbook.replay.records import Record
+from orderbook.replay.verify import with_rebuilt_references
 
 from .harness import FEED_TOKEN, serve_in_process, test_settings
 
@@ -61,3 +63,22 @@ async def test_a_wrong_server_book_is_caught(shared_data):
     assert not report.ok
     assert {m.symbol for m in report.mismatches} == {snap.symbol}
     assert {m.kind for m in report.mismatches} >= {"checksum", SERVER_CHECKSUM}
+
+
+async def test_tardis_through_server(shared_data, tmp_path):
+    """Tardis files carry no references: the served books must equal the
+    books rebuilt from the file after every message, on the real sample and
+    on a day-long file written in the same format from LOBSTER's AMZN data."""
+    sample = shared_data / "tardis-deribit-2020-04-01/deribit_incremental_book_L2_BTC-PERPETUAL.csv"
+    converted = tmp_path / "amzn_incremental_book_L2.csv"
+    lobster = open_records(shared_data / "lobster-2012-06-21/amzn-l1-fullday", "lobster")
+    converted.write_text("".join(tardis.write_rows(lobster)))
+    # One message per book-changing LOBSTER event (hidden executions change nothing), plus the opening snapshot.
+    for path, messages in ((sample, 1), (converted, 55_071)):
+        async with serve_in_process(test_settings()) as srv:
+            report = await verify_through_server(
+                with_rebuilt_references(open_records(path, "tardis")), srv.http, feed_token=FEED_TOKEN, timeout=20
+            )
+        assert report.mismatches == [] and report.rejected == [], "\n".join(report.lines())
+        assert report.by_kind() == {"book": (messages, messages)}, path.name
+        assert report.ok

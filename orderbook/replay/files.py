@@ -17,6 +17,8 @@ from typing import IO, Any
 from .records import FormatError, Record
 
 FORMATS = ("kraken", "coinbase", "binance", "lobster", "tardis", "recording")
+# Formats whose files carry no venue reference (no checksum, no reference book).
+FORMATS_WITHOUT_REFERENCES = ("tardis",)
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 16
 
