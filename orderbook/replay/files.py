@@ -135,7 +135,9 @@ def _records(path: Path, fmt: str, options: dict[str, Any]) -> Iterator[Record]:
         else:
             from .formats import recording
 
-            f = stack.enter_context(open_binary(path))
+            # Raw bytes: the reader inflates gzip itself and so keeps every
+            # complete entry of a recording whose writer was killed.
+            f = stack.enter_context(path.open("rb"))
             yield from recording.read(iter(lambda: f.read(CHUNK), b""), source=path.name, **options)
 
 
@@ -149,6 +151,11 @@ def detect_format(path: Path) -> str:
         raise FormatError(str(path), "cannot tell the format of this folder; pass --format")
     if "_message_" in path.name:
         return "lobster"
+    from .formats import recording
+
+    with path.open("rb") as f:
+        if recording.sniff(f.read(4096)):
+            return "recording"
     with open_binary(path) as f:
         head = f.read(4096)
     try:
