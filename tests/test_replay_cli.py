@@ -189,3 +189,33 @@ def test_record_verify_replay_commands(tmp_path):
     finally:
         live.stop()
         quiet.stop()
+
+
+def test_replay_loop_and_window_through_a_node(shared_data, tmp_path):
+    from orderbook.replay.window import parse_time, within
+
+    path = shared_data / KRAKEN
+    node = start_server_process(tmp_path, "--feed-token", FEED_TOKEN, "--no-simulator")
+    try:
+        # Two laps: each restarts from the capture's snapshots, so the node
+        # ends with the capture's final books, not a mix of two laps.
+        out = orderbook("replay", str(path), "--url", node.http, "--feed-token", FEED_TOKEN,
+                        "--speed", "max", "--loop", "--laps", "2")
+        assert out.returncode == 0, out.stderr
+        assert "8558 records" in out.stdout and "2 lap(s)" in out.stdout
+        expected = final_books(path, "kraken")
+        for symbol in expected.market.symbols():
+            assert same_book(book_json(node.http, symbol), expected, symbol), symbol
+        # A window ending 10 s in: the node holds the books as they stood then.
+        out = orderbook("replay", str(path), "--url", node.http, "--feed-token", FEED_TOKEN,
+                        "--speed", "max", "--start", "+5s", "--end", "+10s")
+        assert out.returncode == 0, out.stderr
+        windowed = Verifier()
+        for record in within(open_records(path, "kraken"), parse_time("+5s"), parse_time("+10s")):
+            windowed.feed(record)
+        assert windowed.report.records < 4279
+        for symbol in windowed.market.symbols():
+            assert same_book(book_json(node.http, symbol), windowed, symbol), symbol
+        assert any(windowed.book(s) != expected.book(s) for s in expected.market.symbols())
+    finally:
+        node.stop()
