@@ -239,7 +239,9 @@ async def verify_through_server(
         for symbol, why in watcher.broken.items():
             report.rejected.append(f"{symbol}: {why}")
     finally:
-        records.close() if hasattr(records, "close") else None
+        close = getattr(records, "close", None)
+        if close is not None:  # a generator: let it close its files now
+            close()
         await sink.close()
         await watcher.close()
     return report
