@@ -159,7 +159,7 @@ def test_json_uses_canonical_names():
     assert " " not in codec.to_json(codec.pong_message(1, 2))
     cm = json.loads(codec.to_json(codec.subscribe_message("E", 3, ResumePoint(4, 5), 6)))
     assert cm == {"subscribe": {"symbol": "E", "depth": 3, "resume": {"epoch": "4", "seq": "5"},
-                                "requestId": "6"}}
+                                "requestId": "6", "intervalMs": 0}}
 
 
 def test_instrument_increment_zero_means_one():

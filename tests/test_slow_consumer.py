@@ -105,3 +105,55 @@ async def test_client_stuck_past_the_timeout_is_closed():
         assert rcvd is None or rcvd.code == 1013
         await ws.close()
 
+
+
+async def test_a_client_falling_behind_is_degraded_to_conflated_updates_before_any_drop():
+    """Past half its buffer limit a client is moved to merged deltas (each
+    continuing the last, so nothing is lost), and once it has drained it gets
+    a fresh snapshot and every change live again; the fast client never notices."""
+    settings = test_settings(client_buffer_limit=256 * 1024, slow_client_timeout=60.0, degrade_interval_ms=100)
+    async with serve_in_process(settings) as srv, Publisher.connect(srv.feed_url) as pub:
+        await pub.send([instrument("S")], [churn(0)])
+        ws = await small_buffer_connection(srv.url)
+        slow = Subscriber(ws)
+        async with Subscriber.connect(srv.url) as fast:
+            await slow.subscribe("S")
+            await fast.subscribe("S")
+            await fast.until(lambda: fast.snapshots.get("S"))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            i = 0
+            # The server's own counter only decides when to stop publishing.
+            while srv.hub.stats_degraded == 0:
+                assert loop.time() < deadline, "the slow client was never degraded"
+                i += 1
+                seq = (await pub.send(updates=[churn(i)])).ack.positions[0].seq
+                await fast.until_seq("S", seq, timeout=5)
+                await asyncio.sleep(0.005)
+            for k in range(30):  # several intervals' worth, now merged for the slow client
+                seq = (await pub.send(updates=[churn(i + 1 + k)])).ack.positions[0].seq
+                await fast.until_seq("S", seq, timeout=5)
+                await asyncio.sleep(0.01)
+            assert not any(c.lagging_since for c in srv.hub.connections), "dropped instead of degraded"
+
+            # The slow client reads now: the queued live deltas, then merged
+            # ones (seq jumping, prev_seq continuing), then a resync snapshot.
+            order: list[tuple[str, int, int]] = []
+            follower = slow.follower("S")
+            while slow.snapshots.get("S", 0) < 2:
+                msg = await slow.recv(timeout=10)
+                if msg.WhichOneof("kind") == "delta":
+                    order.append(("delta", msg.delta.prev_seq, msg.delta.seq))
+                elif msg.WhichOneof("kind") == "snapshot":
+                    order.append(("snapshot", 0, msg.snapshot.seq))
+            merged = [(p, s) for kind, p, s in order if kind == "delta" and s - p > 1]
+            assert merged, order[-10:]
+            assert order[-1][0] == "snapshot"
+            last = (await pub.send(updates=[churn(50_000)])).ack.positions[0].seq
+            await slow.until_seq("S", last, timeout=10)
+            assert follower.book == srv.hub.channels["S"].seqbook.book
+            # Live again: the next change arrives on its own.
+            assert slow.seen["S"][-1] == (slow.seen["S"][-1][0], last)
+            await fast.until_seq("S", last, timeout=5)
+            assert [s for _, s in fast.seen["S"]] == list(range(2, last + 1))
+        await ws.close()

@@ -1,9 +1,11 @@
 """One symbol's broadcast state: its sequenced book, the history kept for
-resume, and the subscribers grouped by what they receive (full book, or one
-depth-limited view per depth)."""
+resume, and the subscribers grouped by what they receive: the full book or
+one depth-limited view per depth, each either live (every change) or
+conflated (one merged delta per interval, per interval)."""
 
 from __future__ import annotations
 
+from orderbook.core.conflation import Conflator
 from orderbook.core.depth import TopNView
 from orderbook.core.events import Delta, Snapshot
 from orderbook.core.history import History, HistoryLimits
@@ -12,19 +14,57 @@ from orderbook.core.sequencer import SequencedBook
 from .connection import Subscription
 
 
+class ConflationGroup:
+    """The subscribers of one (depth, interval): one merge, encoded once per interval.
+
+    Members in `subs` all hold `sent_seq`. A subscriber that joins while
+    changes are pending holds a later seq (its snapshot's): it waits in
+    `joining` and gets the same merged changes labelled with its own
+    `prev_seq` (see `Conflator`)."""
+
+    __slots__ = ("interval_ms", "interval", "depth", "conflator", "subs", "joining", "sent_seq", "last_sent", "timer")
+
+    def __init__(self, symbol: str, depth: int, interval_ms: int, seq: int, now: float) -> None:
+        self.interval_ms = interval_ms
+        self.interval = interval_ms / 1000
+        self.depth = depth
+        self.conflator = Conflator(symbol)
+        self.subs: set[Subscription] = set()
+        self.joining: dict[Subscription, int] = {}
+        self.sent_seq = seq
+        self.last_sent = now
+        self.timer = None  # the pending flush, if changes are waiting
+
+    def join(self, sub: Subscription, held: int) -> None:
+        sub.cgroup = self
+        if self.conflator or held != self.sent_seq:
+            self.joining[sub] = held
+        else:
+            self.subs.add(sub)
+
+    def leave(self, sub: Subscription) -> None:
+        self.subs.discard(sub)
+        self.joining.pop(sub, None)
+        sub.cgroup = None
+
+    def __len__(self) -> int:
+        return len(self.subs) + len(self.joining)
+
+
 class DepthGroup:
     """The subscribers of one depth; they share the view and its encoded deltas."""
 
-    __slots__ = ("view", "subs", "last_sent")
+    __slots__ = ("view", "subs", "last_sent", "conflated")
 
     def __init__(self, view: TopNView, now: float) -> None:
         self.view = view
         self.subs: set[Subscription] = set()
         self.last_sent = now
+        self.conflated: dict[int, ConflationGroup] = {}
 
 
 class Channel:
-    __slots__ = ("seqbook", "history", "full", "groups", "last_sent")
+    __slots__ = ("seqbook", "history", "full", "groups", "last_sent", "conflated")
 
     def __init__(self, seqbook: SequencedBook, limits: HistoryLimits, now: float, start_seq: int) -> None:
         self.seqbook = seqbook
@@ -33,6 +73,7 @@ class Channel:
         self.full: set[Subscription] = set()
         self.groups: dict[int, DepthGroup] = {}
         self.last_sent = now
+        self.conflated: dict[int, ConflationGroup] = {}  # interval_ms -> full-book group
 
     @property
     def symbol(self) -> str:
@@ -52,18 +93,61 @@ class Channel:
             return self.groups[depth].view.snapshot(snap)
         return snap
 
-    def remove(self, sub: Subscription) -> None:
+    def conflation_group(self, depth: int, interval_ms: int, now: float) -> ConflationGroup:
+        groups = self.group(depth, now).conflated if depth else self.conflated
+        cg = groups.get(interval_ms)
+        if cg is None:
+            seq = self.groups[depth].view.seq if depth else self.seqbook.seq
+            cg = groups[interval_ms] = ConflationGroup(self.symbol, depth, interval_ms, seq, now)
+        return cg
+
+    def add(self, sub: Subscription, interval_ms: int, held: int, now: float) -> None:
+        """Register `sub` (holding seq `held`) live or conflated at `interval_ms`."""
+        if interval_ms:
+            self.conflation_group(sub.depth, interval_ms, now).join(sub, held)
+        elif sub.depth:
+            self.group(sub.depth, now).subs.add(sub)
+        else:
+            self.full.add(sub)
+
+    def remove(self, sub: Subscription) -> list[ConflationGroup]:
+        """Unregister `sub`; return conflation groups left empty (their timers must go)."""
+        emptied = self._unregister(sub)
+        g = self.groups.get(sub.depth) if sub.depth else None
+        if g is not None and not g.subs and not g.conflated:
+            del self.groups[sub.depth]
+        return emptied
+
+    def move(self, sub: Subscription, interval_ms: int, held: int, now: float) -> list[ConflationGroup]:
+        """Re-register `sub` (holding `held`) live or conflated; its depth view stays."""
+        emptied = self._unregister(sub)
+        self.add(sub, interval_ms, held, now)
+        return emptied
+
+    def _unregister(self, sub: Subscription) -> list[ConflationGroup]:
+        emptied = []
+        cg = sub.cgroup
+        if cg is not None:
+            cg.leave(sub)
+            if not len(cg):
+                groups = self.groups[cg.depth].conflated if cg.depth in self.groups else self.conflated
+                if groups.get(cg.interval_ms) is cg:
+                    del groups[cg.interval_ms]
+                emptied.append(cg)
         if sub.depth:
             g = self.groups.get(sub.depth)
             if g is not None:
                 g.subs.discard(sub)
-                if not g.subs:
-                    del self.groups[sub.depth]
         else:
             self.full.discard(sub)
+        return emptied
 
     def subscriber_count(self) -> int:
-        return len(self.full) + sum(len(g.subs) for g in self.groups.values())
+        return (
+            len(self.full)
+            + sum(len(cg) for cg in self.conflated.values())
+            + sum(len(g.subs) + sum(len(cg) for cg in g.conflated.values()) for g in self.groups.values())
+        )
 
     def view_deltas(self, delta: Delta) -> list[tuple[DepthGroup, Delta]]:
         """Each depth group's delta for a full-book delta (already applied)."""

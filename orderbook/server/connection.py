@@ -1,10 +1,14 @@
 """One subscriber connection's outbound side: a bounded queue of frames
 written to the transport once per event-loop turn, never awaited.
 
-A client whose queued bytes (ours plus the transport's) exceed the limit
-loses its pending deltas: its subscriptions are marked lagging, get nothing
-more, and receive a fresh snapshot once the client has drained. Nothing here
-ever waits for a client, so a slow one cannot slow anyone else.
+A client that falls behind degrades before it is dropped. Once its queued
+bytes (ours plus the transport's) pass half its limit, its live
+subscriptions are moved to conflated updates (one merged delta per
+interval: far fewer bytes). Past the limit it loses its pending deltas: its
+subscriptions are marked lagging and get nothing more. Either way, once it
+has drained it receives a fresh snapshot and is live again; one that stays
+over the limit too long is closed. Nothing here ever waits for a client, so
+a slow one cannot slow anyone else.
 """
 
 from __future__ import annotations
@@ -18,17 +22,20 @@ from orderbook.wire.codec import Encoding
 from .outgoing import Outgoing
 
 if TYPE_CHECKING:
-    from .channel import Channel
+    from .channel import Channel, ConflationGroup
 
 
 class Subscription:
-    __slots__ = ("conn", "channel", "depth", "lagging")
+    __slots__ = ("conn", "channel", "depth", "interval_ms", "lagging", "degraded", "cgroup")
 
-    def __init__(self, conn: Connection, channel: Channel, depth: int) -> None:
+    def __init__(self, conn: Connection, channel: Channel, depth: int, interval_ms: int = 0) -> None:
         self.conn = conn
         self.channel = channel
         self.depth = depth
-        self.lagging = False
+        self.interval_ms = interval_ms  # as asked; 0 = every change
+        self.lagging = False  # over the buffer limit: gets nothing until resynced
+        self.degraded = False  # moved to conflated updates because its client fell behind
+        self.cgroup: ConflationGroup | None = None
 
 
 class Connection:
@@ -40,6 +47,8 @@ class Connection:
         "_pending_bytes",
         "_backlog",
         "_limit",
+        "_soft",
+        "degraded",
         "_schedule",
         "_scheduled",
         "lagging_since",
@@ -66,6 +75,8 @@ class Connection:
         self._pending_bytes = 0
         self._backlog = 0  # transport buffer size seen at the last flush
         self._limit = limit
+        self._soft = limit // 2
+        self.degraded = False  # its live subscriptions are (to be) conflated
         self._schedule = schedule
         self._scheduled = False
         self.lagging_since: float | None = None
@@ -84,12 +95,18 @@ class Connection:
         """Queue a stream message for `sub`, or drop it if the client is over its limit."""
         if sub.lagging or self.closed:
             return
-        if self._pending_bytes + self._backlog > self._limit and self.buffered() > self._limit:
-            sub.lagging = True
-            if self.lagging_since is None:
-                self.lagging_since = now
+        queued = self._pending_bytes + self._backlog
+        if queued > self._soft:
+            if queued > self._limit and self.buffered() > self._limit:
+                sub.lagging = True
+                if self.lagging_since is None:
+                    self.lagging_since = now
+                    self._on_lag(self)
+                return
+            if not self.degraded and self.buffered() > self._soft:
+                # The hub's sweep moves its live subscriptions to conflated updates.
+                self.degraded = True
                 self._on_lag(self)
-            return
         self._queue(out.frame(self.encoding))
 
     def _queue(self, data: bytes) -> None:

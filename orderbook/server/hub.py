@@ -8,6 +8,7 @@ in between, so no change can fall between them or be sent twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +21,7 @@ from orderbook.core.resume import decide
 from orderbook.wire import codec
 from orderbook.wire.codec import ErrorCode, SubscribeRequest
 
-from .channel import Channel
+from .channel import Channel, ConflationGroup
 from .connection import Connection, Subscription
 from .outgoing import Outgoing
 from .settings import Settings
@@ -54,6 +55,7 @@ class Hub:
         self.stats_deltas = 0
         self.stats_resyncs = 0
         self.stats_slow_closed = 0
+        self.stats_degraded = 0
 
     @property
     def epoch(self) -> int:
@@ -70,7 +72,7 @@ class Hub:
     def drop_connection(self, conn: Connection) -> None:
         conn.closed = True
         for sub in conn.subs.values():
-            sub.channel.remove(sub)
+            self._cancel(sub.channel.remove(sub))
         conn.subs.clear()
         self.connections.discard(conn)
         self._lagging.discard(conn)
@@ -148,12 +150,50 @@ class Hub:
         ch.last_sent = now
         for sub in ch.full:
             sub.conn.push(sub, out, now)
+        for cg in ch.conflated.values():
+            self._conflate(cg, delta, now)
         if ch.groups:
             for group, vd in ch.view_deltas(delta):
-                group.last_sent = now
-                vout = Outgoing(codec.delta_message(vd))
-                for sub in group.subs:
-                    sub.conn.push(sub, vout, now)
+                if group.subs:
+                    group.last_sent = now
+                    vout = Outgoing(codec.delta_message(vd))
+                    for sub in group.subs:
+                        sub.conn.push(sub, vout, now)
+                for cg in group.conflated.values():
+                    self._conflate(cg, vd, now)
+
+    # Conflation ------------------------------------------------------------------
+    def _conflate(self, cg: ConflationGroup, delta: Delta, now: float) -> None:
+        cg.conflator.add(delta)
+        if cg.timer is None:
+            # At most one delta per interval; after a quiet spell the next
+            # goes out at the end of this loop turn, merged with its batch.
+            cg.timer = self._loop.call_at(max(now, cg.last_sent + cg.interval), self._emit_conflated, cg)
+
+    def _emit_conflated(self, cg: ConflationGroup) -> None:
+        cg.timer = None
+        delta = cg.conflator.take()
+        if delta is None:
+            return
+        now = self._loop.time()
+        cg.last_sent = now
+        if cg.subs:
+            out = Outgoing(codec.delta_message(delta))
+            for sub in cg.subs:
+                sub.conn.push(sub, out, now)
+        if cg.joining:
+            for sub, held in cg.joining.items():
+                if held < delta.seq:
+                    sub.conn.push(sub, Outgoing(codec.delta_message(dataclasses.replace(delta, prev_seq=held))), now)
+                cg.subs.add(sub)
+            cg.joining.clear()
+        cg.sent_seq = delta.seq
+
+    def _cancel(self, groups: list[ConflationGroup]) -> None:
+        for cg in groups:
+            if cg.timer is not None:
+                cg.timer.cancel()
+                cg.timer = None
 
     # Subscriptions -------------------------------------------------------------
     def subscribe(self, conn: Connection, req: SubscribeRequest) -> None:
@@ -179,9 +219,14 @@ class Hub:
                 ErrorCode.ERROR_CODE_INVALID_ARGUMENT,
                 f"depth {req.depth} exceeds the maximum {s.max_depth} (0 = full book)",
             )
+        if req.interval_ms > s.max_interval_ms:
+            raise SubscribeRejected(
+                ErrorCode.ERROR_CODE_INVALID_ARGUMENT,
+                f"interval_ms {req.interval_ms} exceeds the maximum {s.max_interval_ms} (0 = every change)",
+            )
         now = self._loop.time()
         sb = ch.seqbook
-        sub = Subscription(conn, ch, req.depth)
+        sub = Subscription(conn, ch, req.depth, req.interval_ms)
         if req.depth:
             group = ch.group(req.depth, now)
             decision = decide(sb.epoch, group.view.seq, ch.history, req.resume, req.depth)
@@ -193,12 +238,14 @@ class Hub:
             conn.send(
                 Outgoing(
                     codec.subscribed_message(
-                        req.symbol, req.request_id, True, None, sb.epoch, req.resume.seq, 0, sb.instrument
+                        req.symbol, req.request_id, True, None, sb.epoch, req.resume.seq, 0, sb.instrument,
+                        req.interval_ms,
                     )
                 )
             )
             for payload in decision.replay:
                 conn.send(Outgoing(payload=payload))
+            held = sb.seq
         else:
             snap = ch.snapshot_for(req.depth, self._wall_ns())
             conn.send(
@@ -212,21 +259,20 @@ class Hub:
                         snap.seq,
                         req.depth,
                         sb.instrument,
+                        req.interval_ms,
                     )
                 )
             )
             conn.send(Outgoing(codec.snapshot_message(snap)))
+            held = snap.seq
         conn.subs[req.symbol] = sub
-        if group is not None:
-            group.subs.add(sub)
-        else:
-            ch.full.add(sub)
+        ch.add(sub, req.interval_ms, held, now)
 
     def unsubscribe(self, conn: Connection, symbol: str, request_id: int) -> None:
         sub = conn.subs.pop(symbol, None)
         if sub is None:
             raise SubscribeRejected(ErrorCode.ERROR_CODE_NOT_SUBSCRIBED, f"not subscribed to {symbol!r}")
-        sub.channel.remove(sub)
+        self._cancel(sub.channel.remove(sub))
         conn.send(Outgoing(codec.unsubscribed_message(symbol, request_id)))
 
     # Periodic duties -------------------------------------------------------------
@@ -244,32 +290,76 @@ class Hub:
                 for sub in ch.full:
                     sub.conn.push(sub, out, now)
             for g in ch.groups.values():
-                if g.last_sent <= quiet:
+                if g.subs and g.last_sent <= quiet:
                     g.last_sent = now
                     out = Outgoing(codec.heartbeat_message(sb.instrument.symbol, sb.epoch, g.view.seq, wall, stale))
                     for sub in g.subs:
                         sub.conn.push(sub, out, now)
+                for cg in g.conflated.values():
+                    self._conflated_heartbeat(cg, sb.instrument.symbol, sb.epoch, quiet, now, wall, stale)
+            for cg in ch.conflated.values():
+                self._conflated_heartbeat(cg, sb.instrument.symbol, sb.epoch, quiet, now, wall, stale)
+
+    def _conflated_heartbeat(
+        self, cg: ConflationGroup, symbol: str, epoch: int, quiet: float, now: float, wall: int, stale: bool
+    ) -> None:
+        # With changes pending, a delta is on its way and says more.
+        if cg.subs and not cg.conflator and cg.last_sent <= quiet:
+            cg.last_sent = now
+            out = Outgoing(codec.heartbeat_message(symbol, epoch, cg.sent_seq, wall, stale))
+            for sub in cg.subs:
+                sub.conn.push(sub, out, now)
 
     def sweep_lagging(self) -> list[Connection]:
-        """Resync drained laggards with fresh snapshots; return those stuck too long."""
+        """Degrade clients that fall behind, resync those that drained, and
+        return those stuck over their limit too long."""
         now = self._loop.time()
         stuck = []
         for conn in list(self._lagging):
-            if conn.closed or conn.lagging_since is None:
+            if conn.closed:
                 self._lagging.discard(conn)
                 continue
             if conn.buffered() <= conn.limit // 4:
-                wall = self._wall_ns()
-                for sub in conn.subs.values():
-                    if sub.lagging:
-                        sub.lagging = False
-                        conn.send(Outgoing(codec.snapshot_message(sub.channel.snapshot_for(sub.depth, wall))))
-                        self.stats_resyncs += 1
-                conn.lagging_since = None
+                self._recover(conn)
                 self._lagging.discard(conn)
-            elif now - conn.lagging_since > self.settings.slow_client_timeout:
+            elif conn.lagging_since is not None and now - conn.lagging_since > self.settings.slow_client_timeout:
                 stuck.append(conn)
+            elif conn.degraded:
+                self._degrade(conn, now)
         return stuck
+
+    def _degrade(self, conn: Connection, now: float) -> None:
+        """Move the client's live subscriptions to conflated updates."""
+        interval = self.settings.degrade_interval_ms
+        for sub in conn.subs.values():
+            if sub.degraded or sub.interval_ms or sub.lagging:
+                continue
+            ch = sub.channel
+            # Every change so far was queued for it: it holds the current seq.
+            held = ch.groups[sub.depth].view.seq if sub.depth else ch.seqbook.seq
+            sub.degraded = True
+            self._cancel(ch.move(sub, interval, held, now))
+            self.stats_degraded += 1
+
+    def _recover(self, conn: Connection) -> None:
+        """A drained client: fresh snapshots where it lost or merged changes, then live again."""
+        wall = self._wall_ns()
+        now = self._loop.time()
+        for sub in conn.subs.values():
+            if not (sub.lagging or sub.degraded):
+                continue
+            ch = sub.channel
+            snap = ch.snapshot_for(sub.depth, wall)
+            conn.send(Outgoing(codec.snapshot_message(snap)))
+            self.stats_resyncs += 1
+            if sub.degraded or sub.cgroup is not None:
+                # It holds the snapshot's seq from here: live again, or back
+                # to the conflation it asked for.
+                sub.degraded = False
+                self._cancel(ch.move(sub, sub.interval_ms, snap.seq, now))
+            sub.lagging = False
+        conn.lagging_since = None
+        conn.degraded = False
 
     def subscriber_count(self) -> int:
         return sum(ch.subscriber_count() for ch in self.channels.values())

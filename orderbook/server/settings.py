@@ -35,6 +35,11 @@ class Settings:
     client_buffer_limit: int = 4 * 1024 * 1024
     # A client that stays over the limit this long is closed (1013).
     slow_client_timeout: float = 30.0
+    # A client past half its buffer limit has its live subscriptions moved to
+    # updates conflated over this interval until it drains (then a snapshot).
+    degrade_interval_ms: int = 500
+    # The longest conflation interval a subscription may ask for.
+    max_interval_ms: int = 60_000
     # Consecutive bad messages before a client is closed (1008).
     max_client_errors: int = 20
     # Built-in market simulator (the embedded default feed).

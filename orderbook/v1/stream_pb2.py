@@ -25,43 +25,43 @@ _sym_db = _symbol_database.Default()
 from orderbook.v1 import book_pb2 as orderbook_dot_v1_dot_book__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19orderbook/v1/stream.proto\x12\x0corderbook.v1\x1a\x17orderbook/v1/book.proto\"\x9b\x01\n\rClientMessage\x12,\n\tsubscribe\x18\x01 \x01(\x0b\x32\x17.orderbook.v1.SubscribeH\x00\x12\x30\n\x0bunsubscribe\x18\x02 \x01(\x0b\x32\x19.orderbook.v1.UnsubscribeH\x00\x12\"\n\x04ping\x18\x03 \x01(\x0b\x32\x12.orderbook.v1.PingH\x00\x42\x06\n\x04kind\")\n\x0bResumePoint\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"i\n\tSubscribe\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\x12)\n\x06resume\x18\x03 \x01(\x0b\x32\x19.orderbook.v1.ResumePoint\x12\x12\n\nrequest_id\x18\x04 \x01(\x04\"1\n\x0bUnsubscribe\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\"\x1a\n\x04Ping\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"\xc5\x02\n\rServerMessage\x12.\n\nsubscribed\x18\x01 \x01(\x0b\x32\x18.orderbook.v1.SubscribedH\x00\x12\x32\n\x0cunsubscribed\x18\x02 \x01(\x0b\x32\x1a.orderbook.v1.UnsubscribedH\x00\x12*\n\x08snapshot\x18\x03 \x01(\x0b\x32\x16.orderbook.v1.SnapshotH\x00\x12$\n\x05\x64\x65lta\x18\x04 \x01(\x0b\x32\x13.orderbook.v1.DeltaH\x00\x12,\n\theartbeat\x18\x05 \x01(\x0b\x32\x17.orderbook.v1.HeartbeatH\x00\x12$\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x13.orderbook.v1.ErrorH\x00\x12\"\n\x04pong\x18\x07 \x01(\x0b\x32\x12.orderbook.v1.PongH\x00\x42\x06\n\x04kind\"\xdb\x01\n\nSubscribed\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\x12\"\n\x05start\x18\x03 \x01(\x0e\x32\x13.orderbook.v1.Start\x12,\n\x06reason\x18\x04 \x01(\x0e\x32\x1c.orderbook.v1.SnapshotReason\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\r\n\x05\x64\x65pth\x18\x07 \x01(\r\x12,\n\ninstrument\x18\x08 \x01(\x0b\x32\x18.orderbook.v1.Instrument\"2\n\x0cUnsubscribed\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\"\xdc\x01\n\x08Snapshot\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12,\n\ninstrument\x18\x04 \x01(\x0b\x32\x18.orderbook.v1.Instrument\x12!\n\x04\x62ids\x18\x05 \x03(\x0b\x32\x13.orderbook.v1.Level\x12!\n\x04\x61sks\x18\x06 \x03(\x0b\x32\x13.orderbook.v1.Level\x12\x10\n\x08\x63hecksum\x18\x07 \x01(\r\x12\r\n\x05\x64\x65pth\x18\x08 \x01(\r\x12\x0f\n\x07time_ns\x18\t \x01(\x03\"\xcd\x01\n\x05\x44\x65lta\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x10\n\x08prev_seq\x18\x04 \x01(\x04\x12!\n\x04\x62ids\x18\x05 \x03(\x0b\x32\x13.orderbook.v1.Level\x12!\n\x04\x61sks\x18\x06 \x03(\x0b\x32\x13.orderbook.v1.Level\x12\x10\n\x08\x63hecksum\x18\x07 \x01(\r\x12\x15\n\revent_time_ns\x18\x08 \x01(\x03\x12\x17\n\x0fpublish_time_ns\x18\t \x01(\x03\"W\n\tHeartbeat\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0f\n\x07time_ns\x18\x04 \x01(\x03\x12\r\n\x05stale\x18\x05 \x01(\x08\"c\n\x05\x45rror\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.orderbook.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\x04\"+\n\x04Pong\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0f\n\x07time_ns\x18\x02 \x01(\x03*E\n\x05Start\x12\x15\n\x11START_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTART_SNAPSHOT\x10\x01\x12\x11\n\rSTART_RESUMED\x10\x02*\xce\x01\n\x0eSnapshotReason\x12\x1f\n\x1bSNAPSHOT_REASON_UNSPECIFIED\x10\x00\x12\x17\n\x13SNAPSHOT_REASON_NEW\x10\x01\x12\x1f\n\x1bSNAPSHOT_REASON_STALE_EPOCH\x10\x02\x12%\n!SNAPSHOT_REASON_HISTORY_EXHAUSTED\x10\x03\x12\x19\n\x15SNAPSHOT_REASON_AHEAD\x10\x04\x12\x1f\n\x1bSNAPSHOT_REASON_UNSUPPORTED\x10\x05*\xee\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12 \n\x1c\x45RROR_CODE_MALFORMED_MESSAGE\x10\x01\x12\x1e\n\x1a\x45RROR_CODE_UNKNOWN_MESSAGE\x10\x02\x12\x1d\n\x19\x45RROR_CODE_UNKNOWN_SYMBOL\x10\x03\x12!\n\x1d\x45RROR_CODE_ALREADY_SUBSCRIBED\x10\x04\x12\x1d\n\x19\x45RROR_CODE_NOT_SUBSCRIBED\x10\x05\x12\x1f\n\x1b\x45RROR_CODE_INVALID_ARGUMENT\x10\x06\x12%\n!ERROR_CODE_TOO_MANY_SUBSCRIPTIONS\x10\x07\x12\x1d\n\x19\x45RROR_CODE_INVALID_UPDATE\x10\x08\x12\"\n\x1e\x45RROR_CODE_INSTRUMENT_CONFLICT\x10\t\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\nb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19orderbook/v1/stream.proto\x12\x0corderbook.v1\x1a\x17orderbook/v1/book.proto\"\x9b\x01\n\rClientMessage\x12,\n\tsubscribe\x18\x01 \x01(\x0b\x32\x17.orderbook.v1.SubscribeH\x00\x12\x30\n\x0bunsubscribe\x18\x02 \x01(\x0b\x32\x19.orderbook.v1.UnsubscribeH\x00\x12\"\n\x04ping\x18\x03 \x01(\x0b\x32\x12.orderbook.v1.PingH\x00\x42\x06\n\x04kind\")\n\x0bResumePoint\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"~\n\tSubscribe\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\x12)\n\x06resume\x18\x03 \x01(\x0b\x32\x19.orderbook.v1.ResumePoint\x12\x12\n\nrequest_id\x18\x04 \x01(\x04\x12\x13\n\x0binterval_ms\x18\x05 \x01(\r\"1\n\x0bUnsubscribe\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\"\x1a\n\x04Ping\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"\xc5\x02\n\rServerMessage\x12.\n\nsubscribed\x18\x01 \x01(\x0b\x32\x18.orderbook.v1.SubscribedH\x00\x12\x32\n\x0cunsubscribed\x18\x02 \x01(\x0b\x32\x1a.orderbook.v1.UnsubscribedH\x00\x12*\n\x08snapshot\x18\x03 \x01(\x0b\x32\x16.orderbook.v1.SnapshotH\x00\x12$\n\x05\x64\x65lta\x18\x04 \x01(\x0b\x32\x13.orderbook.v1.DeltaH\x00\x12,\n\theartbeat\x18\x05 \x01(\x0b\x32\x17.orderbook.v1.HeartbeatH\x00\x12$\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x13.orderbook.v1.ErrorH\x00\x12\"\n\x04pong\x18\x07 \x01(\x0b\x32\x12.orderbook.v1.PongH\x00\x42\x06\n\x04kind\"\xf0\x01\n\nSubscribed\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\x12\"\n\x05start\x18\x03 \x01(\x0e\x32\x13.orderbook.v1.Start\x12,\n\x06reason\x18\x04 \x01(\x0e\x32\x1c.orderbook.v1.SnapshotReason\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12\x0b\n\x03seq\x18\x06 \x01(\x04\x12\r\n\x05\x64\x65pth\x18\x07 \x01(\r\x12,\n\ninstrument\x18\x08 \x01(\x0b\x32\x18.orderbook.v1.Instrument\x12\x13\n\x0binterval_ms\x18\t \x01(\r\"2\n\x0cUnsubscribed\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\"\xdc\x01\n\x08Snapshot\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12,\n\ninstrument\x18\x04 \x01(\x0b\x32\x18.orderbook.v1.Instrument\x12!\n\x04\x62ids\x18\x05 \x03(\x0b\x32\x13.orderbook.v1.Level\x12!\n\x04\x61sks\x18\x06 \x03(\x0b\x32\x13.orderbook.v1.Level\x12\x10\n\x08\x63hecksum\x18\x07 \x01(\r\x12\r\n\x05\x64\x65pth\x18\x08 \x01(\r\x12\x0f\n\x07time_ns\x18\t \x01(\x03\"\xcd\x01\n\x05\x44\x65lta\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x10\n\x08prev_seq\x18\x04 \x01(\x04\x12!\n\x04\x62ids\x18\x05 \x03(\x0b\x32\x13.orderbook.v1.Level\x12!\n\x04\x61sks\x18\x06 \x03(\x0b\x32\x13.orderbook.v1.Level\x12\x10\n\x08\x63hecksum\x18\x07 \x01(\r\x12\x15\n\revent_time_ns\x18\x08 \x01(\x03\x12\x17\n\x0fpublish_time_ns\x18\t \x01(\x03\"W\n\tHeartbeat\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x0f\n\x07time_ns\x18\x04 \x01(\x03\x12\r\n\x05stale\x18\x05 \x01(\x08\"c\n\x05\x45rror\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.orderbook.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\x04\"+\n\x04Pong\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0f\n\x07time_ns\x18\x02 \x01(\x03*E\n\x05Start\x12\x15\n\x11START_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTART_SNAPSHOT\x10\x01\x12\x11\n\rSTART_RESUMED\x10\x02*\xce\x01\n\x0eSnapshotReason\x12\x1f\n\x1bSNAPSHOT_REASON_UNSPECIFIED\x10\x00\x12\x17\n\x13SNAPSHOT_REASON_NEW\x10\x01\x12\x1f\n\x1bSNAPSHOT_REASON_STALE_EPOCH\x10\x02\x12%\n!SNAPSHOT_REASON_HISTORY_EXHAUSTED\x10\x03\x12\x19\n\x15SNAPSHOT_REASON_AHEAD\x10\x04\x12\x1f\n\x1bSNAPSHOT_REASON_UNSUPPORTED\x10\x05*\xee\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12 \n\x1c\x45RROR_CODE_MALFORMED_MESSAGE\x10\x01\x12\x1e\n\x1a\x45RROR_CODE_UNKNOWN_MESSAGE\x10\x02\x12\x1d\n\x19\x45RROR_CODE_UNKNOWN_SYMBOL\x10\x03\x12!\n\x1d\x45RROR_CODE_ALREADY_SUBSCRIBED\x10\x04\x12\x1d\n\x19\x45RROR_CODE_NOT_SUBSCRIBED\x10\x05\x12\x1f\n\x1b\x45RROR_CODE_INVALID_ARGUMENT\x10\x06\x12%\n!ERROR_CODE_TOO_MANY_SUBSCRIPTIONS\x10\x07\x12\x1d\n\x19\x45RROR_CODE_INVALID_UPDATE\x10\x08\x12\"\n\x1e\x45RROR_CODE_INSTRUMENT_CONFLICT\x10\t\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\nb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'orderbook.v1.stream_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_START']._serialized_start=1723
-  _globals['_START']._serialized_end=1792
-  _globals['_SNAPSHOTREASON']._serialized_start=1795
-  _globals['_SNAPSHOTREASON']._serialized_end=2001
-  _globals['_ERRORCODE']._serialized_start=2004
-  _globals['_ERRORCODE']._serialized_end=2370
+  _globals['_START']._serialized_start=1765
+  _globals['_START']._serialized_end=1834
+  _globals['_SNAPSHOTREASON']._serialized_start=1837
+  _globals['_SNAPSHOTREASON']._serialized_end=2043
+  _globals['_ERRORCODE']._serialized_start=2046
+  _globals['_ERRORCODE']._serialized_end=2412
   _globals['_CLIENTMESSAGE']._serialized_start=69
   _globals['_CLIENTMESSAGE']._serialized_end=224
   _globals['_RESUMEPOINT']._serialized_start=226
   _globals['_RESUMEPOINT']._serialized_end=267
   _globals['_SUBSCRIBE']._serialized_start=269
-  _globals['_SUBSCRIBE']._serialized_end=374
-  _globals['_UNSUBSCRIBE']._serialized_start=376
-  _globals['_UNSUBSCRIBE']._serialized_end=425
-  _globals['_PING']._serialized_start=427
-  _globals['_PING']._serialized_end=453
-  _globals['_SERVERMESSAGE']._serialized_start=456
-  _globals['_SERVERMESSAGE']._serialized_end=781
-  _globals['_SUBSCRIBED']._serialized_start=784
-  _globals['_SUBSCRIBED']._serialized_end=1003
-  _globals['_UNSUBSCRIBED']._serialized_start=1005
-  _globals['_UNSUBSCRIBED']._serialized_end=1055
-  _globals['_SNAPSHOT']._serialized_start=1058
-  _globals['_SNAPSHOT']._serialized_end=1278
-  _globals['_DELTA']._serialized_start=1281
-  _globals['_DELTA']._serialized_end=1486
-  _globals['_HEARTBEAT']._serialized_start=1488
-  _globals['_HEARTBEAT']._serialized_end=1575
-  _globals['_ERROR']._serialized_start=1577
-  _globals['_ERROR']._serialized_end=1676
-  _globals['_PONG']._serialized_start=1678
-  _globals['_PONG']._serialized_end=1721
+  _globals['_SUBSCRIBE']._serialized_end=395
+  _globals['_UNSUBSCRIBE']._serialized_start=397
+  _globals['_UNSUBSCRIBE']._serialized_end=446
+  _globals['_PING']._serialized_start=448
+  _globals['_PING']._serialized_end=474
+  _globals['_SERVERMESSAGE']._serialized_start=477
+  _globals['_SERVERMESSAGE']._serialized_end=802
+  _globals['_SUBSCRIBED']._serialized_start=805
+  _globals['_SUBSCRIBED']._serialized_end=1045
+  _globals['_UNSUBSCRIBED']._serialized_start=1047
+  _globals['_UNSUBSCRIBED']._serialized_end=1097
+  _globals['_SNAPSHOT']._serialized_start=1100
+  _globals['_SNAPSHOT']._serialized_end=1320
+  _globals['_DELTA']._serialized_start=1323
+  _globals['_DELTA']._serialized_end=1528
+  _globals['_HEARTBEAT']._serialized_start=1530
+  _globals['_HEARTBEAT']._serialized_end=1617
+  _globals['_ERROR']._serialized_start=1619
+  _globals['_ERROR']._serialized_end=1718
+  _globals['_PONG']._serialized_start=1720
+  _globals['_PONG']._serialized_end=1763
 # @@protoc_insertion_point(module_scope)

@@ -76,16 +76,18 @@ class ResumePoint(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class Subscribe(_message.Message):
-    __slots__ = ("symbol", "depth", "resume", "request_id")
+    __slots__ = ("symbol", "depth", "resume", "request_id", "interval_ms")
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     symbol: str
     depth: int
     resume: ResumePoint
     request_id: int
-    def __init__(self, symbol: _Optional[str] = ..., depth: _Optional[int] = ..., resume: _Optional[_Union[ResumePoint, _Mapping]] = ..., request_id: _Optional[int] = ...) -> None: ...
+    interval_ms: int
+    def __init__(self, symbol: _Optional[str] = ..., depth: _Optional[int] = ..., resume: _Optional[_Union[ResumePoint, _Mapping]] = ..., request_id: _Optional[int] = ..., interval_ms: _Optional[int] = ...) -> None: ...
 
 class Unsubscribe(_message.Message):
     __slots__ = ("symbol", "request_id")
@@ -120,7 +122,7 @@ class ServerMessage(_message.Message):
     def __init__(self, subscribed: _Optional[_Union[Subscribed, _Mapping]] = ..., unsubscribed: _Optional[_Union[Unsubscribed, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ...) -> None: ...
 
 class Subscribed(_message.Message):
-    __slots__ = ("symbol", "request_id", "start", "reason", "epoch", "seq", "depth", "instrument")
+    __slots__ = ("symbol", "request_id", "start", "reason", "epoch", "seq", "depth", "instrument", "interval_ms")
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +131,7 @@ class Subscribed(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     INSTRUMENT_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     symbol: str
     request_id: int
     start: Start
@@ -137,7 +140,8 @@ class Subscribed(_message.Message):
     seq: int
     depth: int
     instrument: _book_pb2.Instrument
-    def __init__(self, symbol: _Optional[str] = ..., request_id: _Optional[int] = ..., start: _Optional[_Union[Start, str]] = ..., reason: _Optional[_Union[SnapshotReason, str]] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., depth: _Optional[int] = ..., instrument: _Optional[_Union[_book_pb2.Instrument, _Mapping]] = ...) -> None: ...
+    interval_ms: int
+    def __init__(self, symbol: _Optional[str] = ..., request_id: _Optional[int] = ..., start: _Optional[_Union[Start, str]] = ..., reason: _Optional[_Union[SnapshotReason, str]] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., depth: _Optional[int] = ..., instrument: _Optional[_Union[_book_pb2.Instrument, _Mapping]] = ..., interval_ms: _Optional[int] = ...) -> None: ...
 
 class Unsubscribed(_message.Message):
     __slots__ = ("symbol", "request_id")

@@ -154,6 +154,7 @@ def subscribed_message(
     seq: int,
     depth: int,
     instrument: Instrument,
+    interval_ms: int = 0,
 ) -> stream_pb2.ServerMessage:
     msg = ServerMessage()
     sub = msg.subscribed
@@ -165,6 +166,7 @@ def subscribed_message(
     sub.epoch = epoch
     sub.seq = seq
     sub.depth = depth
+    sub.interval_ms = interval_ms
     instrument_to_pb(instrument, sub.instrument)
     return msg
 
@@ -230,6 +232,7 @@ class SubscribeRequest:
     depth: int = 0
     resume: ResumePoint | None = None
     request_id: int = 0
+    interval_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +296,7 @@ def client_request(msg: stream_pb2.ClientMessage) -> ClientRequest:
     if kind == "subscribe":
         s = msg.subscribe
         resume = ResumePoint(s.resume.epoch, s.resume.seq) if s.HasField("resume") else None
-        return SubscribeRequest(s.symbol, s.depth, resume, s.request_id)
+        return SubscribeRequest(s.symbol, s.depth, resume, s.request_id, s.interval_ms)
     if kind == "unsubscribe":
         return UnsubscribeRequest(msg.unsubscribe.symbol, msg.unsubscribe.request_id)
     if kind == "ping":
@@ -306,13 +309,14 @@ def decode_client(data: bytes | str, encoding: Encoding) -> ClientRequest:
 
 
 def subscribe_message(
-    symbol: str, depth: int = 0, resume: ResumePoint | None = None, request_id: int = 0
+    symbol: str, depth: int = 0, resume: ResumePoint | None = None, request_id: int = 0, interval_ms: int = 0
 ) -> stream_pb2.ClientMessage:
     msg = ClientMessage()
     sub = msg.subscribe
     sub.symbol = symbol
     sub.depth = depth
     sub.request_id = request_id
+    sub.interval_ms = interval_ms
     if resume is not None:
         sub.resume.epoch = resume.epoch
         sub.resume.seq = resume.seq
