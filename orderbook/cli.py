@@ -70,6 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         client_buffer_limit=args.client_buffer,
         slow_client_timeout=args.slow_client_timeout,
+        degrade_interval_ms=args.degrade_interval,
         simulator=not args.no_simulator and not args.redis and replay_plan is None,
         replay=replay_plan,
         redis_url=args.redis,
@@ -290,6 +291,8 @@ def _watch(args: argparse.Namespace) -> int:
                 token=args.token,
                 encoding="json" if args.json else "proto",
                 once=args.once,
+                depth=args.depth,
+                interval_ms=args.interval,
             )
         )
     except KeyboardInterrupt:
@@ -317,7 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--history-bytes", type=int, default=HistoryLimits().max_bytes)
     s.add_argument("--max-connections", type=int, default=10_000)
     s.add_argument("--client-buffer", type=int, default=4 * 1024 * 1024, help="bytes per slow client")
-    s.add_argument("--slow-client-timeout", type=float, default=30.0)
+    s.add_argument("--slow-client-timeout", type=float, default=30.0,
+                   help="seconds a client may stay over --client-buffer before it is closed (1013)")
+    s.add_argument("--degrade-interval", type=int, default=500, metavar="MS",
+                   help="a client past half its buffer gets updates conflated over MS ms until it drains")
     s.add_argument("--no-simulator", action="store_true", help="serve only what /feed publishes")
     s.add_argument(
         "--redis",
@@ -347,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--token", default=os.environ.get("ORDERBOOK_TOKEN"))
     w.add_argument("--json", action="store_true", help="use the JSON encoding")
     w.add_argument("--once", action="store_true", help="print one table and exit")
+    w.add_argument("--depth", type=int, default=0, help="levels per side to subscribe to (0 = full book)")
+    w.add_argument("--interval", type=int, default=0, metavar="MS", help="conflate: at most one update per MS ms")
     w.set_defaults(func=_watch)
 
     r = sub.add_parser("replay", help="play recorded market data into a running node through /feed")

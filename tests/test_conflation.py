@@ -168,3 +168,17 @@ async def test_an_interval_beyond_the_maximum_is_refused():
             # The connection is fine: a valid subscription still works.
             await sub.send(codec.subscribe_message("S", 0, None, 6, interval_ms=1000))
             await sub.until(lambda: sub.snapshots.get("S"))
+
+
+async def test_the_python_client_keeps_a_verified_conflated_book():
+    from orderbook.client import OrderbookClient
+
+    async with serve_in_process(test_settings()) as srv, Publisher.connect(srv.feed_url) as pub:
+        await pub.send([instrument("S")], [level_update(0)])
+        async with OrderbookClient(srv.url, ["S"], interval_ms=100, record=True) as client:
+            await client.wait_synced(timeout=5)
+            last = await publish(pub, 100)
+            f = await client.wait_seq("S", last, timeout=5)
+            assert f.book == srv.hub.channels["S"].seqbook.book
+            assert (client.stats.resyncs, client.stats.gaps, client.stats.checksum_failures) == (0, 0, 0)
+            assert len(client.seen_seqs["S"]) < 30  # 100 changes over ~0.5 s, merged

@@ -288,6 +288,7 @@ class OrderbookClient:
         symbols: Iterable[str] = (),
         *,
         depth: int = 0,
+        interval_ms: int = 0,
         encoding: str | Encoding = "proto",
         token: str | None = None,
         origin: str | None = None,
@@ -300,8 +301,12 @@ class OrderbookClient:
     ) -> None:
         if depth < 0:
             raise ValueError("depth must be >= 0")
+        if interval_ms < 0:
+            raise ValueError("interval_ms must be >= 0")
         self.url = url
         self.depth = depth
+        # Conflation asked for every subscription: at most one delta per interval.
+        self.interval_ms = interval_ms
         self.encoding = _encoding(encoding)
         self.token = token
         self.origin = origin
@@ -711,7 +716,7 @@ class OrderbookClient:
         resume = follower.resume_point() if follower.depth == depth else None
         rid = next(self._ids)
         self._subs[symbol] = _Sub(symbol, depth, SubState.SUBSCRIBING, rid, resume)
-        self._outbox.append(subscribe_message(symbol, depth, resume, rid))
+        self._outbox.append(subscribe_message(symbol, depth, resume, rid, self.interval_ms))
 
     def _queue_unsubscribe(self, sub: _Sub) -> None:
         sub.state = SubState.UNSUBSCRIBING

@@ -71,6 +71,7 @@ async def watch(
     depth: int = 0,
     origin: str | None = None,
     timeout: float | None = None,
+    interval_ms: int = 0,
 ) -> str:
     """Subscribe to `symbols` and redraw their books every `refresh` seconds
     while they change (clearing the screen when `out` is a terminal, plain
@@ -89,7 +90,8 @@ async def watch(
         dirty = True
 
     client = OrderbookClient(
-        url, symbols, depth=depth, encoding=encoding, token=token, origin=origin, on_update=changed
+        url, symbols, depth=depth, interval_ms=interval_ms, encoding=encoding, token=token, origin=origin,
+        on_update=changed,
     )
     runner = asyncio.create_task(client.run(), name="orderbook-watch")
     text = ""
