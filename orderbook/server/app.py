@@ -72,6 +72,8 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
         current = lambda: state.hub  # noqa: E731
         stale = lambda: cluster is not None and cluster.stale  # noqa: E731
         duties = [background.heartbeats(current, tick, stale), background.lag_sweeper(current)]
+        if settings.ping_interval and settings.ping_interval > 0:
+            duties.append(background.keepalive(current, settings.ping_interval, settings.ping_timeout))
         if cluster is not None:
             duties.append(cluster.run(state))
         elif settings.replay is not None:

@@ -13,6 +13,7 @@ from orderbook.feeds.simulator import MarketSimulator
 from orderbook.replay.player import HubSink, ReplayPlan, play
 
 from .hub import Hub
+from .subscriber_socket import CLOSE_INTERNAL, SubscriberSocket
 from .subscriber_ws import CLOSE_TRY_AGAIN_LATER, close
 
 log = logging.getLogger("orderbook.background")
@@ -25,6 +26,35 @@ async def heartbeats(current: Callable[[], Hub], interval: float, stale: Callabl
     while True:
         await asyncio.sleep(interval)
         current().heartbeat(stale())
+
+
+async def keepalive(current: Callable[[], Hub], interval: float, timeout: float) -> None:
+    """One duty pings every subscriber every `interval` seconds and closes
+    those that leave a ping unanswered for `timeout` (1011, as RFC 6455
+    clients expect): no timer or task per connection."""
+    tick = max(min(interval, timeout) / 4, 0.05)
+    next_ping: dict[object, float] = {}
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(tick)
+        now = loop.time()
+        seen = set()
+        for conn in list(current().connections):
+            ws = conn.ws
+            if not isinstance(ws, SubscriberSocket):
+                continue
+            seen.add(ws)
+            if ws.ping_sent_at is not None:
+                if now - ws.ping_sent_at > timeout:
+                    log.info("closing %s: no answer to a ping for %.0f s", conn.peer, timeout)
+                    ws.fail(CLOSE_INTERNAL, "keepalive ping timeout")
+                continue
+            due = next_ping.setdefault(ws, now + interval)
+            if now >= due:
+                ws.ping(now)
+                next_ping[ws] = now + interval
+        for ws in [w for w in next_ping if w not in seen]:
+            del next_ping[ws]
 
 
 async def lag_sweeper(current: Callable[[], Hub]) -> None:

@@ -3,12 +3,15 @@ that decodes client requests and hands them to the hub."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from sanic import Request, response
-from sanic.exceptions import WebsocketClosed
-from websockets.exceptions import ConnectionClosed
+from websockets import http11
+from websockets.datastructures import Headers as WSHeaders
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from orderbook.core.errors import InvalidInput
 from orderbook.wire import codec
@@ -19,7 +22,7 @@ from .connection import Connection
 from .hub import Hub, SubscribeRejected
 from .outgoing import Outgoing
 from .settings import Settings
-from .upgrade import run_tracked, upgrade
+from .subscriber_socket import SubscriberSocket
 
 log = logging.getLogger("orderbook.ws")
 
@@ -51,36 +54,64 @@ async def subscriber_endpoint(request: Request):
             headers={"Retry-After": "5"},
         )
     adm = admission.choose_encoding(offered)
-    ws = await upgrade(request, adm.subprotocol, settings.max_message_bytes)
-    hub = state.hub  # a cluster may have switched hubs (new epoch) during the upgrade
-    conn = hub.new_connection(ws.io_proto.transport, adm.encoding, peer=request.client_ip or "")
-    conn.ws = ws
+    accepted = _accept(request, adm.subprotocol)
+    if isinstance(accepted, response.HTTPResponse):
+        return accepted
+    hub = state.hub
+    transport = request.transport
+    conn = hub.new_connection(transport, adm.encoding, peer=request.client_ip or "")
+    loop = asyncio.get_running_loop()
+
+    def on_message(data: bytes | str) -> None:
+        _receive(data, conn, hub, settings)
+
+    sock = SubscriberSocket(transport, loop, settings.max_message_bytes, on_message, lambda: _stop_sending(conn))
+    conn.ws = sock
+    # The 101 and the switch of the connection's reader happen with no await
+    # in between, so no frame can reach Sanic's HTTP parser.
+    transport.write(accepted)
+    request.transport.get_protocol().websocket = sock
+    app = request.app
+    waiter = asyncio.ensure_future(asyncio.shield(sock.done))
+    app.websocket_tasks.add(waiter)
     try:
-        await run_tracked(request, ws, lambda: _session(ws, conn, hub, settings))
+        await waiter
+    except asyncio.CancelledError:
+        sock.end_connection(1001, "server shutting down")
     finally:
+        app.websocket_tasks.discard(waiter)
         hub.drop_connection(conn)
 
 
 subscriber_endpoint.is_websocket = True  # type: ignore[attr-defined]  # Sanic: no HTTP response after
 
 
-async def _session(ws, conn: Connection, hub: Hub, settings: Settings) -> None:
-    expected_type = str if conn.encoding is Encoding.JSON else bytes
-    try:
-        while True:
-            data = await ws.recv()
-            if data is None:
-                continue
-            if not isinstance(data, expected_type):
-                kind = "text" if isinstance(data, str) else "binary"
-                await close(ws, conn, CLOSE_UNSUPPORTED_DATA, f"{kind} frame not allowed with {conn.encoding.value}")
-                return
-            _handle(data, conn, hub)
-            if conn.errors >= settings.max_client_errors:
-                await close(ws, conn, CLOSE_POLICY, f"{conn.errors} bad messages in a row")
-                return
-    except (ConnectionClosed, WebsocketClosed):
+def _accept(request: Request, subprotocol: str | None) -> bytes | response.HTTPResponse:
+    """The 101 response's bytes, or the HTTP error for a malformed handshake."""
+    proto = ServerProtocol(subprotocols=[Subprotocol(subprotocol)] if subprotocol else None)
+    resp = proto.accept(http11.Request(path=request.path, headers=WSHeaders(request.headers)))
+    if resp.status_code != 101:
+        return response.text(resp.body.decode(errors="replace") or resp.reason_phrase, status=resp.status_code)
+    head = f"HTTP/1.1 101 {resp.reason_phrase}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in resp.headers.raw_items())
+    return (head + "\r\n").encode()
+
+
+def _stop_sending(conn: Connection) -> None:
+    conn.flush()
+    conn.closed = True
+
+
+def _receive(data: bytes | str, conn: Connection, hub: Hub, settings: Settings) -> None:
+    if conn.closed:
         return
+    expected_type = str if conn.encoding is Encoding.JSON else bytes
+    if not isinstance(data, expected_type):
+        kind = "text" if isinstance(data, str) else "binary"
+        conn.ws.end_connection(CLOSE_UNSUPPORTED_DATA, f"{kind} frame not allowed with {conn.encoding.value}")
+        return
+    _handle(data, conn, hub)
+    if conn.errors >= settings.max_client_errors:
+        conn.ws.end_connection(CLOSE_POLICY, f"{conn.errors} bad messages in a row")
 
 
 def _handle(data: bytes | str, conn: Connection, hub: Hub) -> None:
@@ -106,6 +137,9 @@ def _handle(data: bytes | str, conn: Connection, hub: Hub) -> None:
 
 async def close(ws, conn: Connection, code: int, reason: str) -> None:
     """Send what is queued, then the close frame."""
+    if isinstance(ws, SubscriberSocket):
+        await ws.close(code, reason[:120])
+        return
     conn.flush()
     conn.closed = True
     await ws.close(code, reason[:120])

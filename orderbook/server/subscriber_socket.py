@@ -1,0 +1,162 @@
+"""A subscriber's WebSocket after the upgrade: a small frame reader on the
+connection Sanic accepted, instead of a full WebSocket implementation.
+
+A subscriber sends a few small requests and must not cost more than a few
+kilobytes while idle: no task, queue, lock or event per connection here.
+Outbound frames are written by the hub (`Connection`); this object parses
+what the client sends, answers pings, handles the closing handshake, and
+plugs into Sanic's protocol as its `websocket` (the calls Sanic makes:
+data_received, connection_lost, eof_received, end_connection, close,
+ws_proto.state, loop). Keepalive pings for all subscribers come from one
+periodic duty (`background.keepalive`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from websockets.protocol import State
+
+from orderbook.wire.framing import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameError,
+    FrameParser,
+    close_frame,
+    control_frame,
+)
+
+log = logging.getLogger("orderbook.ws")
+
+CLOSE_NORMAL = 1000
+CLOSE_INVALID_DATA = 1007
+CLOSE_INTERNAL = 1011
+CLOSING_TIMEOUT = 5.0  # seconds to wait for the client's close frame
+
+
+class SubscriberSocket:
+    __slots__ = (
+        "transport",
+        "loop",
+        "state",
+        "_parser",
+        "_on_message",
+        "_before_close",
+        "done",
+        "ping_sent_at",
+        "_abort_handle",
+        "close_code",
+    )
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        max_message_bytes: int,
+        on_message: Callable[[bytes | str], None],
+        before_close: Callable[[], None],
+    ) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.state = State.OPEN
+        self._parser = FrameParser(max_message_bytes)
+        self._on_message = on_message
+        self._before_close = before_close  # flushes what the hub queued, so the close frame comes last
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.ping_sent_at: float | None = None  # unanswered keepalive ping
+        self._abort_handle: asyncio.TimerHandle | None = None
+        self.close_code: int | None = None
+
+    # Sanic's protocol looks for these ------------------------------------------------
+    @property
+    def ws_proto(self) -> SubscriberSocket:
+        return self
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        try:
+            messages = self._parser.feed(data)
+        except FrameError as exc:
+            self.fail(exc.code, exc.reason)
+            return
+        for opcode, payload in messages:
+            if self.state is not State.OPEN:
+                if opcode == OP_CLOSE:
+                    self._closed()
+                continue
+            if opcode == OP_BINARY:
+                self._on_message(payload)
+            elif opcode == OP_TEXT:
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    self.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text frame")
+                    return
+                self._on_message(text)
+            elif opcode == OP_PING:
+                self.transport.write(control_frame(OP_PONG, payload))
+            elif opcode == OP_PONG:
+                self.ping_sent_at = None
+            elif opcode == OP_CLOSE:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else CLOSE_NORMAL
+                self.close_code = code
+                # Echo the close (RFC 6455 5.5.1), then the TCP connection ends.
+                self._before_close()
+                self.transport.write(close_frame(code) if len(payload) >= 2 else control_frame(OP_CLOSE))
+                self.state = State.CLOSED
+                self.transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.state = State.CLOSED
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def end_connection(self, code: int = 1001, reason: str = "") -> None:
+        """Send a close frame now and drop the connection if the client does
+        not answer it soon."""
+        if self.state is not State.OPEN:
+            return
+        self.close_code = code
+        self._before_close()
+        self.state = State.CLOSING
+        if not self.transport.is_closing():
+            self.transport.write(close_frame(code, reason))
+        self._abort_handle = self.loop.call_later(CLOSING_TIMEOUT, self.transport.abort)
+
+    def fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 7.1.7): a close frame, then the TCP
+        connection ends at once; for a peer that broke the protocol or died."""
+        if self.state is State.CLOSED:
+            return
+        self.close_code = code
+        self._before_close()
+        self.state = State.CLOSED
+        if not self.transport.is_closing():
+            self.transport.write(close_frame(code, reason))
+            self.transport.close()
+
+    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        self.end_connection(code, reason)
+        await asyncio.shield(self.done)
+
+    # Keepalive -------------------------------------------------------------------
+    def ping(self, now: float) -> None:
+        if self.state is State.OPEN and not self.transport.is_closing():
+            self.ping_sent_at = now
+            self.transport.write(control_frame(OP_PING))
+
+    def _closed(self) -> None:
+        # The client answered our close frame: the closing handshake is done.
+        self.state = State.CLOSED
+        self.transport.close()
