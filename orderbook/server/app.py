@@ -95,6 +95,10 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
     async def stop(app: Sanic) -> None:
         state: ServerState = app.ctx.state
         state.ready = False
+        # Subscribers are not Sanic's connections: say goodbye to each.
+        for conn in list(state.hub.connections):
+            if conn.ws is not None:
+                conn.ws.end_connection(1001, "server shutting down")
         for t in state.tasks:
             t.cancel()
         await asyncio.gather(*state.tasks, return_exceptions=True)

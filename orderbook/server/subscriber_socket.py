@@ -1,14 +1,13 @@
-"""A subscriber's WebSocket after the upgrade: a small frame reader on the
-connection Sanic accepted, instead of a full WebSocket implementation.
+"""A subscriber's WebSocket after the upgrade: the connection's protocol,
+a small frame reader in place of Sanic's HTTP protocol and a full WebSocket
+implementation.
 
 A subscriber sends a few small requests and must not cost more than a few
 kilobytes while idle: no task, queue, lock or event per connection here.
 Outbound frames are written by the hub (`Connection`); this object parses
-what the client sends, answers pings, handles the closing handshake, and
-plugs into Sanic's protocol as its `websocket` (the calls Sanic makes:
-data_received, connection_lost, eof_received, end_connection, close,
-ws_proto.state, loop). Keepalive pings for all subscribers come from one
-periodic duty (`background.keepalive`).
+what the client sends, answers pings and handles the closing handshake.
+Keepalive pings for all subscribers come from one periodic duty
+(`background.keepalive`); the server's stop closes them (`app.stop`).
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ class SubscriberSocket:
         "ping_sent_at",
         "_abort_handle",
         "close_code",
+        "_on_lost",
     )
 
     def __init__(
@@ -60,6 +60,7 @@ class SubscriberSocket:
         max_message_bytes: int,
         on_message: Callable[[bytes | str], None],
         before_close: Callable[[], None],
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.transport = transport
         self.loop = loop
@@ -71,6 +72,7 @@ class SubscriberSocket:
         self.ping_sent_at: float | None = None  # unanswered keepalive ping
         self._abort_handle: asyncio.TimerHandle | None = None
         self.close_code: int | None = None
+        self._on_lost = on_lost
 
     # Sanic's protocol looks for these ------------------------------------------------
     @property
@@ -121,6 +123,18 @@ class SubscriberSocket:
             self._abort_handle.cancel()
         if not self.done.done():
             self.done.set_result(None)
+        if self._on_lost is not None:
+            self._on_lost()
+
+    # The transport's flow control: the hub watches each buffer itself.
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        return None
+
+    def pause_writing(self) -> None:
+        return None
+
+    def resume_writing(self) -> None:
+        return None
 
     def end_connection(self, code: int = 1001, reason: str = "") -> None:
         """Send a close frame now and drop the connection if the client does

@@ -65,22 +65,32 @@ async def subscriber_endpoint(request: Request):
     def on_message(data: bytes | str) -> None:
         _receive(data, conn, hub, settings)
 
-    sock = SubscriberSocket(transport, loop, settings.max_message_bytes, on_message, lambda: _stop_sending(conn))
+    sock = SubscriberSocket(
+        transport, loop, settings.max_message_bytes, on_message, lambda: _stop_sending(conn),
+        on_lost=lambda: hub.drop_connection(conn),
+    )
     conn.ws = sock
     # The 101 and the switch of the connection's reader happen with no await
-    # in between, so no frame can reach Sanic's HTTP parser.
+    # in between, so no frame can reach Sanic's HTTP parser. From here the
+    # connection is ours: Sanic's protocol, request and handler task are
+    # released (they would cost several kilobytes per idle subscriber).
     transport.write(accepted)
-    request.transport.get_protocol().websocket = sock
-    app = request.app
-    waiter = asyncio.ensure_future(asyncio.shield(sock.done))
-    app.websocket_tasks.add(waiter)
-    try:
-        await waiter
-    except asyncio.CancelledError:
-        sock.end_connection(1001, "server shutting down")
-    finally:
-        app.websocket_tasks.discard(waiter)
-        hub.drop_connection(conn)
+    sanic_protocol = transport.get_protocol()
+    transport.set_protocol(sock)
+    sanic_protocol.websocket = _RELEASED
+    sanic_protocol.connections.discard(sanic_protocol)
+    return None
+
+
+class _Released:
+    """Stands in for the WebSocket on the Sanic protocol we left: its own
+    end-of-request cleanup must not touch the connection."""
+
+    def end_connection(self, code: int = 1001, reason: str = "") -> None:
+        return None
+
+
+_RELEASED = _Released()
 
 
 subscriber_endpoint.is_websocket = True  # type: ignore[attr-defined]  # Sanic: no HTTP response after
