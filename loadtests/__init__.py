@@ -1,0 +1,1 @@
+"""Locust load runs against an orderbook deployment (see README.md here)."""
