@@ -42,6 +42,7 @@ class Connection:
     __slots__ = (
         "transport",
         "encoding",
+        "_json",
         "subs",
         "_pending",
         "_pending_bytes",
@@ -70,6 +71,7 @@ class Connection:
     ) -> None:
         self.transport = transport
         self.encoding = encoding
+        self._json = encoding is Encoding.JSON
         self.subs: dict[str, Subscription] = {}
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -93,21 +95,33 @@ class Connection:
 
     def push(self, sub: Subscription, out: Outgoing, now: float) -> None:
         """Queue a stream message for `sub`, or drop it if the client is over its limit."""
+        # The fan-out's innermost step, once per subscriber per message: kept flat.
         if sub.lagging or self.closed:
             return
-        queued = self._pending_bytes + self._backlog
-        if queued > self._soft:
-            if queued > self._limit and self.buffered() > self._limit:
-                sub.lagging = True
-                if self.lagging_since is None:
-                    self.lagging_since = now
-                    self._on_lag(self)
-                return
-            if not self.degraded and self.buffered() > self._soft:
-                # The hub's sweep moves its live subscriptions to conflated updates.
-                self.degraded = True
+        pending_bytes = self._pending_bytes
+        if pending_bytes + self._backlog > self._soft and not self._room_for(sub, pending_bytes, now):
+            return
+        data = out.frame(self.encoding) if out._proto_frame is None or self._json else out._proto_frame
+        self._pending.append(data)
+        self._pending_bytes = pending_bytes + len(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._schedule(self)
+
+    def _room_for(self, sub: Subscription, queued: int, now: float) -> bool:
+        """Past half the limit: degrade (once); past the limit: drop and mark lagging."""
+        queued += self._backlog
+        if queued > self._limit and self.buffered() > self._limit:
+            sub.lagging = True
+            if self.lagging_since is None:
+                self.lagging_since = now
                 self._on_lag(self)
-        self._queue(out.frame(self.encoding))
+            return False
+        if not self.degraded and self.buffered() > self._soft:
+            # The hub's sweep moves its live subscriptions to conflated updates.
+            self.degraded = True
+            self._on_lag(self)
+        return True
 
     def _queue(self, data: bytes) -> None:
         if self.closed:

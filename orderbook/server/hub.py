@@ -19,7 +19,7 @@ from orderbook.core.instrument import Instrument
 from orderbook.core.market import Market
 from orderbook.core.resume import decide
 from orderbook.wire import codec
-from orderbook.wire.codec import ErrorCode, SubscribeRequest
+from orderbook.wire.codec import Encoding, ErrorCode, SubscribeRequest
 
 from .channel import Channel, ConflationGroup
 from .connection import Connection, Subscription
@@ -148,8 +148,10 @@ class Hub:
         ch.history.append(delta.seq, delta.prev_seq, payload, len(payload))
         self.stats_deltas += 1
         ch.last_sent = now
-        for sub in ch.full:
-            sub.conn.push(sub, out, now)
+        if ch.full:
+            out.frame(Encoding.PROTOBUF)  # framed once here, not per subscriber
+            for sub in ch.full:
+                sub.conn.push(sub, out, now)
         for cg in ch.conflated.values():
             self._conflate(cg, delta, now)
         if ch.groups:
