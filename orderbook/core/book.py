@@ -1,21 +1,175 @@
 """An L2 order book: price levels of integer ticks with integer lot sizes.
 
 Bids are stored under the negated price so that both sides iterate best
-first from index 0. Runtime complexity: updates O(log n) (SortedDict), top-N
-views O(log n + N), best price O(1).
+first from index 0. Runtime complexity: a size change O(1) (dict), a level
+that appears or goes O(log n) (SortedList), top-N views O(log n + N), best
+price O(1).
+
+The book keeps what its checksum needs between updates: per side, the text
+of each of its best `CHECKSUM_DEPTH` levels. A change below them leaves it
+as it is; a size change among them formats that one level again; a level
+that appears or goes among them makes the next `checksum()` find the best
+levels again, formatting only those it has no text for.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
+from itertools import islice
 from typing import TypeAlias
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedList
 
 from .checksum import CHECKSUM_DEPTH, book_checksum
 from .errors import InvariantViolation
 
 Level: TypeAlias = tuple[int, int]  # (price ticks, size lots)
+
+
+class _Side:
+    """The levels of one side, best first, and the checksum text of the best ones.
+
+    `sizes` maps each level's key to its size, `keys` holds the same keys
+    sorted (best first): a size change is a plain dict store, and only a
+    level that appears or goes touches the sorted index.
+
+    `top` maps the key of each of the best `CHECKSUM_DEPTH` levels, best
+    first, to its checksum piece (`f"{price}{size}"`). `exact` is True while
+    `top` holds exactly those keys, in order: a size change among them only
+    replaces a piece; a level that appears or goes among them clears
+    `exact`, and `build` walks the sorted keys again, keeping the pieces of
+    the levels that did not change. `edge` is the key of the last of them
+    (None: the side has fewer levels, so any new level is among them).
+    `text` is the joined pieces, None once the best levels changed.
+    """
+
+    __slots__ = ("sizes", "keys", "negate", "top", "exact", "edge", "text")
+
+    def __init__(self, negate: bool, sizes: dict[int, int] | None = None) -> None:
+        self.sizes: dict[int, int] = {} if sizes is None else sizes  # key -> size
+        self.keys = SortedList(self.sizes)
+        self.negate = negate  # bids: key = -price
+        self.top: dict[int, str] = {}
+        self.exact = False
+        self.edge: int | None = None
+        self.text: bytes | None = None
+
+    def copy(self) -> _Side:
+        other = _Side(self.negate)
+        other.sizes = self.sizes.copy()
+        other.keys = self.keys.copy()
+        other.top = self.top.copy()  # the pieces are immutable strings
+        other.exact, other.edge, other.text = self.exact, self.edge, self.text
+        return other
+
+    def set(self, price: int, size: int) -> int:
+        """One level (size 0 removes); return the old size."""
+        sizes = self.sizes
+        key = -price if self.negate else price
+        old = sizes.get(key, 0)
+        if old == size:
+            return old  # same size, or removing a level that is not there
+        if size:
+            sizes[key] = size
+            if not old:
+                self.keys.add(key)
+        else:
+            del sizes[key]
+            self.keys.remove(key)
+        top = self.top
+        if key in top:
+            self.text = None
+            if old and size:
+                top[key] = f"{-key}{size}" if self.negate else f"{key}{size}"
+            else:
+                del top[key]
+                self.exact = False
+        elif self.exact and (self.edge is None or key < self.edge):
+            self.text = None
+            self.exact = False
+        return old
+
+    def update(self, levels: Iterable[Level]) -> tuple[Level, ...]:
+        """Apply (price, size) levels in order; return the levels that changed
+        the side, once per price, each with its final size.
+
+        The hot path of ingest: `set` inlined, one pass with no Python call
+        per level except a sorted-index insert or removal when a level
+        appears or goes.
+        """
+        if not isinstance(levels, tuple):
+            levels = tuple(levels)
+        n = len(levels)
+        if n == 1:
+            price, size = levels[0]
+            return levels if self.set(price, size) != size else ()
+        if n > 1:
+            final = dict(levels)
+            if len(final) < n:
+                # A price more than once: the last size wins and is compared
+                # with the size before the update; it keeps the place of the
+                # price's first appearance.
+                levels = tuple(final.items())
+                n = len(levels)
+        sizes = self.sizes
+        get = sizes.get
+        add = self.keys.add
+        remove = self.keys.remove
+        top = self.top
+        exact = self.exact
+        edge = self.edge
+        text = self.text
+        negate = self.negate
+        changed = []
+        for level in levels:
+            price, size = level
+            key = -price if negate else price
+            old = get(key, 0)
+            if old == size:
+                continue  # same size, or removing a level that is not there
+            if size:
+                sizes[key] = size
+                if not old:
+                    add(key)
+            else:
+                del sizes[key]
+                remove(key)
+            changed.append(level)
+            if key in top:
+                text = None
+                if old and size:
+                    # From the key, as `build` does, so both write the same text.
+                    top[key] = f"{-key}{size}" if negate else f"{key}{size}"
+                else:
+                    del top[key]
+                    exact = False
+            elif exact and (edge is None or key < edge):
+                text = None  # a new level among the best
+                exact = False
+        self.text = text
+        self.exact = exact
+        return levels if len(changed) == n else tuple(changed)
+
+    def build(self) -> bytes:
+        """Join the pieces of the best levels into `text`; first, unless
+        `exact`, find those levels again, formatting only missing pieces."""
+        if not self.exact:
+            size_of = self.sizes.__getitem__
+            old = self.top
+            top: dict[int, str] = {}
+            key = None
+            if self.negate:
+                for key in islice(self.keys, CHECKSUM_DEPTH):
+                    top[key] = old.get(key) or f"{-key}{size_of(key)}"
+            else:
+                for key in islice(self.keys, CHECKSUM_DEPTH):
+                    top[key] = old.get(key) or f"{key}{size_of(key)}"
+            self.top = top
+            self.edge = key if len(top) == CHECKSUM_DEPTH else None
+            self.exact = True
+        text = self.text = "".join(self.top.values()).encode("ascii")
+        return text
 
 
 class Book:
@@ -32,97 +186,111 @@ class Book:
     []
     """
 
-    __slots__ = ("_bids", "_asks")
+    __slots__ = ("_bid", "_ask", "_ask_crc", "_checksum")
 
     def __init__(self) -> None:
-        self._bids: SortedDict = SortedDict()  # -price -> size
-        self._asks: SortedDict = SortedDict()  # price -> size
+        self._bid = _Side(negate=True)
+        self._ask = _Side(negate=False)
+        # CRC-32 of the asks' text, and of both texts: valid while the texts
+        # they were computed from are kept (not None).
+        self._ask_crc = 0
+        self._checksum = 0
 
     # Mutation -------------------------------------------------------------------
     def set_bid(self, price: int, size: int) -> int:
         """Set the bid level at `price` to `size` (0 removes); return the old size."""
-        key = -price
-        bids = self._bids
-        if size:
-            old = bids.get(key, 0)
-            if old != size:
-                bids[key] = size
-            return old
-        return bids.pop(key, 0)
+        return self._bid.set(price, size)
 
     def set_ask(self, price: int, size: int) -> int:
         """Set the ask level at `price` to `size` (0 removes); return the old size."""
-        asks = self._asks
-        if size:
-            old = asks.get(price, 0)
-            if old != size:
-                asks[price] = size
-            return old
-        return asks.pop(price, 0)
+        return self._ask.set(price, size)
+
+    def apply_bids(self, levels: Iterable[Level]) -> tuple[Level, ...]:
+        """Set bid levels in order (last write wins per price); return the
+        effective changes: each price whose size differs from before the
+        call, once, with its final size, in order of first appearance."""
+        return self._bid.update(levels)
+
+    def apply_asks(self, levels: Iterable[Level]) -> tuple[Level, ...]:
+        """As `apply_bids`, for asks."""
+        return self._ask.update(levels)
 
     def clear(self) -> None:
-        self._bids.clear()
-        self._asks.clear()
+        self._bid = _Side(negate=True)
+        self._ask = _Side(negate=False)
 
     def replace(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
         """Replace the whole book with the given levels (size-0 levels are skipped)."""
-        self._bids = SortedDict({-p: s for p, s in bids if s})
-        self._asks = SortedDict({p: s for p, s in asks if s})
+        self._bid = _Side(True, {-p: s for p, s in bids if s})
+        self._ask = _Side(False, {p: s for p, s in asks if s})
 
     # Queries --------------------------------------------------------------------
     def bid_size(self, price: int) -> int:
-        return self._bids.get(-price, 0)
+        return self._bid.sizes.get(-price, 0)
 
     def ask_size(self, price: int) -> int:
-        return self._asks.get(price, 0)
+        return self._ask.sizes.get(price, 0)
 
     def best_bid(self) -> Level | None:
-        if not self._bids:
+        side = self._bid
+        if not side.sizes:
             return None
-        k, v = self._bids.peekitem(0)
-        return -k, v
+        k = side.keys[0]
+        return -k, side.sizes[k]
 
     def best_ask(self) -> Level | None:
-        if not self._asks:
+        side = self._ask
+        if not side.sizes:
             return None
-        return self._asks.peekitem(0)
+        k = side.keys[0]
+        return k, side.sizes[k]
 
     def bids(self, depth: int | None = None) -> list[Level]:
         """Bid levels, best (highest) first; at most `depth` if given (0 = all)."""
-        keys = self._bids.keys()
-        if depth:
-            keys = keys[:depth]
-        get = self._bids.__getitem__
-        return [(-k, get(k)) for k in keys]
+        side = self._bid
+        get = side.sizes.__getitem__
+        return [(-k, get(k)) for k in _first(side.keys, depth)]
 
     def asks(self, depth: int | None = None) -> list[Level]:
         """Ask levels, best (lowest) first; at most `depth` if given (0 = all)."""
-        keys = self._asks.keys()
-        if depth:
-            keys = keys[:depth]
-        get = self._asks.__getitem__
-        return [(k, get(k)) for k in keys]
+        side = self._ask
+        get = side.sizes.__getitem__
+        return [(k, get(k)) for k in _first(side.keys, depth)]
 
     def nth_bid_price(self, n: int) -> int | None:
         """Price of the n-th best bid (0 = best), or None if there are fewer."""
-        return -self._bids.keys()[n] if n < len(self._bids) else None
+        keys = self._bid.keys
+        return -keys[n] if n < len(keys) else None
 
     def nth_ask_price(self, n: int) -> int | None:
         """Price of the n-th best ask (0 = best), or None if there are fewer."""
-        return self._asks.keys()[n] if n < len(self._asks) else None
+        keys = self._ask.keys
+        return keys[n] if n < len(keys) else None
 
     def bid_count(self) -> int:
-        return len(self._bids)
+        return len(self._bid.sizes)
 
     def ask_count(self) -> int:
-        return len(self._asks)
+        return len(self._ask.sizes)
 
     def __len__(self) -> int:
-        return len(self._bids) + len(self._asks)
+        return len(self._bid.sizes) + len(self._ask.sizes)
 
     def checksum(self) -> int:
-        """CRC-32 of the top 10 levels (see `checksum.book_checksum`)."""
-        return book_checksum(self.asks(CHECKSUM_DEPTH), self.bids(CHECKSUM_DEPTH))
+        """CRC-32 of the top 10 levels (see `checksum.book_checksum`).
+
+        Equal to `book_checksum(self.asks(10), self.bids(10))`; computed again
+        only when a change reached the top of a side since the last call.
+        """
+        ask, bid = self._ask, self._bid
+        if ask.text is None or bid.text is None:
+            # Asks first, then bids: the CRC of the bids' text continues the
+            # CRC of the asks' text, which is kept for updates of bids only.
+            if ask.text is None:
+                self._ask_crc = zlib.crc32(ask.build())
+            bid_text = bid.build() if bid.text is None else bid.text
+            self._checksum = zlib.crc32(bid_text, self._ask_crc)
+        return self._checksum
 
     def crossed(self) -> bool:
         """True if the best bid is at or above the best ask (a venue can send
@@ -132,14 +300,15 @@ class Book:
 
     def copy(self) -> Book:
         other = Book()
-        other._bids = self._bids.copy()
-        other._asks = self._asks.copy()
+        other._bid = self._bid.copy()
+        other._ask = self._ask.copy()
+        other._ask_crc, other._checksum = self._ask_crc, self._checksum
         return other
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Book):
             return NotImplemented
-        return dict(self._bids) == dict(other._bids) and dict(self._asks) == dict(other._asks)
+        return self._bid.sizes == other._bid.sizes and self._ask.sizes == other._ask.sizes
 
     def __repr__(self) -> str:
         return f"Book(bids={self.bids(3)}..., asks={self.asks(3)}..., levels={len(self)})"
@@ -148,17 +317,41 @@ class Book:
         """Verify the invariants; raise `InvariantViolation` if one fails.
 
         Every size is a positive int on the size grid, every price an int on
-        the price grid, and the sorted index agrees with the level map.
+        the price grid, the sorted index holds exactly the keys of the level
+        map, and the checksum kept between updates equals one computed from
+        scratch.
         """
-        self._bids._check()
-        self._asks._check()
-        for side, levels in (("bid", self.bids()), ("ask", self.asks())):
+        for name, side in (("bid", self._bid), ("ask", self._ask)):
+            side.keys._check()
+            if len(side.keys) != len(side.sizes) or any(k not in side.sizes for k in side.keys):
+                raise InvariantViolation(f"{name} side: sorted index and levels disagree")
+        for name, levels in (("bid", self.bids()), ("ask", self.asks())):
             for price, size in levels:
                 if type(price) is not int or type(size) is not int:
-                    raise InvariantViolation(f"{side} {price}x{size}: not integers")
+                    raise InvariantViolation(f"{name} {price}x{size}: not integers")
                 if size <= 0:
-                    raise InvariantViolation(f"{side} {price}: size {size} <= 0")
+                    raise InvariantViolation(f"{name} {price}: size {size} <= 0")
                 if price % price_increment:
-                    raise InvariantViolation(f"{side} {price}: off the price grid")
+                    raise InvariantViolation(f"{name} {price}: off the price grid")
                 if size % size_increment:
-                    raise InvariantViolation(f"{side} {price}: size {size} off the size grid")
+                    raise InvariantViolation(f"{name} {price}: size {size} off the size grid")
+        for name, side in (("bid", self._bid), ("ask", self._ask)):
+            if side.text is not None and not side.exact:
+                raise InvariantViolation(f"{name} side: checksum text kept for stale top levels")
+            if side.exact:
+                best = list(islice(side.keys, CHECKSUM_DEPTH))
+                edge = best[-1] if len(best) == CHECKSUM_DEPTH else None
+                if list(side.top) != best or side.edge != edge:
+                    raise InvariantViolation(f"{name} side: kept top levels are not the best levels")
+        fresh = book_checksum(self.asks(CHECKSUM_DEPTH), self.bids(CHECKSUM_DEPTH))
+        if self.checksum() != fresh:
+            raise InvariantViolation(f"kept checksum {self.checksum()} != {fresh} computed afresh")
+
+
+def _first(keys: SortedList, depth: int | None) -> Iterable[int]:
+    """`keys` in order, the first `depth` only if given (0 = all)."""
+    if not depth:
+        return keys
+    if depth > 0:
+        return islice(keys, depth)
+    return keys[:depth]  # negative: all but the last, as a slice does

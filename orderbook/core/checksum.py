@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
+from itertools import islice
 
 CHECKSUM_DEPTH = 10
 
@@ -19,16 +20,12 @@ def book_checksum(asks: Iterable[tuple[int, int]], bids: Iterable[tuple[int, int
     """`asks` best first (ascending), `bids` best first (descending); only the
     first CHECKSUM_DEPTH of each are used.
 
+    `Book.checksum` gives the same value for a whole book without building
+    the level lists (it keeps the text of its best levels between updates).
+
     >>> hex(book_checksum([(5005, 500)], [(5004, 1000)]))
     '0xb7dfcc2d'
     """
-    parts: list[str] = []
-    for n, (price, size) in enumerate(asks):
-        if n == CHECKSUM_DEPTH:
-            break
-        parts.append(f"{price}{size}")
-    for n, (price, size) in enumerate(bids):
-        if n == CHECKSUM_DEPTH:
-            break
-        parts.append(f"{price}{size}")
+    parts = [f"{price}{size}" for price, size in islice(asks, CHECKSUM_DEPTH)]
+    parts += [f"{price}{size}" for price, size in islice(bids, CHECKSUM_DEPTH)]
     return zlib.crc32("".join(parts).encode("ascii"))

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from .errors import UnknownSymbol
 from .events import BatchResult, Delta, FeedBatch, Position, Snapshot
 from .instrument import Instrument
-from .sequencer import SequencedBook
+from .sequencer import SequencedBook, validate_update
 
 
 class Market:
@@ -60,23 +60,24 @@ class Market:
 
     def validate(self, batch: FeedBatch) -> None:
         pending: dict[str, Instrument] = {}
+        books = self._books
         for inst in batch.instruments:
             inst.validate()
             prior = pending.get(inst.symbol)
-            if prior is None and inst.symbol in self._books:
-                prior = self._books[inst.symbol].instrument
+            if prior is None and inst.symbol in books:
+                prior = books[inst.symbol].instrument
             if prior is not None:
                 prior.check_redefinition(inst)
             pending[inst.symbol] = inst
         for update in batch.updates:
-            sb = self._books.get(update.symbol)
-            if sb is None:
+            sb = books.get(update.symbol)
+            if sb is not None:
+                validate_update(sb.instrument, update)
+            else:
                 inst = pending.get(update.symbol)
                 if inst is None:
                     raise UnknownSymbol(update.symbol)
-                SequencedBook(inst, self.epoch).validate(update)
-            else:
-                sb.validate(update)
+                validate_update(inst, update)
 
     def apply(
         self,
@@ -96,8 +97,9 @@ class Market:
         touched: dict[str, SequencedBook] = {}
         books = self._books
         for update in batch.updates:
-            sb = books[update.symbol]
-            touched[update.symbol] = sb
+            symbol = update.symbol
+            sb = books[symbol]
+            touched[symbol] = sb
             delta = sb.apply(update, now_ns)
             if delta is not None:
                 deltas.append(delta)
@@ -105,4 +107,3 @@ class Market:
                     on_delta(delta)
         positions = tuple(Position(s, sb.epoch, sb.seq) for s, sb in touched.items())
         return BatchResult(tuple(deltas), positions, new)
-
