@@ -286,7 +286,7 @@ def _where(path: str) -> str:
 # told apart by their code objects.
 GENERATED = {
     cls.__init__.__code__: cls.__name__
-    for cls in (events.Delta, events.BatchResult, events.Position, events.FeedBatch, events.BookUpdate)
+    for cls in (events.BatchResult, events.Position, events.FeedBatch, events.BookUpdate)
 }
 
 # (label, file suffix, function name): shares of the run shown under the table.
@@ -294,7 +294,7 @@ FOCUS = (
     ("`Book.apply_bids` / `apply_asks` (book mutation, change detection)", "orderbook/core/book.py", "update"),
     ("`Book.checksum` (top-10 text + CRC-32)", "orderbook/core/book.py", "checksum"),
     ("`validate_update` (whole-batch validation)", "orderbook/core/sequencer.py", "validate_update"),
-    ("`Delta` construction (generated `__init__`)", "<string>", "Delta.__init__"),
+    ("`Delta` construction (a named tuple's `__new__`)", "<string>", "__new__"),
 )
 
 

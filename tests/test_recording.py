@@ -11,7 +11,6 @@ import gzip
 import io
 import random
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -324,7 +323,7 @@ def test_a_wrong_checksum_in_a_recording_fails_verification():
     m.snapshot()
     m.change(bids=[(100, 5)])
     delta = m.sb.apply(BookUpdate("A", ((100, 6),)))
-    m.send(codec.delta_message(replace(delta, checksum=delta.checksum ^ 1)))
+    m.send(codec.delta_message(delta._replace(checksum=delta.checksum ^ 1)))
     report = verify(recording.read([finish(buf, w)]))
     assert not report.ok and report.mismatch_count == 1 and report.mismatches[0].record == 3
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .book import Level
 from .instrument import Instrument
@@ -32,10 +33,14 @@ class FeedBatch:
     updates: tuple[BookUpdate, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Delta:
+class Delta(NamedTuple):
     """The stamped, effective change: only levels whose size really changed,
-    each at most once per side; size 0 means removed."""
+    each at most once per side; size 0 means removed.
+
+    A named tuple rather than a frozen dataclass: one is built per change on
+    the ingest path, and a tuple is built in one step where a frozen
+    dataclass sets each field through `object.__setattr__`. Still immutable;
+    `delta._replace(...)` makes a changed copy."""
 
     symbol: str
     epoch: int

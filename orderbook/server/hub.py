@@ -8,7 +8,6 @@ in between, so no change can fall between them or be sent twice.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -186,7 +185,7 @@ class Hub:
         if cg.joining:
             for sub, held in cg.joining.items():
                 if held < delta.seq:
-                    sub.conn.push(sub, Outgoing(codec.delta_message(dataclasses.replace(delta, prev_seq=held))), now)
+                    sub.conn.push(sub, Outgoing(codec.delta_message(delta._replace(prev_seq=held))), now)
                 cg.subs.add(sub)
             cg.joining.clear()
         cg.sent_seq = delta.seq
