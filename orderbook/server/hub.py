@@ -27,6 +27,8 @@ from .settings import Settings
 
 log = logging.getLogger("orderbook.hub")
 
+MAX_FLUSH_GAP = 0.02  # seconds: the most a busy hub delays a write to coalesce
+
 
 class SubscribeRejected(Exception):
     def __init__(self, code: int, message: str) -> None:
@@ -49,7 +51,9 @@ class Hub:
         self._loop = loop
         self._wall_ns = wall_ns
         self._dirty: list[Connection] = []
-        self._flush_handle: asyncio.Handle | None = None
+        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._last_flush_end = 0.0
+        self._flush_gap = 0.0
         self._lagging: set[Connection] = set()
         self.stats_deltas = 0
         self.stats_resyncs = 0
@@ -77,17 +81,30 @@ class Hub:
         self._lagging.discard(conn)
 
     def _schedule(self, conn: Connection) -> None:
-        # Coalesce: every frame due to a client in this loop turn goes out in
-        # one write when the turn ends.
+        # Coalesce: every frame due to a client goes out in one write at the
+        # next flush. An idle hub flushes when this loop turn ends; a busy one
+        # waits as long after a flush as that flush took (at most
+        # MAX_FLUSH_GAP), so under load each write carries many messages: a
+        # write costs far more than the bytes in it, and latency grows by
+        # about one flush rather than without bound.
         self._dirty.append(conn)
         if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+            loop = self._loop
+            at = self._last_flush_end + self._flush_gap
+            if at <= loop.time():
+                self._flush_handle = loop.call_soon(self._flush)
+            else:
+                self._flush_handle = loop.call_at(at, self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
         dirty, self._dirty = self._dirty, []
+        start = self._loop.time()
         for conn in dirty:
             conn.flush()
+        end = self._loop.time()
+        self._last_flush_end = end
+        self._flush_gap = min(end - start, MAX_FLUSH_GAP)
 
     # Ingest --------------------------------------------------------------------
     def ingest(self, batch: FeedBatch) -> BatchResult:
