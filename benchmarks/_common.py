@@ -300,7 +300,6 @@ def generate_stream(seed: int, updates: int, levels_per_side: int) -> Stream:
     for _ in range(updates):
         t += rng.randint(1_000, 500_000)
         side = bids if rng.getrandbits(1) else asks
-        other = asks if side is bids else bids
         n = len(side.levels)
         r = rng.randrange(100)
         # Keep the book near its target size: lean on deletes or inserts.
