@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import timezone
 from typing import TYPE_CHECKING, Any, Literal
@@ -258,6 +258,23 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 # ----------------------------------------------------------------------------- client
+
+
+async def open_unless_stopped(
+    open_ws: Callable[[], Awaitable[ClientConnection]], stop: asyncio.Event
+) -> asyncio.Future[ClientConnection] | None:
+    """Open a connection unless `stop` is set first: the finished opening
+    (its result or its exception), or None if stopping won the race."""
+    opening = asyncio.ensure_future(open_ws())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((opening, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not opening.done():
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
+    return None if opening.cancelled() else opening
 
 
 class OrderbookClient:
@@ -600,16 +617,8 @@ class OrderbookClient:
         """One connection attempt and, if it opens, its whole session. Returns
         the delay before the next attempt."""
         url = _redact(_with_token(self.url, self.token))
-        opening = asyncio.ensure_future(self._open())
-        stopping = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait((opening, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not opening.done():
-                opening.cancel()
-                await asyncio.gather(opening, return_exceptions=True)
-        if opening.cancelled():
+        opening = await open_unless_stopped(self._open, self._stop)
+        if opening is None:
             return 0.0
         try:
             ws = opening.result()

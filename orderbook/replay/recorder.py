@@ -42,7 +42,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Origin, Subprotocol
 
 from orderbook.client.backoff import Backoff
-from orderbook.client.client import HandshakeRejected, parse_retry_after
+from orderbook.client.client import HandshakeRejected, open_unless_stopped, parse_retry_after
 from orderbook.core.resume import ResumePoint
 from orderbook.wire.codec import (
     SUBPROTOCOL_PROTO,
@@ -344,16 +344,8 @@ class Recorder:
         """One connection attempt and, if it opens, its session. Returns the
         delay before the next attempt."""
         url = _without_token(self.url)
-        opening = asyncio.ensure_future(self._open_ws())
-        stopping = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait((opening, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not opening.done():
-                opening.cancel()
-                await asyncio.gather(opening, return_exceptions=True)
-        if opening.cancelled():
+        opening = await open_unless_stopped(self._open_ws, self._stop)
+        if opening is None:
             return 0.0
         try:
             ws = opening.result()
