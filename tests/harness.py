@@ -196,6 +196,16 @@ async def until(pred, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.05)  # polling a condition under a deadline
 
 
+async def eventually(pred, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll a cheap in-process predicate on the loop (unlike `until`, which
+    runs blocking ones in a thread) until it holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        assert loop.time() < deadline, f"{what} not reached"
+        await asyncio.sleep(0.01)  # polling a condition under a deadline
+
+
 async def sequencer_of(nodes):
     """Wait until exactly one of `nodes` sequences; return it."""
     await until(lambda: sum(readyz(n.http).get("role") == "sequencer" for n in nodes) == 1)

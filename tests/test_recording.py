@@ -34,7 +34,7 @@ from orderbook.v1 import recording_pb2
 from orderbook.wire import codec
 from orderbook.wire import recording as wire
 
-from .harness import Publisher, instrument, serve_in_process, test_settings, update
+from .harness import Publisher, eventually, instrument, serve_in_process, test_settings, update
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,14 +68,6 @@ def server_book(srv, symbol: str) -> Book:
 
 def server_seq(srv, symbol: str) -> int:
     return srv.hub.channels[symbol].seqbook.seq
-
-
-async def eventually(pred, timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, f"{what} not reached"
-        await asyncio.sleep(0.01)  # polling a condition under a deadline
 
 
 def quick_backoff(seed: int = 0) -> Backoff:

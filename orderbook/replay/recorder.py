@@ -503,24 +503,12 @@ class Recorder:
 
 
 async def record(
-    url: str,
-    symbols: Iterable[str],
-    out: str | os.PathLike[str] | BinaryIO,
-    *,
-    token: str | None = None,
-    gzip: bool = False,
-    duration: float | None = None,
-    max_messages: int | None = None,
-    stop: asyncio.Event | None = None,
-    **options,
+    url: str, symbols: Iterable[str], out: str | os.PathLike[str] | BinaryIO, **options
 ) -> RecordingSummary:
-    """Record `symbols` from `url` into `out` until `duration` seconds have
-    passed, `max_messages` messages are recorded, `stop` is set or the task
-    is cancelled; see `Recorder` for `options`."""
-    recorder = Recorder(
-        url, symbols, out, token=token, gzip=gzip, duration=duration, max_messages=max_messages, stop=stop, **options
-    )
-    return await recorder.run()
+    """Record `symbols` from `url` into `out` until the duration has passed,
+    the message count is reached, `stop` is set or the task is cancelled;
+    `options` are `Recorder`'s."""
+    return await Recorder(url, symbols, out, **options).run()
 
 
 def _code_name(code: int) -> str:
