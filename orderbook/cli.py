@@ -42,7 +42,6 @@ def _redact(url: str) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     from orderbook.server.app import create_app
-    from orderbook.server.settings import Settings
 
     replay_plan = None
     if args.replay:
@@ -56,11 +55,53 @@ def _serve(args: argparse.Namespace) -> int:
         except (ValueError, InvalidInput) as exc:
             print(f"orderbook serve: {exc}", file=sys.stderr)
             return 2
+    try:
+        settings = serve_settings(args, replay_plan)
+    except ValueError as exc:
+        print(f"orderbook serve: {exc}", file=sys.stderr)
+        return 2
     soft, _ = _raise_fd_limit()
-    settings = Settings(
+    app = create_app(settings)
+    print(
+        f"orderbook: serving on http://{args.host}:{args.port}  "
+        f"(WebSocket ws://{args.host}:{args.port}/ws, feed {'on' if args.feed_token else 'off'}, "
+        f"{_feed_description(args)}, "
+        f"fd limit {soft})",
+        flush=True,
+    )
+    app.run(
+        host=args.host,
+        port=args.port,
+        single_process=True,
+        access_log=args.access_log,
+        motd=False,
+    )
+    return 0
+
+
+def serve_settings(args: argparse.Namespace, replay_plan=None):
+    """The Settings of `orderbook serve` from its parsed options."""
+    from pathlib import Path
+
+    from orderbook.server.settings import DEFAULT_UI_DIR, Settings
+
+    ui_dir: Path | None = DEFAULT_UI_DIR
+    if args.no_ui:
+        ui_dir = None
+    elif args.ui_dir is not None:
+        ui_dir = Path(args.ui_dir).expanduser().resolve()
+        if not ui_dir.is_dir():
+            raise ValueError(f"--ui-dir {args.ui_dir} is not a directory")
+    cors_origins = tuple(args.cors_origin or ())
+    for origin in cors_origins:
+        if not _is_origin(origin):
+            raise ValueError(f"--cors-origin {origin!r} is neither '*' nor an origin (scheme://host[:port])")
+    return Settings(
         host=args.host,
         port=args.port,
         allowed_origins=tuple(args.origin or ()),
+        cors_origins=cors_origins,
+        ui_dir=ui_dir,
         subscriber_token=args.token,
         feed_token=args.feed_token,
         ping_interval=args.ping_interval,
@@ -81,22 +122,21 @@ def _serve(args: argparse.Namespace) -> int:
         simulator_rate=args.simulator_rate,
         simulator_seed=args.seed,
     )
-    app = create_app(settings)
-    print(
-        f"orderbook: serving on http://{args.host}:{args.port}  "
-        f"(WebSocket ws://{args.host}:{args.port}/ws, feed {'on' if args.feed_token else 'off'}, "
-        f"{_feed_description(args)}, "
-        f"fd limit {soft})",
-        flush=True,
-    )
-    app.run(
-        host=args.host,
-        port=args.port,
-        single_process=True,
-        access_log=args.access_log,
-        motd=False,
-    )
-    return 0
+
+
+def _is_origin(value: str) -> bool:
+    """'*', or scheme://host[:port] with nothing after (a trailing '/' aside)."""
+    from urllib.parse import urlsplit
+
+    if value == "*":
+        return True
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        return False
+    bare = parts.path in ("", "/") and not (parts.query or parts.fragment)
+    return bool(parts.scheme and parts.hostname) and bare
 
 
 def _feed_description(args: argparse.Namespace) -> str:
@@ -311,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=os.environ.get("ORDERBOOK_HOST", "127.0.0.1"))
     s.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     s.add_argument("--origin", action="append", help="allowed WebSocket Origin (repeatable; '*' = any)")
+    s.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                   help="pages on ORIGIN may read the HTTP endpoints (CORS; repeatable; '*' = any; default: none)")
+    ui = s.add_mutually_exclusive_group()
+    ui.add_argument("--ui-dir", metavar="DIR",
+                    help="the built trading page served at / (default: the package's orderbook/server/static)")
+    ui.add_argument("--no-ui", action="store_true", help="serve no page: GET / answers 404")
     s.add_argument("--token", default=os.environ.get("ORDERBOOK_TOKEN"), help="subscriber token")
     s.add_argument("--feed-token", default=os.environ.get("ORDERBOOK_FEED_TOKEN"), help="enables /feed")
     s.add_argument("--ping-interval", type=float, default=25.0)

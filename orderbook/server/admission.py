@@ -40,14 +40,29 @@ def is_upgrade(headers) -> bool:
     return upgrade.lower() == "websocket" and "upgrade" in connection.lower()
 
 
+def normalize_origin(origin: str) -> str:
+    """An Origin as compared: trimmed, without a trailing "/", lower-cased
+    (an Origin is scheme://host[:port], all of it case-insensitive)."""
+    return origin.strip().rstrip("/").lower()
+
+
+def origin_listed(origin: str, allowed: tuple[str, ...]) -> bool:
+    """Whether `origin` is in an explicit allow-list ("*" allows any). The one
+    comparison of the WebSocket Origin check and of CORS."""
+    if "*" in allowed:
+        return True
+    want = normalize_origin(origin)
+    return any(want == normalize_origin(a) for a in allowed)
+
+
 def origin_allowed(origin: str | None, host_header: str, allowed: tuple[str, ...]) -> bool:
     """Browsers always send Origin on WebSocket requests; programs usually do
     not, and cannot be hijacked cross-site, so a missing Origin is allowed."""
     if origin is None:
         return True
-    origin = origin.strip().rstrip("/")
     if allowed:
-        return "*" in allowed or origin in allowed
+        return origin_listed(origin, allowed)
+    origin = origin.strip().rstrip("/")
     try:
         parts = urlsplit(origin)
         hostname = parts.hostname

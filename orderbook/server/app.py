@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from sanic import Sanic
 
-from . import background, http_api
+from . import background, cors, http_api, ui
 from .feed_ws import feed_endpoint
 from .cluster import Cluster
 from .hub import Hub
@@ -50,10 +50,18 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
 
     app.add_route(subscriber_endpoint, "/ws", methods=["GET"])
     app.add_route(feed_endpoint, "/feed", methods=["GET"])
-    app.add_route(http_api.healthz, "/healthz", methods=["GET"])
-    app.add_route(http_api.readyz, "/readyz", methods=["GET"])
-    app.add_route(http_api.symbols, "/symbols", methods=["GET"])
-    app.add_route(http_api.book, "/book/<symbol:str>", methods=["GET"])
+    http_routes = {
+        "/healthz": http_api.healthz,
+        "/readyz": http_api.readyz,
+        "/symbols": http_api.symbols,
+        "/book/<symbol:str>": http_api.book,
+    }
+    for uri, handler in http_routes.items():
+        app.add_route(handler, uri, methods=["GET"], ctx_cors=True)
+    cors.install(app, settings.cors_origins, http_routes)
+    # `/` and the catch-all `/<path>` of the page's files: the router prefers
+    # the more specific routes above (tests/test_ui_and_cors.py checks it).
+    ui.install(app, settings.ui_dir)
 
     @app.before_server_start
     async def start(app: Sanic) -> None:
@@ -84,6 +92,8 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
             task = loop.create_task(coro)
             task.add_done_callback(_report_crash)
             state.tasks.append(task)
+        if settings.ui_dir is not None and not (settings.ui_dir / ui.INDEX).is_file():
+            log.info("no trading page in %s: GET / answers how to build it", settings.ui_dir)
         feed = "replay" if settings.replay else "simulator" if settings.simulator and cluster is None else "feed only"
         log.info("epoch %d; %s", epoch, feed)
 

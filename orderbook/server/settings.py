@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from orderbook.core.history import HistoryLimits
 from orderbook.replay.player import ReplayPlan
+
+# Where the web build writes the trading page (gitignored; in the wheel when built).
+DEFAULT_UI_DIR = Path(__file__).resolve().parent / "static"
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +19,13 @@ class Settings:
     # WebSocket Origin allow-list. Empty: same host as the request, and
     # localhost/127.0.0.1/[::1] on any port. "*" allows every origin.
     allowed_origins: tuple[str, ...] = ()
+    # CORS allow-list of the HTTP endpoints (/healthz, /readyz, /symbols,
+    # /book/...). Empty: no CORS header at all. "*" allows every origin.
+    cors_origins: tuple[str, ...] = ()
+    # The built trading page served at GET / and its files at /<name>. Without
+    # an index.html there, GET / answers a page that says how to build it.
+    # None: no page (GET / is 404).
+    ui_dir: Path | None = DEFAULT_UI_DIR
     # Subscriber token (None: subscribers need no token).
     subscriber_token: str | None = None
     # Publisher token for /feed (None: /feed is refused).
