@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 # The browser client and the trading page need Node.js >= 20 and npm. Without
 # them every target still works: the page and the JS tests are skipped, and
 # GET / answers how to build the page.
-NODE_OK := $(shell node -e 'process.exit(+process.versions.node.split(".")[0] < 20)' >/dev/null 2>&1 \
+NODE_OK := $(shell node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' >/dev/null 2>&1 \
 	&& command -v npm >/dev/null 2>&1 && echo yes)
 WEB_DEPS := web/node_modules/.package-lock.json
 WEB_LOCKS := web/package-lock.json web/package.json web/client/package.json web/page/package.json

@@ -116,6 +116,32 @@ async def publish_bids(pub: Publisher, symbol: str, first: int, count: int) -> N
         assert reply.WhichOneof("kind") == "ack", reply
 
 
+class SteadyPublisher:
+    """Publishes one new bid level of `symbol` per update, every `spacing`
+    seconds, from `async with` until its end; `published` counts them."""
+
+    def __init__(self, pub: Publisher, symbol: str, spacing: float = 0.005) -> None:
+        self.pub, self.symbol, self.spacing = pub, symbol, spacing
+        self.published = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            await publish_bids(self.pub, self.symbol, 1 + self.published, 1)
+            self.published += 1
+            await asyncio.sleep(self.spacing)  # a steady rate across the failover
+
+    async def __aenter__(self) -> SteadyPublisher:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+
+
 async def send_after_outage(pub: Publisher, refused: list, instruments=(), updates=()):
     """Send a batch that /feed should accept now that Redis is back. An Error
     (nothing queued) is recorded for the test's final assertion and the batch
@@ -260,18 +286,7 @@ async def test_client_behind_haproxy_resumes_on_the_survivor_when_its_node_is_ki
             await client.wait_synced(timeout=10)
             assert connections(victim) == 1 and connections(survivor) == 0, "client is not on the intended node"
 
-            published = 0
-            stop = asyncio.Event()
-
-            async def publish_steadily():
-                nonlocal published
-                while not stop.is_set():
-                    await publish_bids(pub, "F", 1 + published, 1)
-                    published += 1
-                    await asyncio.sleep(0.005)  # a steady rate across the failover
-
-            publisher = asyncio.create_task(publish_steadily())
-            try:
+            async with SteadyPublisher(pub, "F") as steady:
                 await client.wait_seq("F", 30, timeout=10)
                 assert readyz(victim.http).get("role") == victim_role
                 snapshots_before = dict(client.snapshot_counts)
@@ -285,10 +300,7 @@ async def test_client_behind_haproxy_resumes_on_the_survivor_when_its_node_is_ki
                 await client.wait_seq("F", resumed_seq + 30, timeout=15)
                 first_delta_after = delta_after_resume[0] - killed_at
                 assert connections(survivor) == 1, "the client did not come back through HAProxy"
-            finally:
-                stop.set()
-                await publisher
-
+            published = steady.published
             total = 1 + published  # the ask, then one change per bid
             await until(lambda: book_seq(survivor, "F") == total)
             await client.wait_seq("F", total, timeout=10)

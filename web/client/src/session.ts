@@ -105,6 +105,12 @@ export interface SymbolView {
   /** The book: integer ticks and lots. Do not modify it. */
   readonly book: Book;
   readonly counters: Readonly<SymbolCounters>;
+  /** How the last `Subscribed` started the stream (`null` before the first). */
+  readonly lastStart: "resumed" | "snapshot" | null;
+  /** Its snapshot reason (`new`, `stale_epoch`, ...); `""` for a resume. */
+  readonly lastReason: string;
+  /** True when that `Subscribed` came in another epoch than the book held. */
+  readonly newEpoch: boolean;
 }
 
 /** Events the session emits; {@link OrderbookClient} forwards them. */
@@ -176,6 +182,9 @@ class Subscription implements SymbolView {
   serverStale = false;
   failed = false;
   state: SymbolState = "subscribing";
+  lastStart: "resumed" | "snapshot" | null = null;
+  lastReason = "";
+  newEpoch = false;
   readonly counters: SymbolCounters = {
     verified: 0,
     snapshots: 0,
@@ -245,7 +254,7 @@ export interface SessionOptions {
 export class Session {
   private readonly subs = new Map<string, Subscription>();
   private nextId = 1n;
-  /** Request ids of our own resync Unsubscribes: their errors are expected. */
+  /** Request ids whose errors are expected (our resync Unsubscribes, Subscribes given up). */
   private readonly quietRequests = new Set<bigint>();
   private connected = false;
   private readonly now: () => number;
@@ -312,7 +321,11 @@ export class Session {
     if (s === undefined) return out;
     this.subs.delete(symbol);
     if (this.connected && !s.failed && s.phase !== "idle") {
-      out.send.push(this.unsubscribeMessage(symbol, false));
+      // A Subscribe still in flight may yet be refused: then the node holds
+      // nothing to unsubscribe, and its NOT_SUBSCRIBED is expected.
+      const pending = s.phase === "subscribing";
+      if (pending) this.quietRequests.add(s.pending);
+      out.send.push(this.unsubscribeMessage(symbol, pending));
     }
     return out;
   }
@@ -396,6 +409,7 @@ export class Session {
     if (s === undefined || m.requestId !== s.pending || s.phase !== "subscribing") return;
     if (m.instrument !== undefined) s.instrument = m.instrument;
     const newEpoch = s.everSynced && m.epoch !== s.epoch;
+    s.newEpoch = newEpoch;
     if (m.start === Start.RESUMED) {
       if (!s.synced || m.epoch !== s.epoch || m.seq !== s.seq) {
         this.resync(s, "resume", `resumed at ${m.epoch}/${m.seq}, held ${s.epoch}/${s.seq}`, out);
@@ -403,11 +417,15 @@ export class Session {
       }
       s.phase = "live";
       s.counters.resumes++;
+      s.lastStart = "resumed";
+      s.lastReason = "";
       out.events.push({ type: "subscribed", symbol: s.symbol, start: "resumed", reason: "", epoch: m.epoch, seq: m.seq, newEpoch });
     } else {
       s.synced = false;
       s.phase = "snapshot_wait";
       const reason = START_NAMES[m.reason] ?? `reason_${m.reason}`;
+      s.lastStart = "snapshot";
+      s.lastReason = reason;
       out.events.push({ type: "subscribed", symbol: s.symbol, start: "snapshot", reason, epoch: m.epoch, seq: m.seq, newEpoch });
     }
     this.refresh(s, out);
@@ -508,7 +526,9 @@ export class Session {
   }
 
   private onError(code: ErrorCode, message: string, symbol: string, requestId: bigint, out: SessionOutput): void {
-    if (requestId !== 0n && this.quietRequests.delete(requestId) && code === ErrorCode.NOT_SUBSCRIBED) return;
+    // Answers to requests whose outcome no longer matters (our resync's
+    // Unsubscribe, a Subscribe given up) are expected and stay quiet.
+    if (requestId !== 0n && this.quietRequests.delete(requestId)) return;
     const s = symbol ? this.subs.get(symbol) : undefined;
     const name = errorName(code).replace(/^ERROR_CODE_/, "");
     if (s !== undefined && requestId !== 0n && requestId === s.pending && s.phase === "subscribing") {

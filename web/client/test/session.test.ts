@@ -269,3 +269,23 @@ test("unknown envelope kinds are ignored", () => {
   const out = s.receive(create(ServerMessageSchema, {}));
   assert.deepEqual(out, { send: [], events: [], retry: [] });
 });
+
+test("the view keeps how the stream last started; dropping a pending subscription stays quiet", () => {
+  const m = new ModelBook("S");
+  const s = live(m);
+  assert.deepEqual([s.get("S")!.lastStart, s.get("S")!.lastReason, s.get("S")!.newEpoch], ["snapshot", "new", false]);
+  s.close();
+  const sub = subscribes(s.open())[0]!;
+  s.receive(m.subscribed(sub.requestId, Start.RESUMED, SnapshotReason.UNSPECIFIED, m.seq));
+  assert.deepEqual([s.get("S")!.lastStart, s.get("S")!.lastReason], ["resumed", ""]);
+
+  const t = new Session();
+  t.subscribe("GONE");
+  const pending = subscribes(t.open())[0]!;
+  const unsub = t.unsubscribe("GONE").send[0]!;
+  assert.equal(unsub.kind.case, "unsubscribe");
+  // The node refuses the Subscribe, then has nothing to unsubscribe: both expected.
+  assert.equal(t.receive(error(ErrorCode.UNKNOWN_SYMBOL, "GONE", pending.requestId)).events.length, 0);
+  const id = unsub.kind.case === "unsubscribe" ? unsub.kind.value.requestId : 0n;
+  assert.equal(t.receive(error(ErrorCode.NOT_SUBSCRIBED, "GONE", id)).events.length, 0);
+});
