@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 import urllib.request
 
 import pytest
 
 from .browser_harness import ARTIFACTS, BOOK_AT_NODE_SEQ, PageErrors, chromium, trim, wait_js
-from .harness import Publisher, free_port, instrument, start_server_process, update
+from .harness import FEED_TOKEN, Publisher, free_port, instrument, start_server_process, update
 from .redis_harness import redis_factory, redis_proc  # noqa: F401
-from .test_cluster_failures import SteadyPublisher, cluster, connections, node_behind, running_haproxy  # noqa: F401
+from .test_cluster_failures import SteadyPublisher, cluster, connections, running_haproxy, slots_landing_on  # noqa: F401
 from .harness import has_symbol, readyz, until
 
 pytestmark = pytest.mark.timeout(120)
@@ -207,15 +208,10 @@ async def test_page_behind_haproxy_resumes_on_the_survivor_with_no_gap_and_no_sn
     await until(lambda: readyz(first.http).get("role") == "sequencer")
     second = cluster()
     nodes = [first, second]
-    # Put a replica in the slot this host hashes to, so the page lands on it.
+    # The page lands on a replica, which is then killed.
     victim, survivor = second, first
-    slots = [first.port, second.port]
-    async with running_haproxy(tmp_path, *(f"127.0.0.1:{p}" for p in slots)) as (lb_ws, _stats):
-        home = await node_behind(lb_ws, nodes)
-    if home is not victim:
-        slots.reverse()
-
-    async with running_haproxy(tmp_path, *(f"127.0.0.1:{p}" for p in slots)) as (lb_ws, _stats), Publisher.connect(
+    slots = await slots_landing_on(tmp_path, nodes, victim)
+    async with running_haproxy(tmp_path, *slots) as (lb_ws, _stats), Publisher.connect(
         survivor.feed_url
     ) as pub, chromium() as browser:
         reply = await pub.send([instrument("F")], [update("F", asks=[(100_000, 1)])])
@@ -244,3 +240,48 @@ async def test_page_behind_haproxy_resumes_on_the_survivor_with_no_gap_and_no_sn
         assert "resumed" in (await page.inner_text("body")).lower()
         await assert_book_matches_node(page, "F", 0)
         assert errors.unexpected("WebSocket", "ERR_CONNECTION", "readyz") == []
+
+
+# ------------------------------------------------------------------ worker mode
+
+
+async def test_worker_mode_draws_the_verified_books_of_every_watched_symbol(node):
+    """?worker=1&watch=all: the client runs in a Web Worker; the ladder and the
+    markets panel show exactly the node's books once the feed stops."""
+    n = node("--no-simulator", "--feed-token", FEED_TOKEN)
+    rng = random.Random(7)
+    async with Publisher.connect(n.feed_url) as pub, chromium() as browser:
+        first = [update(s, bids=[(10_000 - i, 1 + i) for i in range(30)], asks=[(10_001 + i, 2 + i) for i in range(30)]) for s in ("WA", "WB")]
+        reply = await pub.send([instrument("WA"), instrument("WB")], first)
+        assert reply.WhichOneof("kind") == "ack", reply
+        page, errors = await open_page(browser, f"{n.http}/?symbol=WA&worker=1&watch=all")
+        await wait_js(page, "['WA', 'WB'].every((s) => window.orderbook.symbols[s]?.state === 'live')")
+        assert (await page.evaluate("window.orderbook.perf.mode")) == "worker"
+        assert await page.evaluate("window.orderbook.book('WA')") is None  # books stay in the worker
+        for _ in range(200):  # one change per update: sizes, removals, new levels
+            s = rng.choice(("WA", "WB"))
+            price = rng.randrange(9_960, 10_040)
+            size = rng.choice((0, rng.randrange(1, 50)))
+            side = {"bids": [(price, size)]} if price <= 10_000 else {"asks": [(price, size)]}
+            reply = await pub.send(updates=[update(s, **side)])
+            assert reply.WhichOneof("kind") == "ack", reply
+        final = {s: http_json(f"{n.http}/book/{s}?depth=20") for s in ("WA", "WB")}
+        for s, b in final.items():
+            await wait_js(page, symbol_js(s, f"s.seq === '{b['seq']}'"))
+        ladder = await wait_js(page, f"(() => {{ const l = window.orderbook.ladder(); return l.seq === '{final['WA']['seq']}' && l; }})()")
+        assert (ladder["bids"], ladder["asks"]) == (final["WA"]["bids"], final["WA"]["asks"])
+        rows = await wait_js(
+            page,
+            "(() => { const m = window.orderbook.markets(); return m.length === 2 && m.every((r) => r.seq === "
+            + json.dumps({s: str(b["seq"]) for s, b in final.items()})
+            + "[r.symbol]) && m; })()",
+        )
+        for row in rows:
+            b = final[row["symbol"]]
+            assert (row["bid"], row["ask"]) == (b["bids"][0][0], b["asks"][0][0]), row
+        for s in ("WA", "WB"):
+            v = await page.evaluate(f"window.orderbook.symbols[{json.dumps(s)}]")
+            assert (v["gaps"], v["checksumFailures"], v["resyncs"]) == (0, 0, 0), v
+            assert v["checksum"] == http_json(f"{n.http}/book/{s}?depth=0")["checksum"]
+        assert await page.evaluate("window.orderbook.perf.workerStreamMs") > 0
+        assert errors.unexpected() == []

@@ -235,6 +235,16 @@ def connections(node) -> int:
     return readyz(node.http).get("connections", 0)
 
 
+async def slots_landing_on(tmp_path: Path, nodes, target) -> list[str]:
+    """HAProxy's two node addresses, ordered so that this host's WebSockets
+    land on `target` (the slot a source address hashes to is fixed by the
+    configuration)."""
+    slots = [f"127.0.0.1:{n.port}" for n in nodes]
+    async with running_haproxy(tmp_path, *slots) as (lb_ws, _stats):
+        home = await node_behind(lb_ws, nodes)
+    return slots if home is target else slots[::-1]
+
+
 async def node_behind(lb_ws: str, nodes):
     """The node HAProxy sends this host's WebSockets to (sticky by source)."""
     async with websockets.connect(lb_ws):
@@ -258,15 +268,8 @@ async def test_client_behind_haproxy_resumes_on_the_survivor_when_its_node_is_ki
     victim = first if victim_role == "sequencer" else second
     survivor = second if victim is first else first
 
-    # Which HAProxy slot this host hashes to is fixed by the configuration;
-    # put the victim in that slot so the client lands on it.
-    slots = [first.port, second.port]
-    async with running_haproxy(tmp_path, *(f"127.0.0.1:{p}" for p in slots)) as (lb_ws, _stats):
-        home = await node_behind(lb_ws, nodes)
-    if home is not victim:
-        slots.reverse()
-
-    async with running_haproxy(tmp_path, *(f"127.0.0.1:{p}" for p in slots)) as (lb_ws, _stats), Publisher.connect(
+    slots = await slots_landing_on(tmp_path, nodes, victim)
+    async with running_haproxy(tmp_path, *slots) as (lb_ws, _stats), Publisher.connect(
         survivor.feed_url
     ) as pub:
         reply = await pub.send([instrument("F")], [update("F", asks=[(100_000, 1)])])
