@@ -23,7 +23,7 @@ import {
 } from "@orderbook/client";
 import type { NotableEvent, Selection, SymbolMirror, ViewFrame, BookMirror, MarketRow, StatsMirror } from "./types.js";
 import { ladderRows, WATCH_OPTIONS } from "./types.js";
-import { bookMirror, ladderModel, marketRow, NO_START, statsMirror, symbolMirror, type StartInfo } from "./viewmodel.js";
+import { bookMirror, ladderModel, marketRow, statsMirror, symbolMirror } from "./viewmodel.js";
 
 export interface EngineOptions {
   /** The node's `/ws`. */
@@ -96,7 +96,6 @@ export class StreamEngine {
   private watchedSet = new Set<string>();
   /** Symbols whose subscription the node refused as unknown (retried when watched again). */
   private readonly unknown = new Set<string>();
-  private readonly starts = new Map<string, StartInfo>();
   private rateTimer: ReturnType<typeof setInterval>;
   private rate = 0;
   private rateMessages = 0;
@@ -119,7 +118,6 @@ export class StreamEngine {
     });
     c.on("symbolState", changed);
     c.on("subscribed", (e) => {
-      this.starts.set(e.symbol, { lastStart: e.start, lastReason: e.reason, newEpoch: e.newEpoch });
       const seq = e.seq.toString();
       if (e.start === "resumed") {
         this.emit("subscribed", `resumed ${e.symbol} at ${seq}`, `resumed at seq ${seq}`, P_NOTABLE, "ok", e.symbol);
@@ -229,14 +227,13 @@ export class StreamEngine {
 
   private drop(symbol: string): void {
     this.client.unsubscribe(symbol);
-    this.starts.delete(symbol);
     this.unknown.delete(symbol);
   }
 
   /** Every subscription as `window.orderbook.symbols`, a fresh object. */
   symbols(): Record<string, SymbolMirror> {
     const out: Record<string, SymbolMirror> = {};
-    for (const v of this.client.symbols()) out[v.symbol] = symbolMirror(v, this.starts.get(v.symbol) ?? NO_START);
+    for (const v of this.client.symbols()) out[v.symbol] = symbolMirror(v);
     return out;
   }
 

@@ -14,15 +14,6 @@ import type { BookMirror, LadderLevel, LadderModel, MarketRow, StatsMirror, Symb
 
 type Level = readonly [bigint, bigint];
 
-/** Per-symbol facts the client's view does not keep: how its last `Subscribed` started. */
-export interface StartInfo {
-  lastStart: "resumed" | "snapshot" | null;
-  lastReason: string;
-  newEpoch: boolean;
-}
-
-export const NO_START: StartInfo = { lastStart: null, lastReason: "", newEpoch: false };
-
 /** `units / 10^scale` as a number, for drawing only. */
 function approx(units: bigint, scale: number): number {
   return Number(units) / 10 ** scale;
@@ -125,7 +116,7 @@ export function marketRow(symbol: string, view: SymbolView | undefined): MarketR
 }
 
 /** One subscription as `window.orderbook.symbols[symbol]`. */
-export function symbolMirror(view: SymbolView, start: StartInfo): SymbolMirror {
+export function symbolMirror(view: SymbolView): SymbolMirror {
   const c = view.counters;
   return {
     epoch: view.epoch.toString(),
@@ -140,9 +131,9 @@ export function symbolMirror(view: SymbolView, start: StartInfo): SymbolMirror {
     state: view.state,
     depth: view.depth,
     intervalMs: view.intervalMs,
-    lastStart: start.lastStart,
-    lastReason: start.lastReason,
-    newEpoch: start.newEpoch,
+    lastStart: view.lastStart,
+    lastReason: view.lastReason,
+    newEpoch: view.newEpoch,
   };
 }
 
