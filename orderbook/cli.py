@@ -112,6 +112,7 @@ def serve_settings(args: argparse.Namespace, replay_plan=None):
         client_buffer_limit=args.client_buffer,
         slow_client_timeout=args.slow_client_timeout,
         degrade_interval_ms=args.degrade_interval,
+        allow_takeover=args.allow_takeover,
         simulator=not args.no_simulator and not args.redis and replay_plan is None,
         replay=replay_plan,
         redis_url=args.redis,
@@ -198,6 +199,7 @@ def _plan(args: argparse.Namespace):
 
 def _replay(args: argparse.Namespace) -> int:
     from orderbook.replay.player import FeedSink, play
+    from orderbook.replay.records import parse_renames, renamed
 
     try:
         plan = _plan(args)
@@ -205,11 +207,20 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"orderbook replay: {exc}", file=sys.stderr)
         return 2
 
+    try:
+        names = parse_renames(args.rename or ())
+    except ValueError as exc:
+        print(f"orderbook replay: {exc}", file=sys.stderr)
+        return 2
+
+    def records():
+        return renamed(plan.source.records(), names)
+
     async def run() -> None:
         sink = await FeedSink.connect(args.url, args.feed_token)
         try:
             stats = await play(
-                plan.source.records, sink, speed=plan.speed, loop=plan.loop, laps=args.laps,
+                records, sink, speed=plan.speed, loop=plan.loop, laps=args.laps,
                 start=plan.start, end=plan.end,
             )
         finally:
@@ -371,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--degrade-interval", type=int, default=500, metavar="MS",
                    help="a client past half its buffer gets updates conflated over MS ms until it drains")
     s.add_argument("--no-simulator", action="store_true", help="serve only what /feed publishes")
+    s.add_argument("--allow-takeover", action="store_true",
+                   help="a /feed batch may take a symbol from the simulator or --replay (it must replace the whole book)")
     s.add_argument(
         "--redis",
         default=os.environ.get("ORDERBOOK_REDIS"),
@@ -409,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--feed-token", default=os.environ.get("ORDERBOOK_FEED_TOKEN"))
     _add_pacing_arguments(r)
     r.add_argument("--laps", type=int, default=None, help="with --loop: stop after this many laps")
+    r.add_argument("--rename", action="append", metavar="OLD=NEW",
+                   help="publish symbol OLD as NEW (repeatable), e.g. beside the node's own OLD")
     r.set_defaults(func=_replay)
 
     v = sub.add_parser("verify", help="rebuild the books of a recording and check the venue's own references")

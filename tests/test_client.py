@@ -200,16 +200,18 @@ async def test_server_side_drop_reconnects_and_resumes_without_gap():
 async def test_server_restart_reconnects_with_backoff_and_takes_fresh_snapshots(tmp_path):
     # The built-in simulator (rate 0: it only defines the symbols and their
     # first book) makes AAPL exist the moment the server accepts connections,
-    # so a reconnect cannot race the feed's republishing.
-    args = ("--feed-token", FEED_TOKEN, "--simulator-rate", "0", "--seed", "11", "--heartbeat", "3600")
+    # so a reconnect cannot race the feed's republishing. The publisher takes
+    # AAPL over from the simulator (one source per book), with a full book first.
+    args = ("--feed-token", FEED_TOKEN, "--simulator-rate", "0", "--seed", "11", "--heartbeat", "3600",
+            "--allow-takeover")
     symbol = "AAPL"
     loop = asyncio.get_running_loop()
 
     async def publish_some(feed_url: str, start: int, n: int) -> int:
         async with Publisher.connect(feed_url) as pub:
             for i in range(start, start + n):
-                # Far from the simulated book's prices, so never crossed.
-                u = update(symbol, bids=[(18000 + i % 3, 1 + i)], asks=[(20000 + i % 4, 1 + i)])
+                # The first replaces the simulated book; the rest change it, never crossed.
+                u = update(symbol, bids=[(18000 + i % 3, 1 + i)], asks=[(20000 + i % 4, 1 + i)], replace=i == start)
                 reply = await pub.send(updates=[u])
                 assert reply.WhichOneof("kind") == "ack", reply
         return reply.ack.positions[0].seq

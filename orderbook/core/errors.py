@@ -35,6 +35,16 @@ class UnknownSymbol(InvalidInput):
         self.symbol = symbol
 
 
+class SourceConflict(InvalidInput):
+    """An update is for a symbol that another source owns (one source per book)."""
+
+    def __init__(self, symbol: str, owner: str, source: str, message: str = "") -> None:
+        super().__init__(
+            message or f"{symbol} is owned by the source {owner!r}; {source!r} may not update it"
+        )
+        self.symbol, self.owner, self.source = symbol, owner, source
+
+
 class InvalidUpdate(InvalidInput):
     """A book update is invalid (off-grid price or size, negative size)."""
 

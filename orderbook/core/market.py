@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from .errors import UnknownSymbol
-from .events import BatchResult, Delta, FeedBatch, Position, Snapshot
+from .errors import SourceConflict, UnknownSymbol
+from .events import BatchResult, BookUpdate, Delta, FeedBatch, Position, Snapshot
 from .instrument import Instrument
 from .sequencer import SequencedBook, validate_update
+
+# Sources: who writes a symbol's book. One source per book (docs/protocol.md §12.5).
+SIMULATOR = "simulator"  # the built-in market simulator
+REPLAY = "replay"  # the node's own recording (serve --replay)
+FEED = "feed"  # every /feed publisher together
 
 
 class Market:
@@ -15,11 +20,18 @@ class Market:
 
     A batch is validated whole before anything is applied, so a rejected
     batch leaves every book untouched.
+
+    Each symbol belongs to one source at a time: the source whose batch
+    defined it (or first updated it, for a symbol restored without an owner).
+    An update from any other source refuses the batch (`SourceConflict`),
+    unless the batch takes the symbol over (`takeover`), which needs the
+    symbol's first update in the batch to replace the whole book.
     """
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
         self._books: dict[str, SequencedBook] = {}
+        self._owners: dict[str, str] = {}
 
     def __contains__(self, symbol: object) -> bool:
         return symbol in self._books
@@ -38,6 +50,19 @@ class Market:
 
     def symbols(self) -> list[str]:
         return sorted(self._books)
+
+    def owner(self, symbol: str) -> str | None:
+        """The source that writes `symbol`'s book (None: not claimed yet)."""
+        return self._owners.get(symbol)
+
+    def keep_own(self, batch: FeedBatch, source: str) -> FeedBatch:
+        """`batch` without the updates to symbols another source owns: how a
+        built-in source (simulator, replay) yields a symbol taken over."""
+        owners = self._owners
+        kept = tuple(u for u in batch.updates if owners.get(u.symbol, source) == source)
+        if len(kept) == len(batch.updates):
+            return batch
+        return FeedBatch(batch.batch_id, batch.instruments, kept)
 
     def define(self, instrument: Instrument) -> bool:
         """Define a symbol; True if it is new. Redefinition must not change terms."""
@@ -58,7 +83,9 @@ class Market:
     def snapshot(self, now_ns: int = 0) -> list[Snapshot]:
         return [sb.snapshot(0, now_ns) for sb in self._books.values()]
 
-    def validate(self, batch: FeedBatch) -> None:
+    def validate(self, batch: FeedBatch, source: str = FEED, takeover: bool = False) -> None:
+        """Raise unless every definition and update of `batch` may be applied
+        by `source` (with `takeover`: may take symbols from other sources)."""
         pending: dict[str, Instrument] = {}
         books = self._books
         for inst in batch.instruments:
@@ -78,21 +105,56 @@ class Market:
                 if inst is None:
                     raise UnknownSymbol(update.symbol)
                 validate_update(inst, update)
+        if self._owners:
+            self._check_owners(batch.updates, source, takeover)
+
+    def _check_owners(self, updates: tuple[BookUpdate, ...], source: str, takeover: bool) -> None:
+        owners = self._owners
+        seen: set[str] = set()
+        for update in updates:
+            symbol = update.symbol
+            if symbol in seen:
+                continue
+            seen.add(symbol)
+            owner = owners.get(symbol)
+            if owner is None or owner == source:
+                continue
+            if not takeover:
+                raise SourceConflict(
+                    symbol, owner, source,
+                    f"{symbol} is served from another source ({owner}); {source} may not update it "
+                    "(publish it under another symbol, serve it from a node without that source, "
+                    "or start the node with --allow-takeover)",
+                )
+            if not update.replace:
+                raise SourceConflict(
+                    symbol, owner, source,
+                    f"{symbol} is served from another source ({owner}); to take it over, the batch's "
+                    "first update of it must replace the whole book (replace = true)",
+                )
 
     def apply(
         self,
         batch: FeedBatch,
         now_ns: int = 0,
         on_delta: Callable[[Delta], None] | None = None,
+        source: str = FEED,
+        takeover: bool = False,
     ) -> BatchResult:
-        """Validate, then apply the batch; return the deltas in order.
+        """Validate, then apply the batch as `source`; return the deltas in order.
 
         `on_delta` sees each delta right after its change is applied, while
         the book is exactly at that delta's seq (later updates of the same
-        batch not yet applied).
+        batch not yet applied). Symbols the batch defines or updates belong
+        to `source` afterwards (with `takeover`, also those it took).
         """
-        self.validate(batch)
+        self.validate(batch, source, takeover)
         new = tuple(i for i in batch.instruments if self.define(i))
+        owners = self._owners
+        for inst in new:
+            owners[inst.symbol] = source
+        for update in batch.updates:
+            owners[update.symbol] = source
         deltas = []
         touched: dict[str, SequencedBook] = {}
         books = self._books

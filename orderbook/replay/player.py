@@ -219,9 +219,17 @@ class FeedSink:
                 self._slots.release()
                 if reply.WhichOneof("kind") == "error":
                     first = records[0].time_ns if records else 0
+                    err = reply.error
+                    hint = ""
+                    if err.code == codec.ErrorCode.ERROR_CODE_SOURCE_CONFLICT:
+                        hint = (
+                            f". Fix: replay it under another name (--rename {err.symbol}={err.symbol}.rec), "
+                            "or into a node that does not serve it (orderbook serve --no-simulator "
+                            "--feed-token T), or serve the file alone (orderbook serve --replay FILE)"
+                        )
                     raise ReplayRejected(
                         f"the service refused batch {batch.batch_id} (records from time {first}): "
-                        f"{reply.error.message} [code {reply.error.code}]"
+                        f"{err.message} [code {err.code}]{hint}"
                     )
                 self.changes += reply.ack.changes
                 if self.on_ack is not None:

@@ -9,7 +9,8 @@ and then every check must hold against the resulting books.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from orderbook.core.book import Level
@@ -81,6 +82,37 @@ class Record:
     updates: tuple[BookUpdate, ...] = ()
     checks: tuple[Reference, ...] = ()
     note: str = ""
+
+
+def renamed(records: Iterable[Record], names: Mapping[str, str]) -> Iterator[Record]:
+    """`records` with symbols renamed (`names`: old -> new) in definitions,
+    updates and references; other symbols pass unchanged."""
+    if not names:
+        yield from records
+        return
+
+    def name(obj):
+        new = names.get(obj.symbol)
+        return obj if new is None else replace(obj, symbol=new)
+
+    for rec in records:
+        yield replace(
+            rec,
+            instruments=tuple(map(name, rec.instruments)),
+            updates=tuple(map(name, rec.updates)),
+            checks=tuple(map(name, rec.checks)),
+        )
+
+
+def parse_renames(pairs: Iterable[str]) -> dict[str, str]:
+    """`OLD=NEW` pairs (the CLI's --rename) as a mapping; ValueError if malformed."""
+    names: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new or old in names:
+            raise ValueError(f"--rename {pair!r}: expected OLD=NEW, each old symbol once")
+        names[old] = new
+    return names
 
 
 # ----------------------------------------------------------------------------- decimals

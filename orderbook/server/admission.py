@@ -4,6 +4,8 @@ hijacking), does it carry the token, is there room, and which encoding."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -38,6 +40,39 @@ def is_upgrade(headers) -> bool:
     upgrade = headers.get("upgrade", "")
     connection = headers.get("connection", "")
     return upgrade.lower() == "websocket" and "upgrade" in connection.lower()
+
+
+WEBSOCKET_VERSION = "13"
+
+
+def handshake_refusal(headers) -> Refusal | None:
+    """RFC 6455 4.2.1/4.4 on an upgrade request: a `Sec-WebSocket-Version`
+    other than 13 (or none) gets 426 with `Sec-WebSocket-Version: 13`, the
+    version the server speaks; a missing or malformed `Sec-WebSocket-Key`
+    (base64 of 16 bytes) gets 400."""
+    versions = headers.getall("sec-websocket-version", [])
+    if [v.strip() for v in versions] != [WEBSOCKET_VERSION]:
+        got = ", ".join(versions) or "none"
+        return Refusal(
+            426,
+            f"unsupported WebSocket version ({got}): this server speaks version 13 (RFC 6455)\n",
+            (("Sec-WebSocket-Version", WEBSOCKET_VERSION),),
+        )
+    keys = headers.getall("sec-websocket-key", [])
+    if not keys:
+        return Refusal(400, "missing Sec-WebSocket-Key header\n")
+    if len(keys) != 1 or not _valid_key(keys[0].strip()):
+        return Refusal(400, "invalid Sec-WebSocket-Key: must be the base64 of 16 bytes\n")
+    return None
+
+
+def _valid_key(key: str) -> bool:
+    if len(key) != 24:
+        return False
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
 
 
 def normalize_origin(origin: str) -> str:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from orderbook.core.errors import InvalidInput
+from orderbook.core.market import REPLAY, SIMULATOR
 from orderbook.feeds.simulator import MarketSimulator
 from orderbook.replay.player import HubSink, ReplayPlan, play
 
@@ -70,9 +71,11 @@ async def lag_sweeper(current: Callable[[], Hub]) -> None:
 
 
 async def simulate(hub: Hub, rate: float, seed: int | None) -> None:
-    """Feed the hub from the built-in simulator at about `rate` updates/s."""
+    """Feed the hub from the built-in simulator at about `rate` updates/s.
+    Symbols a publisher took over (--allow-takeover) are left alone."""
     sim = MarketSimulator(random.Random(seed))
-    hub.ingest(sim.initial_batch(time.time_ns()))
+    market = hub.market
+    hub.ingest(market.keep_own(sim.initial_batch(time.time_ns()), SIMULATOR), SIMULATOR)
     carry = 0.0
     loop = asyncio.get_running_loop()
     last = loop.time()
@@ -84,7 +87,7 @@ async def simulate(hub: Hub, rate: float, seed: int | None) -> None:
         n = int(carry)
         if n:
             carry -= n
-            hub.ingest(sim.next_batch(time.time_ns(), n))
+            hub.ingest(market.keep_own(sim.next_batch(time.time_ns(), n), SIMULATOR), SIMULATOR)
 
 
 async def replay(hub: Hub, plan: ReplayPlan) -> None:
@@ -92,8 +95,14 @@ async def replay(hub: Hub, plan: ReplayPlan) -> None:
     replay, never the server."""
     log.info("replaying %s (%s) at %s%s", plan.source.path, plan.source.format,
              "full speed" if not plan.speed else f"{plan.speed}x", ", looping" if plan.loop else "")
+    market = hub.market
+
+    def ingest(batch):
+        # Symbols a publisher took over (--allow-takeover) are left alone.
+        return hub.ingest(market.keep_own(batch, REPLAY), REPLAY)
+
     try:
-        stats = await play(plan.source.records, HubSink(hub.ingest), speed=plan.speed, loop=plan.loop,
+        stats = await play(plan.source.records, HubSink(ingest), speed=plan.speed, loop=plan.loop,
                            start=plan.start, end=plan.end)
     except InvalidInput as exc:
         log.error("replay of %s stopped: %s", plan.source.path, exc)

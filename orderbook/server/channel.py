@@ -10,8 +10,10 @@ from orderbook.core.depth import TopNView
 from orderbook.core.events import Delta, Snapshot
 from orderbook.core.history import History, HistoryLimits
 from orderbook.core.sequencer import SequencedBook
+from orderbook.wire import codec
 
 from .connection import Subscription
+from .outgoing import Outgoing
 
 
 class ConflationGroup:
@@ -20,9 +22,18 @@ class ConflationGroup:
     Members in `subs` all hold `sent_seq`. A subscriber that joins while
     changes are pending holds a later seq (its snapshot's): it waits in
     `joining` and gets the same merged changes labelled with its own
-    `prev_seq` (see `Conflator`)."""
+    `prev_seq` (see `Conflator`).
 
-    __slots__ = ("interval_ms", "interval", "depth", "conflator", "subs", "joining", "sent_seq", "last_sent", "timer")
+    Two clocks: `last_sent` is when anything (delta or heartbeat) last went
+    out, and decides when a heartbeat is due; `last_delta` is when the last
+    delta went out, and alone spaces deltas an interval apart. A heartbeat
+    must not count as a delta, or the first change after a quiet spell would
+    wait up to a whole interval."""
+
+    __slots__ = (
+        "interval_ms", "interval", "depth", "conflator", "subs", "joining", "sent_seq", "last_sent", "last_delta",
+        "timer",
+    )
 
     def __init__(self, symbol: str, depth: int, interval_ms: int, seq: int, now: float) -> None:
         self.interval_ms = interval_ms
@@ -33,6 +44,7 @@ class ConflationGroup:
         self.joining: dict[Subscription, int] = {}
         self.sent_seq = seq
         self.last_sent = now
+        self.last_delta = float("-inf")  # no delta yet: the first change goes out at once
         self.timer = None  # the pending flush, if changes are waiting
 
     def join(self, sub: Subscription, held: int) -> None:
@@ -64,7 +76,7 @@ class DepthGroup:
 
 
 class Channel:
-    __slots__ = ("seqbook", "history", "full", "groups", "last_sent", "conflated")
+    __slots__ = ("seqbook", "history", "full", "groups", "last_sent", "conflated", "snapshots")
 
     def __init__(self, seqbook: SequencedBook, limits: HistoryLimits, now: float, start_seq: int) -> None:
         self.seqbook = seqbook
@@ -74,6 +86,9 @@ class Channel:
         self.groups: dict[int, DepthGroup] = {}
         self.last_sent = now
         self.conflated: dict[int, ConflationGroup] = {}  # interval_ms -> full-book group
+        # depth -> the snapshot last encoded at the current seq, shared by every
+        # subscriber that joins (or resyncs) before the next change.
+        self.snapshots: dict[int, tuple[int, Outgoing]] = {}
 
     @property
     def symbol(self) -> str:
@@ -92,6 +107,22 @@ class Channel:
         if depth:
             return self.groups[depth].view.snapshot(snap)
         return snap
+
+    def shared_snapshot(self, depth: int, now_ns: int) -> tuple[int, Outgoing]:
+        """`snapshot_for(depth)` as its seq and the encoded message, built and
+        encoded once per (seq, depth): a storm of subscribers joining at one
+        seq costs one snapshot, not one per subscriber. Its `time_ns` is when
+        the first of them asked. Dropped at the next change (`changed`)."""
+        hit = self.snapshots.get(depth)
+        if hit is not None:
+            return hit
+        snap = self.snapshot_for(depth, now_ns)
+        entry = self.snapshots[depth] = (snap.seq, Outgoing(codec.snapshot_message(snap)))
+        return entry
+
+    def changed(self) -> None:
+        """The book moved on: snapshots taken before are stale."""
+        self.snapshots.clear()
 
     def conflation_group(self, depth: int, interval_ms: int, now: float) -> ConflationGroup:
         groups = self.group(depth, now).conflated if depth else self.conflated

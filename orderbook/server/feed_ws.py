@@ -10,6 +10,7 @@ from websockets.exceptions import ConnectionClosed
 
 from orderbook.core.errors import InvalidInput, UnknownSymbol
 from orderbook.core.events import FeedBatch
+from orderbook.core.market import FEED
 from orderbook.wire import codec
 
 from . import admission
@@ -65,11 +66,14 @@ async def _publisher(ws, state) -> None:
                 batch_id = batch.batch_id
                 hub: Hub = state.hub
                 if state.cluster is None:
-                    result = hub.ingest(batch)
+                    # Every /feed publisher is the one source FEED.
+                    result = hub.ingest(batch, FEED, state.settings.allow_takeover)
                     reply = codec.feed_ack(batch_id, len(result.deltas), result.positions)
                 else:
                     # Checked here so the publisher hears of a bad batch at
                     # once; then queued for whichever node holds the lease.
+                    # Ownership needs no check: cluster nodes run neither the
+                    # simulator nor a replay, so /feed is the only source.
                     cluster = state.cluster
                     # Symbols this node queued definitions for may not have come
                     # back through the log yet: count them as defined. Once the

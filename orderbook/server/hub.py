@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from orderbook.core.errors import UnknownSymbol
 from orderbook.core.events import BatchResult, Delta, FeedBatch, Snapshot
 from orderbook.core.instrument import Instrument
-from orderbook.core.market import Market
+from orderbook.core.market import FEED, Market
 from orderbook.core.resume import decide
 from orderbook.wire import codec
 from orderbook.wire.codec import Encoding, ErrorCode, SubscribeRequest
@@ -107,8 +107,9 @@ class Hub:
         self._flush_gap = min(end - start, MAX_FLUSH_GAP)
 
     # Ingest --------------------------------------------------------------------
-    def ingest(self, batch: FeedBatch) -> BatchResult:
-        """Apply a batch (validated whole first) and broadcast its deltas."""
+    def ingest(self, batch: FeedBatch, source: str = FEED, takeover: bool = False) -> BatchResult:
+        """Apply a batch from `source` (validated whole first, ownership
+        included) and broadcast its deltas."""
         now = self._loop.time()
         channels = self.channels
 
@@ -120,7 +121,7 @@ class Hub:
                 ch = self._add_channel(delta.symbol, now)
             self._publish(ch, delta, now)
 
-        result = self.market.apply(batch, self._wall_ns(), publish)
+        result = self.market.apply(batch, self._wall_ns(), publish, source, takeover)
         for inst in result.new_instruments:
             if inst.symbol not in channels:
                 self._add_channel(inst.symbol, now)
@@ -137,6 +138,8 @@ class Hub:
         self.market.restore(books)
         for snap in books:
             ch = self.channels.get(snap.symbol)
+            if ch is not None:
+                ch.changed()
             if ch is None or ch.subscriber_count() == 0:
                 self.channels[snap.symbol] = Channel(
                     self.market.get(snap.symbol), self.settings.history, now, start_seq=snap.seq
@@ -162,6 +165,8 @@ class Hub:
         out = Outgoing(codec.delta_message(delta)) if payload is None else Outgoing(payload=payload)
         payload = out.payload
         ch.history.append(delta.seq, delta.prev_seq, payload, len(payload))
+        if ch.snapshots:
+            ch.changed()
         self.stats_deltas += 1
         ch.last_sent = now
         if ch.full:
@@ -186,7 +191,8 @@ class Hub:
         if cg.timer is None:
             # At most one delta per interval; after a quiet spell the next
             # goes out at the end of this loop turn, merged with its batch.
-            cg.timer = self._loop.call_at(max(now, cg.last_sent + cg.interval), self._emit_conflated, cg)
+            # Spaced from the last delta only: heartbeats do not count.
+            cg.timer = self._loop.call_at(max(now, cg.last_delta + cg.interval), self._emit_conflated, cg)
 
     def _emit_conflated(self, cg: ConflationGroup) -> None:
         cg.timer = None
@@ -194,7 +200,7 @@ class Hub:
         if delta is None:
             return
         now = self._loop.time()
-        cg.last_sent = now
+        cg.last_sent = cg.last_delta = now
         if cg.subs:
             out = Outgoing(codec.delta_message(delta))
             for sub in cg.subs:
@@ -265,7 +271,7 @@ class Hub:
                 conn.send(Outgoing(payload=payload))
             held = sb.seq
         else:
-            snap = ch.snapshot_for(req.depth, self._wall_ns())
+            held, snapshot = ch.shared_snapshot(req.depth, self._wall_ns())
             conn.send(
                 Outgoing(
                     codec.subscribed_message(
@@ -274,15 +280,14 @@ class Hub:
                         False,
                         decision.reason,
                         sb.epoch,
-                        snap.seq,
+                        held,
                         req.depth,
                         sb.instrument,
                         req.interval_ms,
                     )
                 )
             )
-            conn.send(Outgoing(codec.snapshot_message(snap)))
-            held = snap.seq
+            conn.send(snapshot)
         conn.subs[req.symbol] = sub
         ch.add(sub, req.interval_ms, held, now)
 
@@ -321,7 +326,8 @@ class Hub:
     def _conflated_heartbeat(
         self, cg: ConflationGroup, symbol: str, epoch: int, quiet: float, now: float, wall: int, stale: bool
     ) -> None:
-        # With changes pending, a delta is on its way and says more.
+        # With changes pending, a delta is on its way and says more. A
+        # heartbeat restarts the heartbeat clock only, never the delta spacing.
         if cg.subs and not cg.conflator and cg.last_sent <= quiet:
             cg.last_sent = now
             out = Outgoing(codec.heartbeat_message(symbol, epoch, cg.sent_seq, wall, stale))
@@ -367,14 +373,14 @@ class Hub:
             if not (sub.lagging or sub.degraded):
                 continue
             ch = sub.channel
-            snap = ch.snapshot_for(sub.depth, wall)
-            conn.send(Outgoing(codec.snapshot_message(snap)))
+            seq, snapshot = ch.shared_snapshot(sub.depth, wall)
+            conn.send(snapshot)
             self.stats_resyncs += 1
             if sub.degraded or sub.cgroup is not None:
                 # It holds the snapshot's seq from here: live again, or back
                 # to the conflation it asked for.
                 sub.degraded = False
-                self._cancel(ch.move(sub, sub.interval_ms, snap.seq, now))
+                self._cancel(ch.move(sub, sub.interval_ms, seq, now))
             sub.lagging = False
         conn.lagging_since = None
         conn.degraded = False

@@ -53,6 +53,10 @@ class Settings:
     max_interval_ms: int = 60_000
     # Consecutive bad messages before a client is closed (1008).
     max_client_errors: int = 20
+    # A /feed batch may take a symbol over from the simulator or the node's
+    # replay (its first update of the symbol must replace the whole book);
+    # without it such a batch is refused (ERROR_CODE_SOURCE_CONFLICT).
+    allow_takeover: bool = False
     # Built-in market simulator (the embedded default feed).
     simulator: bool = True
     simulator_rate: float = 200.0  # book updates per second, all symbols together

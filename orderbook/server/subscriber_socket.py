@@ -27,12 +27,14 @@ from orderbook.wire.framing import (
     FrameError,
     FrameParser,
     close_frame,
+    close_payload_error,
     control_frame,
 )
 
 log = logging.getLogger("orderbook.ws")
 
 CLOSE_NORMAL = 1000
+CLOSE_NO_STATUS = 1005  # recorded for an empty close frame; never sent
 CLOSE_INVALID_DATA = 1007
 CLOSE_INTERNAL = 1011
 CLOSING_TIMEOUT = 5.0  # seconds to wait for the client's close frame
@@ -82,13 +84,17 @@ class SubscriberSocket:
     def data_received(self, data: bytes) -> None:
         if self.state is State.CLOSED:
             return
+        error: FrameError | None = None
         try:
             messages = self._parser.feed(data)
         except FrameError as exc:
-            self.fail(exc.code, exc.reason)
-            return
+            # What came before the bad frame is handled first (a ping there is answered).
+            messages, error = exc.messages, exc
         for opcode, payload in messages:
+            if self.state is State.CLOSED:
+                return
             if self.state is not State.OPEN:
+                # We sent a close: data frames are ignored, the client's close ends it.
                 if opcode == OP_CLOSE:
                     self._closed()
                 continue
@@ -106,13 +112,29 @@ class SubscriberSocket:
             elif opcode == OP_PONG:
                 self.ping_sent_at = None
             elif opcode == OP_CLOSE:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else CLOSE_NORMAL
-                self.close_code = code
-                # Echo the close (RFC 6455 5.5.1), then the TCP connection ends.
-                self._before_close()
-                self.transport.write(close_frame(code) if len(payload) >= 2 else control_frame(OP_CLOSE))
-                self.state = State.CLOSED
-                self.transport.close()
+                self._close_received(payload)
+        if error is not None:
+            self.fail(error.code, error.reason)
+
+    def _close_received(self, payload: bytes) -> None:
+        """The client starts the closing handshake (RFC 6455 5.5.1, 7.4).
+
+        A body of 1 byte, a code not valid on the wire (1005, 1006, 1015,
+        1004, 1016-2999, under 1000, 5000 and up) fails with 1002; a reason
+        that is not UTF-8 fails with 1007. Otherwise the close is echoed: the
+        client's code without a reason, or an empty close for an empty one
+        (no status code, and 1005 is never sent). Then the TCP connection ends.
+        """
+        problem = close_payload_error(payload)
+        if problem is not None:
+            self.fail(*problem)
+            return
+        code = int.from_bytes(payload[:2], "big") if payload else None
+        self.close_code = code if code is not None else CLOSE_NO_STATUS  # as reported locally
+        self._before_close()
+        self.transport.write(close_frame(code) if code is not None else control_frame(OP_CLOSE))
+        self.state = State.CLOSED
+        self.transport.close()
 
     def eof_received(self) -> bool:
         return False  # the transport closes itself
@@ -152,6 +174,11 @@ class SubscriberSocket:
         """Fail the connection (RFC 6455 7.1.7): a close frame, then the TCP
         connection ends at once; for a peer that broke the protocol or died."""
         if self.state is State.CLOSED:
+            return
+        if self.state is State.CLOSING:
+            # Our close frame is already sent: no second one, just end it.
+            self.state = State.CLOSED
+            self.transport.close()
             return
         self.close_code = code
         self._before_close()

@@ -40,6 +40,9 @@ async def subscriber_endpoint(request: Request):
         return response.text(
             admission.NOT_WEBSOCKET, status=426, headers={"Upgrade": "websocket", "Connection": "Upgrade"}
         )
+    refusal = admission.handshake_refusal(headers)
+    if refusal is not None:
+        return response.text(refusal.message, status=refusal.status, headers=dict(refusal.headers))
     offered = admission.offered_subprotocols(headers.getall("sec-websocket-protocol", []))
     if not admission.origin_allowed(headers.get("origin"), headers.get("host", ""), settings.allowed_origins):
         return response.text(f"origin {headers.get('origin')!r} is not allowed\n", status=403)

@@ -12,9 +12,16 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from sanic import Request
+from sanic.exceptions import SanicException
+
+from . import admission
 
 
 async def upgrade(request: Request, subprotocol: str | None, max_message_bytes: int):
+    refusal = admission.handshake_refusal(request.headers)
+    if refusal is not None:
+        # Sanic answers it as plain HTTP (426 with Sec-WebSocket-Version: 13, or 400).
+        raise SanicException(refusal.message, status_code=refusal.status, headers=dict(refusal.headers))
     protocol = request.transport.get_protocol()
     ws = await protocol.websocket_handshake(request, [subprotocol] if subprotocol else None)
     # Set before any frame is parsed: the handshake returns without yielding

@@ -21,6 +21,7 @@ from orderbook.core.errors import (
     InvalidInput,
     InvalidInstrument,
     InvalidUpdate,
+    SourceConflict,
     UnknownSymbol,
 )
 from orderbook.core.events import BookUpdate, Delta, FeedBatch, Position, Snapshot
@@ -61,6 +62,8 @@ def error_code_for(exc: InvalidInput) -> int:
         return ErrorCode.ERROR_CODE_UNKNOWN_SYMBOL
     if isinstance(exc, InstrumentConflict):
         return ErrorCode.ERROR_CODE_INSTRUMENT_CONFLICT
+    if isinstance(exc, SourceConflict):
+        return ErrorCode.ERROR_CODE_SOURCE_CONFLICT
     if isinstance(exc, (InvalidUpdate, InvalidInstrument)):
         return ErrorCode.ERROR_CODE_INVALID_UPDATE
     return ErrorCode.ERROR_CODE_INVALID_ARGUMENT

@@ -36,7 +36,34 @@ OP_PING = 0x9
 OP_PONG = 0xA
 
 CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
 CLOSE_TOO_BIG = 1009
+
+
+def close_code_valid(code: int) -> bool:
+    """Whether `code` may appear in a close frame on the wire (RFC 6455 7.4):
+    the registered codes 1000-1003 and 1007-1014, and 3000-4999 (libraries,
+    applications). 1004 is reserved; 1005, 1006 and 1015 only ever report a
+    close locally; the rest of 0-2999 is unassigned, 5000 and up undefined."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def close_payload_error(payload: bytes) -> tuple[int, str] | None:
+    """What is wrong with a received close frame's body (RFC 6455 5.5.1,
+    7.1.5, 7.4): (the close code to fail with, reason), or None if it is
+    valid. A body is empty, or a valid code then a UTF-8 reason."""
+    if not payload:
+        return None
+    if len(payload) == 1:
+        return CLOSE_PROTOCOL_ERROR, "a close frame body must be empty or hold a 2-byte code"
+    code = int.from_bytes(payload[:2], "big")
+    if not close_code_valid(code):
+        return CLOSE_PROTOCOL_ERROR, f"close code {code} is not valid on the wire"
+    try:
+        payload[2:].decode()
+    except UnicodeDecodeError:
+        return CLOSE_INVALID_DATA, "close reason is not valid UTF-8"
+    return None
 
 
 class FrameError(Exception):
@@ -46,6 +73,7 @@ class FrameError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.messages: list[tuple[int, bytes]] = []  # completed before the violation
 
 
 class FrameParser:
@@ -67,9 +95,20 @@ class FrameParser:
         self._fragment_size = 0
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """The messages completed by `data`. On a violation the FrameError
+        carries, as `messages`, those completed before the bad frame (they
+        are to be handled before failing the connection)."""
+        out: list[tuple[int, bytes]] = []
+        try:
+            self._feed(data, out)
+        except FrameError as exc:
+            exc.messages = out
+            raise
+        return out
+
+    def _feed(self, data: bytes, out: list[tuple[int, bytes]]) -> None:
         buf = self._buf
         buf += data
-        out: list[tuple[int, bytes]] = []
         pos = 0
         n = len(buf)
         while n - pos >= 2:
@@ -89,6 +128,8 @@ class FrameParser:
                 if n - pos < 10:
                     break
                 length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                if length >> 63:
+                    raise FrameError(CLOSE_PROTOCOL_ERROR, "64-bit payload length with the top bit set")
                 head = 10
             if opcode >= OP_CLOSE:
                 if not fin or length > 125:
@@ -124,7 +165,6 @@ class FrameParser:
                     self._fragments, self._fragment_op, self._fragment_size = [payload], opcode, length
         if pos:
             del buf[:pos]
-        return out
 
 
 def _unmask(payload: bytes, mask: bytes) -> bytes:
@@ -142,5 +182,10 @@ def control_frame(opcode: int, payload: bytes = b"") -> bytes:
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
-    data = code.to_bytes(2, "big") + reason.encode()[:123]
+    """A server close frame. Only codes valid on the wire are sent: never
+    1005, 1006 or 1015 (RFC 6455 7.4.1). The reason is cut to fit the
+    125-byte control frame on a character boundary, so it stays UTF-8."""
+    if not close_code_valid(code):
+        raise ValueError(f"close code {code} must not be sent")
+    data = code.to_bytes(2, "big") + reason.encode()[:123].decode(errors="ignore").encode()
     return control_frame(OP_CLOSE, data)
