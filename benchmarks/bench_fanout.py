@@ -142,7 +142,9 @@ def start_server(kind: str, tmp: Path, payload_bytes: int, profile: Path | None 
     log = tmp / f"{kind}-{port}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if kind == "ours":
-        serve = ["serve", "--no-simulator", "--feed-token", FEED_TOKEN, "--port", str(port)]
+        # Every simulated subscriber comes from 127.0.0.1: no per-source limits.
+        serve = ["serve", "--no-simulator", "--feed-token", FEED_TOKEN, "--port", str(port),
+                 "--max-connections-per-ip", "0", "--handshake-rate", "0", "--global-handshake-rate", "0"]
         if profile is not None:
             cmd = [sys.executable, str(HERE / "_profiled_server.py"), str(profile), *serve]
         else:

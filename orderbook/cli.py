@@ -109,8 +109,23 @@ def serve_settings(args: argparse.Namespace, replay_plan=None):
         symbol_heartbeat=args.heartbeat,
         history=HistoryLimits(args.history_entries, args.history_bytes),
         max_connections=args.max_connections,
+        max_levels_per_side=args.max_levels_per_side,
+        max_symbols=args.max_symbols,
+        max_batch_levels=args.max_batch_levels,
+        http_max_depth=args.http_max_depth,
+        http_token=args.http_token,
+        max_connections_per_ip=args.max_connections_per_ip,
+        handshake_rate=args.handshake_rate,
+        handshake_burst=args.handshake_burst,
+        global_handshake_rate=args.global_handshake_rate,
+        global_handshake_burst=args.global_handshake_burst,
         client_buffer_limit=args.client_buffer,
         slow_client_timeout=args.slow_client_timeout,
+        client_rate=args.client_rate,
+        client_burst=args.client_burst,
+        churn_rate=args.churn_rate,
+        churn_burst=args.churn_burst,
+        max_fragments=args.max_fragments,
         degrade_interval_ms=args.degrade_interval,
         allow_takeover=args.allow_takeover,
         simulator=not args.no_simulator and not args.redis and replay_plan is None,
@@ -359,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run a node (default: built-in market simulator, no Redis)")
+    from orderbook.server.settings import Settings  # noqa: PLC0415 (the server is loaded only for serve)
+
+    defaults = Settings()
     s.add_argument("--host", default=os.environ.get("ORDERBOOK_HOST", "127.0.0.1"))
     s.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     s.add_argument("--origin", action="append", help="allowed WebSocket Origin (repeatable; '*' = any)")
@@ -376,9 +394,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--history-entries", type=int, default=HistoryLimits().max_entries)
     s.add_argument("--history-bytes", type=int, default=HistoryLimits().max_bytes)
     s.add_argument("--max-connections", type=int, default=10_000)
+    # Limits (docs/operations.md "Limits"); 0 turns one off.
+    s.add_argument("--max-levels-per-side", type=int, default=100_000, metavar="N",
+                   help="levels one book side may hold; a batch beyond is refused whole (0 = no limit)")
+    s.add_argument("--max-symbols", type=int, default=10_000, metavar="N",
+                   help="symbols this node may define; a batch beyond is refused whole (0 = no limit)")
+    s.add_argument("--max-batch-levels", type=int, default=100_000, metavar="N",
+                   help="levels across all updates of one feed batch (0 = no limit)")
+    s.add_argument("--http-max-depth", type=int, default=1_000, metavar="N",
+                   help="largest depth of GET /book; longer sides need the WebSocket (0 = no limit)")
+    s.add_argument("--http-token", default=os.environ.get("ORDERBOOK_HTTP_TOKEN"),
+                   help="token that /symbols and /book need (Authorization: Bearer or ?token=); may equal --token")
+    s.add_argument("--max-connections-per-ip", type=int, default=defaults.max_connections_per_ip, metavar="N",
+                   help="WebSocket connections per source IP (429 beyond; 0 = no limit; raise behind a proxy)")
+    s.add_argument("--handshake-rate", type=float, default=defaults.handshake_rate, metavar="PER_S",
+                   help="WebSocket handshakes per second per source IP (429 beyond; 0 = no limit)")
+    s.add_argument("--handshake-burst", type=float, default=defaults.handshake_burst, metavar="N",
+                   help="handshakes one source IP may make at once before --handshake-rate applies")
+    s.add_argument("--global-handshake-rate", type=float, default=defaults.global_handshake_rate, metavar="PER_S",
+                   help="WebSocket handshakes per second from everyone together (429 beyond; 0 = no limit)")
+    s.add_argument("--global-handshake-burst", type=float, default=defaults.global_handshake_burst, metavar="N")
     s.add_argument("--client-buffer", type=int, default=4 * 1024 * 1024, help="bytes per slow client")
     s.add_argument("--slow-client-timeout", type=float, default=30.0,
                    help="seconds a client may stay over --client-buffer before it is closed (1013)")
+    s.add_argument("--client-rate", type=float, default=defaults.client_rate, metavar="PER_S",
+                   help="messages per second one subscriber may send; past it (and --client-burst) "
+                        "its connection is not read until it may go on (0 = no limit)")
+    s.add_argument("--client-burst", type=float, default=defaults.client_burst, metavar="N")
+    s.add_argument("--churn-rate", type=float, default=defaults.churn_rate, metavar="PER_S",
+                   help="subscribes + unsubscribes per second per connection; past it (and --churn-burst) "
+                        "ERROR_CODE_RATE_LIMITED (0 = no limit)")
+    s.add_argument("--churn-burst", type=float, default=defaults.churn_burst, metavar="N")
+    s.add_argument("--max-fragments", type=int, default=defaults.max_fragments, metavar="N",
+                   help="frames in one fragmented client message (close 1009 beyond; 0 = no limit)")
     s.add_argument("--degrade-interval", type=int, default=500, metavar="MS",
                    help="a client past half its buffer gets updates conflated over MS ms until it drains")
     s.add_argument("--no-simulator", action="store_true", help="serve only what /feed publishes")

@@ -47,6 +47,11 @@ def test_settings(**overrides) -> Settings:
         feed_token=FEED_TOKEN,
         symbol_heartbeat=3600.0,
         ping_interval=25.0,
+        # Every test client comes from 127.0.0.1: the per-IP and handshake
+        # limits are off unless a test turns them on (tests/test_limits.py).
+        max_connections_per_ip=0,
+        handshake_rate=0,
+        global_handshake_rate=0,
     )
     return replace(base, **overrides)
 

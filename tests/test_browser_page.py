@@ -146,12 +146,12 @@ async def test_depth_and_conflation_controls_change_the_subscription(node):
         await page.select_option("select#interval", "1000")
         await wait_js(page, symbol_js(SYMBOL, "s.state === 'live' && s.intervalMs === 1000"))
         assert "interval=1000" in page.url
-        ladder = await wait_js(
+        # Read both in one turn of the page's loop, once the ladder shows the book's seq.
+        ladder, book = await wait_js(
             page,
             f"(() => {{ const l = window.orderbook.ladder(), b = window.orderbook.book({json.dumps(SYMBOL)});"
-            " return l && b && l.seq === b.seq && l; })()",
+            " return l && b && l.seq === b.seq && [l, b]; })()",
         )
-        book = await page.evaluate(f"window.orderbook.book({json.dumps(SYMBOL)})")
         assert ladder["bids"] == book["bids"][:25] and ladder["asks"] == book["asks"][:25]
         # (A conflated book is the node's only at the seqs it is sent; the
         # checksum of each merged delta has proved that.)

@@ -53,6 +53,16 @@ class InvalidUpdate(InvalidInput):
         self.symbol = symbol
 
 
+class LimitExceeded(InvalidUpdate):
+    """A feed batch goes past one of the node's limits (levels per book side,
+    symbols per node, levels per batch). The batch is refused whole; the
+    message names the limit and its value."""
+
+    def __init__(self, limit: str, value: int, message: str, symbol: str = "") -> None:
+        InvalidInput.__init__(self, message)
+        self.limit, self.value, self.symbol = limit, value, symbol
+
+
 class StreamError(OrderbookError):
     """A received stream is inconsistent; the receiver must resynchronise."""
 

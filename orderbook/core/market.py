@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
-from .errors import SourceConflict, UnknownSymbol
+from .errors import LimitExceeded, SourceConflict, UnknownSymbol
 from .events import BatchResult, BookUpdate, Delta, FeedBatch, Position, Snapshot
 from .instrument import Instrument
 from .sequencer import SequencedBook, validate_update
@@ -13,6 +14,28 @@ from .sequencer import SequencedBook, validate_update
 SIMULATOR = "simulator"  # the built-in market simulator
 REPLAY = "replay"  # the node's own recording (serve --replay)
 FEED = "feed"  # every /feed publisher together
+
+
+@dataclass(frozen=True, slots=True)
+class FeedLimits:
+    """Bounds on what batches may do to a node's books; 0 = no limit.
+
+    A batch that would break one is refused whole (`LimitExceeded`, reported
+    as ERROR_CODE_INVALID_UPDATE), naming the limit and its value:
+
+    - `max_levels_per_side`: no book side may hold more levels after any
+      update of the batch (a side already beyond it, e.g. restored or
+      accepted under a higher limit, may shrink but not grow);
+    - `max_symbols`: symbols defined on the node, the batch's new ones included;
+    - `max_batch_levels`: levels across all the updates of one batch.
+    """
+
+    max_levels_per_side: int = 0
+    max_symbols: int = 0
+    max_batch_levels: int = 0
+
+
+NO_LIMITS = FeedLimits()
 
 
 class Market:
@@ -28,8 +51,9 @@ class Market:
     symbol's first update in the batch to replace the whole book.
     """
 
-    def __init__(self, epoch: int) -> None:
+    def __init__(self, epoch: int, limits: FeedLimits = NO_LIMITS) -> None:
         self.epoch = epoch
+        self.limits = limits
         self._books: dict[str, SequencedBook] = {}
         self._owners: dict[str, str] = {}
 
@@ -88,6 +112,8 @@ class Market:
         by `source` (with `takeover`: may take symbols from other sources)."""
         pending: dict[str, Instrument] = {}
         books = self._books
+        if self.limits is not NO_LIMITS:
+            self._check_counts(batch)
         for inst in batch.instruments:
             inst.validate()
             prior = pending.get(inst.symbol)
@@ -107,6 +133,96 @@ class Market:
                 validate_update(inst, update)
         if self._owners:
             self._check_owners(batch.updates, source, takeover)
+        if self.limits.max_levels_per_side:
+            self._check_sides(batch.updates, self.limits.max_levels_per_side)
+
+    def _check_counts(self, batch: FeedBatch) -> None:
+        """The limits that need no look at the levels: symbols, batch levels."""
+        limits = self.limits
+        cap = limits.max_batch_levels
+        if cap:
+            total = 0
+            for u in batch.updates:
+                total += len(u.bids) + len(u.asks)
+            if total > cap:
+                raise LimitExceeded(
+                    "max_batch_levels", cap,
+                    f"batch has {total} levels across its updates; the limit is {cap} per batch "
+                    "(max_batch_levels): split it into smaller batches",
+                )
+        cap = limits.max_symbols
+        if cap and batch.instruments:
+            books = self._books
+            new = {i.symbol for i in batch.instruments if i.symbol not in books}
+            if len(books) + len(new) > cap:
+                raise LimitExceeded(
+                    "max_symbols", cap,
+                    f"batch defines {len(new)} new symbols; this node holds {len(books)} and its limit "
+                    f"is {cap} symbols (max_symbols)",
+                )
+
+    def _check_sides(self, updates: tuple[BookUpdate, ...], cap: int) -> None:
+        """Raise unless every book side stays within `cap` levels after each
+        update (or does not grow, if it is beyond already).
+
+        First a bound: a side's levels now plus every level the batch sends
+        it. Only the sides whose bound passes the cap are worked out exactly.
+        """
+        books = self._books
+        sent: dict[tuple[str, bool], int] = {}
+        for u in updates:
+            if u.bids:
+                k = (u.symbol, True)
+                sent[k] = sent.get(k, 0) + len(u.bids)
+            if u.asks:
+                k = (u.symbol, False)
+                sent[k] = sent.get(k, 0) + len(u.asks)
+        for (symbol, is_bid), n in sent.items():
+            sb = books.get(symbol)
+            now = 0 if sb is None else (sb.book.bid_count() if is_bid else sb.book.ask_count())
+            if now + n > cap:
+                self._check_side_exactly(updates, symbol, is_bid, now, cap)
+
+    def _check_side_exactly(
+        self, updates: tuple[BookUpdate, ...], symbol: str, is_bid: bool, count: int, cap: int
+    ) -> None:
+        sb = self._books.get(symbol)
+        if sb is None:
+            base: Callable[[int], int] | None = None
+        else:
+            base = sb.book.bid_size if is_bid else sb.book.ask_size
+        overlay: dict[int, bool] = {}  # price -> present, as the batch left it
+        allowed = max(cap, count)
+        for u in updates:
+            if u.symbol != symbol:
+                continue
+            levels = u.bids if is_bid else u.asks
+            if u.replace:
+                overlay = {p: bool(s) for p, s in dict(levels).items()}
+                base = None
+                count = sum(overlay.values())
+                allowed = cap
+            else:
+                for price, size in levels:
+                    if price in overlay:
+                        before = overlay[price]
+                    else:
+                        before = base is not None and base(price) > 0
+                    after = size > 0
+                    if after != before:
+                        count += 1 if after else -1
+                        overlay[price] = after
+                    elif price not in overlay:
+                        overlay[price] = after
+            if count > allowed:
+                side = "bid" if is_bid else "ask"
+                raise LimitExceeded(
+                    "max_levels_per_side", cap,
+                    f"{symbol}: the batch would leave {count} {side} levels; the limit is {cap} "
+                    "levels per book side (max_levels_per_side)",
+                    symbol,
+                )
+            allowed = max(cap, count)  # a side beyond the cap may shrink, never grow back
 
     def _check_owners(self, updates: tuple[BookUpdate, ...], source: str, takeover: bool) -> None:
         owners = self._owners

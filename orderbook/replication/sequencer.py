@@ -12,7 +12,7 @@ import uuid
 from redis.exceptions import RedisError
 
 from orderbook.core.errors import InvalidInput
-from orderbook.core.market import Market
+from orderbook.core.market import NO_LIMITS, FeedLimits, Market
 from orderbook.wire import codec
 
 from .log import Fenced, RedisLog
@@ -28,7 +28,12 @@ class Sequencer:
         node: str = "",
         snapshot_every: int = 1000,
         retention: int = 10_000,
+        limits: FeedLimits = NO_LIMITS,
     ) -> None:
+        # The same feed limits as the node that queued a batch validated it
+        # against: a batch over them is dropped here too (the sequencer's
+        # node's settings rule; give every node the same limits).
+        self._limits = limits
         self._log = rlog
         self._ttl_ms = ttl_ms
         # A snapshot every `snapshot_every` log entries; `retention` entries
@@ -71,7 +76,7 @@ class Sequencer:
         self._renewed = time.monotonic()
         epoch = await rlog.epoch(candidate=time.time_ns())
         assert epoch is not None
-        market = Market(epoch)
+        market = Market(epoch, self._limits)
         position = 0
         snap = await rlog.load_snapshot()
         if snap is not None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from sanic import Sanic
 
-from . import background, cors, http_api, ui
+from . import background, cors, handshake_limits, http_api, ui
 from .feed_ws import feed_endpoint
 from .cluster import Cluster
 from .hub import Hub
@@ -26,6 +26,7 @@ class ServerState:
     ready: bool = False
     tasks: list[asyncio.Task] = field(default_factory=list)
     cluster: Cluster | None = None
+    gate: handshake_limits.Gate | None = None  # handshake and per-IP limits (set at start)
 
     @property
     def serving(self) -> bool:
@@ -72,7 +73,7 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
             epoch = cluster.epoch
         else:
             epoch = settings.epoch if settings.epoch is not None else time.time_ns()
-        state = ServerState(settings, Hub(settings, epoch, loop), cluster=cluster)
+        state = ServerState(settings, Hub(settings, epoch, loop), cluster=cluster, gate=handshake_limits.Gate(settings))
         app.ctx.state = state
         hub = state.hub
         tick = max(settings.symbol_heartbeat / 4, 0.01)

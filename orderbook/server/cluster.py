@@ -38,6 +38,7 @@ class Cluster:
             node=f"{settings.host}:{settings.port}",
             snapshot_every=settings.snapshot_every,
             retention=settings.log_retention,
+            limits=settings.feed_limits,
         )
 
     @classmethod

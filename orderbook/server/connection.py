@@ -7,7 +7,10 @@ subscriptions are moved to conflated updates (one merged delta per
 interval: far fewer bytes). Past the limit it loses its pending deltas: its
 subscriptions are marked lagging and get nothing more. Either way, once it
 has drained it receives a fresh snapshot and is live again; one that stays
-over the limit too long is closed. Nothing here ever waits for a client, so
+over the limit too long is closed. The same budget covers what the client
+asks for (acks, pongs, errors, snapshots, replays): those are never dropped;
+instead the client's input is not read while it is over (`accepts_input`).
+Nothing here ever waits for a client, so
 a slow one cannot slow anyone else.
 """
 
@@ -17,6 +20,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from orderbook.core.ratelimit import TokenBucket
 from orderbook.wire.codec import Encoding
 
 from .outgoing import Outgoing
@@ -58,6 +62,8 @@ class Connection:
         "peer",
         "closed",
         "ws",
+        "input_stalled",
+        "churn",
     )
 
     def __init__(
@@ -87,11 +93,36 @@ class Connection:
         self.peer = peer
         self.closed = False
         self.ws: object = None  # the edge's WebSocket object, for closing
+        self.input_stalled = False  # its own replies filled its budget: its input waits
+        self.churn: TokenBucket | None = None  # subscribe/unsubscribe rate (--churn-rate)
 
     # Queueing -------------------------------------------------------------------
     def send(self, out: Outgoing) -> None:
         """Queue a control or resync message; never dropped."""
         self._queue(out.frame(self.encoding))
+
+    def send_frame(self, data: bytes) -> None:
+        """Queue an already framed control frame (a pong); never dropped."""
+        self._queue(data)
+
+    def accepts_input(self, now: float) -> bool:
+        """Whether the client's next request may be handled: its replies are
+        never dropped, so once its queued bytes pass the budget (the buffer
+        limit) its input waits until they drain to a quarter of it. Over the
+        budget it counts as lagging: the lag sweep closes it (1013) after
+        slow_client_timeout, subscriptions or not."""
+        buffered = self.buffered()
+        if not self.input_stalled:
+            if buffered <= self._limit:
+                return True
+            self.input_stalled = True
+        elif buffered <= self._limit // 4:
+            self.input_stalled = False
+            return True
+        if self.lagging_since is None:
+            self.lagging_since = now
+            self._on_lag(self)
+        return False
 
     def push(self, sub: Subscription, out: Outgoing, now: float) -> None:
         """Queue a stream message for `sub`, or drop it if the client is over its limit."""

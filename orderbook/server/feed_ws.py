@@ -8,12 +8,12 @@ from sanic.exceptions import WebsocketClosed
 from redis.exceptions import RedisError
 from websockets.exceptions import ConnectionClosed
 
-from orderbook.core.errors import InvalidInput, UnknownSymbol
+from orderbook.core.errors import InvalidInput, LimitExceeded, UnknownSymbol
 from orderbook.core.events import FeedBatch
 from orderbook.core.market import FEED
 from orderbook.wire import codec
 
-from . import admission
+from . import admission, handshake_limits
 from .hub import Hub
 from .settings import Settings
 from .subscriber_ws import CLOSE_UNSUPPORTED_DATA
@@ -32,13 +32,22 @@ async def feed_endpoint(request: Request):
     settings: Settings = state.settings
     if not admission.is_upgrade(request.headers):
         return response.text(admission.NOT_WEBSOCKET, status=426, headers={"Upgrade": "websocket"})
+    ip = request.ip
+    gate = state.gate
+    refusal = gate.admit(ip, "/feed")
+    if refusal is not None:
+        return response.text(refusal.message, status=refusal.status, headers=dict(refusal.headers))
     if settings.feed_token is None:
         return response.text("publishing is disabled: start the server with a feed token\n", status=403)
     offered = admission.offered_subprotocols(request.headers.getall("sec-websocket-protocol", []))
     if not admission.token_matches(settings.feed_token, offered, _bearer(request)):
         return response.text("missing or wrong feed token (Authorization: Bearer <token>)\n", status=401)
     ws = await upgrade(request, None, settings.max_feed_message_bytes)
-    await run_tracked(request, ws, lambda: _publisher(ws, state))
+    gate.opened(ip, ws)
+    try:
+        await run_tracked(request, ws, lambda: _publisher(ws, state, ip))
+    finally:
+        gate.closed(ip, ws)
 
 
 feed_endpoint.is_websocket = True  # type: ignore[attr-defined]
@@ -51,7 +60,7 @@ def _feed_error_code(exc: InvalidInput) -> int:
     return codec.error_code_for(exc)
 
 
-async def _publisher(ws, state) -> None:
+async def _publisher(ws, state, peer: str = "") -> None:
     try:
         while True:
             data = await ws.recv()
@@ -95,6 +104,10 @@ async def _publisher(ws, state) -> None:
                             cluster.queued_instruments[inst.symbol] = inst
                         reply = codec.feed_ack(batch_id, 0, ())
             except InvalidInput as exc:
+                if isinstance(exc, LimitExceeded):
+                    handshake_limits.throttled.warning(
+                        "feed_" + exc.limit, "refused feed batch %d from %s: %s", batch_id, peer, exc
+                    )
                 reply = codec.feed_error(
                     _feed_error_code(exc), str(exc), getattr(exc, "symbol", ""), batch_id
                 )

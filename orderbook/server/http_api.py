@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 from urllib.parse import unquote
 
 from sanic import Request, response
 
 from orderbook.core.instrument import Instrument
+
+from .handshake_limits import throttled
 
 
 async def healthz(request: Request):
@@ -46,7 +49,35 @@ def _instrument_json(inst: Instrument) -> dict:
     }
 
 
+def _unauthorized(request: Request) -> response.HTTPResponse | None:
+    """None if the request may read /symbols and /book (no --http-token, or
+    it carries it as `Authorization: Bearer <token>` or `?token=<token>`);
+    else the 401. /healthz and /readyz never ask: probes and load balancers
+    call them without credentials, and they tell nothing about the books."""
+    expected = request.app.ctx.state.settings.http_token
+    if expected is None:
+        return None
+    offered = []
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        offered.append(auth[7:].strip())
+    offered.extend(request.args.getlist("token", []))
+    want = expected.encode()
+    if any(hmac.compare_digest(t.encode(), want) for t in offered):
+        return None
+    throttled.warning("http_token", "refused %s %s from %s: missing or wrong HTTP token",
+                      request.method, request.path, request.ip)
+    return response.json(
+        {"error": "missing or wrong token: send Authorization: Bearer <token> or ?token=<token>"},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="orderbook"'},
+    )
+
+
 async def symbols(request: Request):
+    refused = _unauthorized(request)
+    if refused is not None:
+        return refused
     hub = request.app.ctx.state.hub
     out = []
     for name in sorted(hub.channels):
@@ -64,8 +95,14 @@ async def symbols(request: Request):
 
 
 async def book(request: Request, symbol: str):
-    """The book with exact decimal strings; `depth` levels per side (0 = all)."""
-    hub = request.app.ctx.state.hub
+    """The book with exact decimal strings; `depth` levels per side (0 = all),
+    at most --http-max-depth (a whole book longer than that: the WebSocket)."""
+    refused = _unauthorized(request)
+    if refused is not None:
+        return refused
+    state = request.app.ctx.state
+    hub = state.hub
+    cap = state.settings.http_max_depth
     # The router hands over the raw path segment; symbols such as "EUR/USD"
     # arrive percent-encoded.
     symbol = unquote(symbol)
@@ -80,6 +117,22 @@ async def book(request: Request, symbol: str):
     except ValueError:
         return response.json({"error": f"depth must be an integer >= 0 (0 = all), got {raw!r}"}, status=400)
     sb = ch.seqbook
+    if cap and depth > cap:
+        throttled.warning("http_max_depth", "refused GET /book depth=%d from %s (--http-max-depth %d)",
+                          depth, request.ip, cap)
+        return response.json(
+            {"error": f"depth {depth} is over this node's limit of {cap} levels (http_max_depth)"}, status=400
+        )
+    if cap and depth == 0 and max(sb.book.bid_count(), sb.book.ask_count()) > cap:
+        throttled.warning("http_max_depth", "refused GET /book depth=0 of %s from %s: a side is over "
+                          "--http-max-depth %d", symbol, request.ip, cap)
+        return response.json(
+            {
+                "error": f"{symbol} has more than {cap} levels on a side, this node's limit for GET /book "
+                f"(http_max_depth): ask for depth <= {cap}, or subscribe on the WebSocket /ws for the whole book"
+            },
+            status=400,
+        )
     inst = sb.instrument
     fp, fs = inst.format_price, inst.format_size
     return response.json(

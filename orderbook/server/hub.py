@@ -45,7 +45,7 @@ class Hub:
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.settings = settings
-        self.market = Market(epoch)
+        self.market = Market(epoch, settings.feed_limits)
         self.channels: dict[str, Channel] = {}
         self.connections: set[Connection] = set()
         self._loop = loop

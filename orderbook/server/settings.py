@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orderbook.core.history import HistoryLimits
+from orderbook.core.market import FeedLimits
 from orderbook.replay.player import ReplayPlan
 
 # Where the web build writes the trading page (gitignored; in the wheel when built).
@@ -41,11 +42,42 @@ class Settings:
     max_depth: int = 1_000  # largest depth-limited subscription; 0 (full) is always allowed
     max_message_bytes: int = 64 * 1024  # largest client message (close 1009 beyond)
     max_feed_message_bytes: int = 16 * 1024 * 1024
+    # Feed limits (docs/operations.md "Limits"; 0 = none): a batch that would
+    # break one is refused whole (ERROR_CODE_INVALID_UPDATE naming the limit).
+    max_levels_per_side: int = 100_000  # levels one book side may hold
+    max_symbols: int = 10_000  # symbols defined on this node
+    max_batch_levels: int = 100_000  # levels across all updates of one batch
+    # HTTP: the largest `depth` of GET /book (a longer side needs depth <= it);
+    # a token that /symbols and /book/... require (None: open). /healthz,
+    # /readyz and the page's files stay open.
+    http_max_depth: int = 1_000
+    http_token: str | None = None
+    # Before the upgrade of /ws and /feed (0 = none; 429 with Retry-After):
+    # connections per source IP, handshakes per second per source IP (token
+    # bucket with a burst), and handshakes per second from everyone together.
+    # (Generous enough for an office behind one NAT address, or a local load run.)
+    max_connections_per_ip: int = 1_000
+    handshake_rate: float = 100.0
+    handshake_burst: float = 200.0
+    global_handshake_rate: float = 500.0
+    global_handshake_burst: float = 1_000.0
     # Bytes queued for one client (in our queue plus the transport's) beyond
     # which its deltas are dropped and a snapshot is sent once it drains.
     client_buffer_limit: int = 4 * 1024 * 1024
     # A client that stays over the limit this long is closed (1013).
     slow_client_timeout: float = 30.0
+    # Subscriber input (docs/operations.md "Limits"; 0 = none). Messages per
+    # second per connection, every frame counted (token bucket with a burst):
+    # past it the connection is not read until tokens come back.
+    client_rate: float = 1_000.0
+    client_burst: float = 2_000.0
+    # Subscribe + Unsubscribe per second per connection: past it a request is
+    # answered ERROR_CODE_RATE_LIMITED (and counts as a bad message). The
+    # burst lets a client subscribe to as many symbols as it may hold at once.
+    churn_rate: float = 100.0
+    churn_burst: float = 1_000.0
+    # Frames in one fragmented client message (close 1009 beyond).
+    max_fragments: int = 1024
     # A client past half its buffer limit has its live subscriptions moved to
     # updates conflated over this interval until it drains (then a snapshot).
     degrade_interval_ms: int = 500
@@ -75,3 +107,7 @@ class Settings:
     # keeps `log_retention` entries before it for nodes that lag.
     snapshot_every: int = 1000
     log_retention: int = 10_000
+
+    @property
+    def feed_limits(self) -> FeedLimits:
+        return FeedLimits(self.max_levels_per_side, self.max_symbols, self.max_batch_levels)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 
 from websockets.protocol import State
@@ -31,6 +32,8 @@ from orderbook.wire.framing import (
     control_frame,
 )
 
+from orderbook.core.ratelimit import TokenBucket
+
 log = logging.getLogger("orderbook.ws")
 
 CLOSE_NORMAL = 1000
@@ -38,6 +41,17 @@ CLOSE_NO_STATUS = 1005  # recorded for an empty close frame; never sent
 CLOSE_INVALID_DATA = 1007
 CLOSE_INTERNAL = 1011
 CLOSING_TIMEOUT = 5.0  # seconds to wait for the client's close frame
+# Fair scheduling of one connection's input: per event-loop turn at most
+# SLICE_FRAMES frames (fragments and control frames count) and SLICE_SECONDS.
+SLICE_FRAMES = 64
+SLICE_SECONDS = 0.002
+STALL_POLL = 0.05  # seconds between checks while the output is over budget
+READ_AHEAD = 64 * 1024  # unparsed bytes kept beyond the largest message before reading stops
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
 
 
 class SubscriberSocket:
@@ -50,9 +64,16 @@ class SubscriberSocket:
         "_before_close",
         "done",
         "ping_sent_at",
+        "_ping_payload",
         "_abort_handle",
         "close_code",
         "_on_lost",
+        "_gate",
+        "_send_frame",
+        "_bucket",
+        "_work_handle",
+        "_paused",
+        "_read_high",
     )
 
     def __init__(
@@ -63,18 +84,36 @@ class SubscriberSocket:
         on_message: Callable[[bytes | str], None],
         before_close: Callable[[], None],
         on_lost: Callable[[], None] | None = None,
+        *,
+        gate: Callable[[float], bool] | None = None,
+        send_frame: Callable[[bytes], None] | None = None,
+        rate: float = 0.0,
+        burst: float = 0.0,
+        max_fragments: int = 0,
     ) -> None:
         self.transport = transport
         self.loop = loop
         self.state = State.OPEN
-        self._parser = FrameParser(max_message_bytes)
+        self._parser = FrameParser(max_message_bytes, max_fragments)
         self._on_message = on_message
         self._before_close = before_close  # flushes what the hub queued, so the close frame comes last
         self.done: asyncio.Future[None] = loop.create_future()
         self.ping_sent_at: float | None = None  # unanswered keepalive ping
+        self._ping_payload = b""  # what the answering pong must carry
         self._abort_handle: asyncio.TimerHandle | None = None
         self.close_code: int | None = None
         self._on_lost = on_lost
+        # The connection's output budget: False while its queued bytes are over it.
+        self._gate = gate
+        # Pongs go through the connection's queue, so they count against its budget.
+        self._send_frame = send_frame if send_frame is not None else transport.write
+        # Messages per second (--client-rate); None: no limit.
+        self._bucket = TokenBucket(rate, max(burst, 1.0), loop.time()) if rate > 0 else None
+        self._work_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._paused = False
+        # Unparsed bytes beyond which reading stops: past max_message_bytes a
+        # whole frame is always there, so parsing can always go on.
+        self._read_high = max_message_bytes + READ_AHEAD
 
     # Sanic's protocol looks for these ------------------------------------------------
     @property
@@ -82,39 +121,101 @@ class SubscriberSocket:
         return self
 
     def data_received(self, data: bytes) -> None:
+        """Only buffers: messages are handled in slices (`_work`), at most
+        SLICE_FRAMES frames and SLICE_SECONDS per event-loop turn, so a burst
+        from one client delays no other client or the feed by more than a slice."""
         if self.state is State.CLOSED:
             return
-        error: FrameError | None = None
-        try:
-            messages = self._parser.feed(data)
-        except FrameError as exc:
-            # What came before the bad frame is handled first (a ping there is answered).
-            messages, error = exc.messages, exc
-        for opcode, payload in messages:
-            if self.state is State.CLOSED:
+        self._parser.feed(data, 0)
+        if self._work_handle is None:
+            self._work()
+        else:
+            self._flow()
+
+    def _flow(self) -> None:
+        """Stop reading while too much input waits to be handled; go on below it."""
+        buffered = self._parser.buffered
+        if not self._paused:
+            if buffered > self._read_high and self.state is not State.CLOSED:
+                self._paused = True
+                self.transport.pause_reading()
+        elif buffered <= self._read_high - READ_AHEAD // 2:
+            self._paused = False
+            if self.state is not State.CLOSED:
+                self.transport.resume_reading()
+
+    def _work(self) -> None:
+        """Handle one slice of the buffered input; the rest waits for the next
+        turn, for tokens (--client-rate) or for the output to drain."""
+        self._work_handle = None
+        if self.state is State.CLOSED:
+            return
+        loop = self.loop
+        parser = self._parser
+        now = loop.time()
+        deadline = now + SLICE_SECONDS
+        frames = SLICE_FRAMES
+        while parser.buffered:
+            if self.state is State.OPEN:
+                wait = self._wait(now)
+                if wait:
+                    self._work_handle = loop.call_later(wait, self._work)
+                    break
+            if frames <= 0 or now >= deadline:
+                self._work_handle = loop.call_soon(self._work)
+                break
+            before = parser.frames
+            try:
+                messages = parser.feed(b"", 1)
+            except FrameError as exc:
+                for opcode, payload in exc.messages:
+                    self._dispatch(opcode, payload)
+                if self.state is not State.CLOSED:
+                    log.info("closing %s: %s (%d)", _peer(self.transport), exc.reason, exc.code)
+                self.fail(exc.code, exc.reason)
                 return
-            if self.state is not State.OPEN:
-                # We sent a close: data frames are ignored, the client's close ends it.
-                if opcode == OP_CLOSE:
-                    self._closed()
-                continue
-            if opcode == OP_BINARY:
-                self._on_message(payload)
-            elif opcode == OP_TEXT:
-                try:
-                    text = payload.decode()
-                except UnicodeDecodeError:
-                    self.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text frame")
+            used = parser.frames - before
+            if not used:
+                break  # the rest of a frame is still to come
+            frames -= used
+            for opcode, payload in messages:
+                self._dispatch(opcode, payload)
+                if self.state is State.CLOSED:
                     return
-                self._on_message(text)
-            elif opcode == OP_PING:
-                self.transport.write(control_frame(OP_PONG, payload))
-            elif opcode == OP_PONG:
+            now = loop.time()
+        self._flow()
+
+    def _wait(self, now: float) -> float:
+        """0 if the next message may be handled now, else seconds to wait."""
+        if self._gate is not None and not self._gate(now):
+            return STALL_POLL
+        return self._bucket.wait_time(now) if self._bucket is not None else 0.0
+
+    def _dispatch(self, opcode: int, payload: bytes) -> None:
+        if self.state is not State.OPEN:
+            # We sent a close: data frames are ignored, the client's close ends it.
+            if opcode == OP_CLOSE:
+                self._closed()
+            return
+        if self._bucket is not None:
+            self._bucket.take(self.loop.time())
+        if opcode == OP_BINARY:
+            self._on_message(payload)
+        elif opcode == OP_TEXT:
+            try:
+                text = payload.decode()
+            except UnicodeDecodeError:
+                self.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text frame")
+                return
+            self._on_message(text)
+        elif opcode == OP_PING:
+            self._send_frame(control_frame(OP_PONG, payload))
+        elif opcode == OP_PONG:
+            # Only the answer to our ping counts: an unsolicited pong proves nothing.
+            if self.ping_sent_at is not None and payload == self._ping_payload:
                 self.ping_sent_at = None
-            elif opcode == OP_CLOSE:
-                self._close_received(payload)
-        if error is not None:
-            self.fail(error.code, error.reason)
+        elif opcode == OP_CLOSE:
+            self._close_received(payload)
 
     def _close_received(self, payload: bytes) -> None:
         """The client starts the closing handshake (RFC 6455 5.5.1, 7.4).
@@ -141,6 +242,9 @@ class SubscriberSocket:
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.state = State.CLOSED
+        if self._work_handle is not None:
+            self._work_handle.cancel()
+            self._work_handle = None
         if self._abort_handle is not None:
             self._abort_handle.cancel()
         if not self.done.done():
@@ -195,7 +299,8 @@ class SubscriberSocket:
     def ping(self, now: float) -> None:
         if self.state is State.OPEN and not self.transport.is_closing():
             self.ping_sent_at = now
-            self.transport.write(control_frame(OP_PING))
+            self._ping_payload = os.urandom(4)
+            self.transport.write(control_frame(OP_PING, self._ping_payload))
 
     def _closed(self) -> None:
         # The client answered our close frame: the closing handshake is done.

@@ -14,8 +14,9 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from orderbook.core.errors import InvalidInput
+from orderbook.core.ratelimit import TokenBucket
 from orderbook.wire import codec
-from orderbook.wire.codec import Encoding, PingRequest, SubscribeRequest, UnsubscribeRequest
+from orderbook.wire.codec import Encoding, ErrorCode, PingRequest, SubscribeRequest, UnsubscribeRequest
 
 from . import admission
 from .connection import Connection
@@ -40,7 +41,9 @@ async def subscriber_endpoint(request: Request):
         return response.text(
             admission.NOT_WEBSOCKET, status=426, headers={"Upgrade": "websocket", "Connection": "Upgrade"}
         )
-    refusal = admission.handshake_refusal(headers)
+    ip = request.ip
+    gate = state.gate
+    refusal = gate.admit(ip, "/ws") or admission.handshake_refusal(headers)
     if refusal is not None:
         return response.text(refusal.message, status=refusal.status, headers=dict(refusal.headers))
     offered = admission.offered_subprotocols(headers.getall("sec-websocket-protocol", []))
@@ -70,9 +73,14 @@ async def subscriber_endpoint(request: Request):
 
     sock = SubscriberSocket(
         transport, loop, settings.max_message_bytes, on_message, lambda: _stop_sending(conn),
-        on_lost=lambda: hub.drop_connection(conn),
+        on_lost=lambda: (gate.closed(ip, conn), hub.drop_connection(conn)),
+        gate=conn.accepts_input, send_frame=conn.send_frame,
+        rate=settings.client_rate, burst=settings.client_burst, max_fragments=settings.max_fragments,
     )
+    if settings.churn_rate > 0:
+        conn.churn = TokenBucket(settings.churn_rate, max(settings.churn_burst, 1.0), time.monotonic())
     conn.ws = sock
+    gate.opened(ip, conn)
     # The 101 and the switch of the connection's reader happen with no await
     # in between, so no frame can reach Sanic's HTTP parser. From here the
     # connection is ours: Sanic's protocol, request and handler task are
@@ -124,6 +132,7 @@ def _receive(data: bytes | str, conn: Connection, hub: Hub, settings: Settings) 
         return
     _handle(data, conn, hub)
     if conn.errors >= settings.max_client_errors:
+        log.info("closing %s: %d bad messages in a row", conn.peer, conn.errors)
         conn.ws.end_connection(CLOSE_POLICY, f"{conn.errors} bad messages in a row")
 
 
@@ -133,9 +142,11 @@ def _handle(data: bytes | str, conn: Connection, hub: Hub) -> None:
         req = codec.decode_client(data, conn.encoding)
         if isinstance(req, SubscribeRequest):
             symbol, request_id = req.symbol, req.request_id
+            _churn(conn)
             hub.subscribe(conn, req)
         elif isinstance(req, UnsubscribeRequest):
             symbol, request_id = req.symbol, req.request_id
+            _churn(conn)
             hub.unsubscribe(conn, req.symbol, req.request_id)
         elif isinstance(req, PingRequest):
             conn.send(Outgoing(codec.pong_message(req.request_id, time.time_ns())))
@@ -146,6 +157,18 @@ def _handle(data: bytes | str, conn: Connection, hub: Hub) -> None:
     except InvalidInput as exc:
         conn.errors += 1
         conn.send(Outgoing(codec.error_message(codec.error_code_for(exc), str(exc), symbol, request_id)))
+
+
+def _churn(conn: Connection) -> None:
+    """Subscribe and Unsubscribe take a token from the connection's churn
+    bucket (--churn-rate, --churn-burst); with none left the request is refused."""
+    bucket = conn.churn
+    if bucket is not None and not bucket.take(time.monotonic()):
+        raise SubscribeRejected(
+            ErrorCode.ERROR_CODE_RATE_LIMITED,
+            f"more than {bucket.rate:g} subscribe/unsubscribe requests a second (burst {bucket.burst:g}); "
+            "retry after a pause",
+        )
 
 
 async def close(ws, conn: Connection, code: int, reason: str) -> None:

@@ -37,6 +37,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_INSTRUMENT_CONFLICT: _ClassVar[ErrorCode]
     ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
     ERROR_CODE_SOURCE_CONFLICT: _ClassVar[ErrorCode]
+    ERROR_CODE_RATE_LIMITED: _ClassVar[ErrorCode]
 START_UNSPECIFIED: Start
 START_SNAPSHOT: Start
 START_RESUMED: Start
@@ -58,6 +59,7 @@ ERROR_CODE_INVALID_UPDATE: ErrorCode
 ERROR_CODE_INSTRUMENT_CONFLICT: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
 ERROR_CODE_SOURCE_CONFLICT: ErrorCode
+ERROR_CODE_RATE_LIMITED: ErrorCode
 
 class ClientMessage(_message.Message):
     __slots__ = ("subscribe", "unsubscribe", "ping")

@@ -82,36 +82,58 @@ class FrameParser:
     `feed(data)` returns the complete messages as (opcode, payload): data
     messages reassembled from their fragments (OP_TEXT / OP_BINARY) and
     control frames (close, ping, pong) as they come. Raises FrameError on a
-    protocol violation or a message over `max_size` bytes.
+    protocol violation, a message over `max_size` bytes (1009) or one in more
+    than `max_fragments` frames (1009).
+
+    `feed(data, max_frames)` parses at most `max_frames` frames (fragments
+    and control frames each count one) and keeps the rest buffered for the
+    next call (`feed(b"", n)`), so a caller can spread a burst over several
+    event-loop turns; `frames` counts every frame parsed so far and
+    `buffered` the bytes not parsed yet. Each frame costs O(1) plus its payload.
     """
 
-    __slots__ = ("max_size", "_buf", "_fragments", "_fragment_op", "_fragment_size")
+    __slots__ = ("max_size", "max_fragments", "_buf", "_pos", "_fragments", "_fragment_op", "_fragment_size",
+                 "frames")
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, max_fragments: int = 0) -> None:
         self.max_size = max_size
+        self.max_fragments = max_fragments  # 0: no limit
         self._buf = bytearray()
+        self._pos = 0  # parsed up to here; compacted lazily
         self._fragments: list[bytes] = []
         self._fragment_op = -1
         self._fragment_size = 0
+        self.frames = 0
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes, max_frames: int | None = None) -> list[tuple[int, bytes]]:
         """The messages completed by `data`. On a violation the FrameError
         carries, as `messages`, those completed before the bad frame (they
         are to be handled before failing the connection)."""
         out: list[tuple[int, bytes]] = []
         try:
-            self._feed(data, out)
+            self._feed(data, out, max_frames)
         except FrameError as exc:
             exc.messages = out
             raise
+        finally:
+            pos = self._pos
+            if pos and (pos >= len(self._buf) or pos > 65536):
+                del self._buf[:pos]
+                self._pos = 0
         return out
 
-    def _feed(self, data: bytes, out: list[tuple[int, bytes]]) -> None:
+    def _feed(self, data: bytes, out: list[tuple[int, bytes]], max_frames: int | None) -> None:
         buf = self._buf
-        buf += data
-        pos = 0
+        if data:
+            buf += data
+        pos = self._pos
         n = len(buf)
-        while n - pos >= 2:
+        left = -1 if max_frames is None else max_frames
+        while n - pos >= 2 and left:
             b0, b1 = buf[pos], buf[pos + 1]
             if b0 & 0x70:
                 raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set")
@@ -145,12 +167,16 @@ class FrameParser:
                 break
             mask = bytes(buf[pos + head : pos + head + 4])
             payload = _unmask(bytes(buf[pos + head + 4 : end]), mask)
-            pos = end
+            pos = self._pos = end
+            self.frames += 1
+            left -= 1
             if opcode >= OP_CLOSE:
                 out.append((opcode, payload))
             elif opcode == OP_CONTINUATION:
                 if self._fragment_op < 0:
                     raise FrameError(CLOSE_PROTOCOL_ERROR, "continuation frame with nothing to continue")
+                if self.max_fragments and len(self._fragments) >= self.max_fragments:
+                    raise FrameError(CLOSE_TOO_BIG, f"message in more than {self.max_fragments} fragments")
                 self._fragments.append(payload)
                 self._fragment_size += length
                 if fin:
@@ -163,8 +189,6 @@ class FrameParser:
                     out.append((opcode, payload))
                 else:
                     self._fragments, self._fragment_op, self._fragment_size = [payload], opcode, length
-        if pos:
-            del buf[:pos]
 
 
 def _unmask(payload: bytes, mask: bytes) -> bytes:

@@ -72,7 +72,8 @@ const controls = new Controls({
   onDepth: (depth) => select({ ...current(), depth }),
   onInterval: (intervalMs) => select({ ...current(), intervalMs }),
 });
-const directory = new SymbolDirectory(endpoint("symbols"), { onList, onFailure });
+// The `token` URL parameter also goes to /symbols (a node started with --http-token).
+const directory = new SymbolDirectory(endpoint("symbols"), { onList, onFailure }, params.token);
 
 // Last: the source starts connecting at once and may call back into the views.
 const sourceOptions: SourceOptions = {

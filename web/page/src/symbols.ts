@@ -38,6 +38,8 @@ export class SymbolDirectory {
   constructor(
     private readonly url: string,
     private readonly handlers: DirectoryHandlers,
+    /** Sent as `Authorization: Bearer <token>` (a node with `--http-token`); null: none. */
+    private readonly token: string | null = null,
   ) {}
 
   get symbols(): readonly SymbolInfo[] {
@@ -75,7 +77,9 @@ export class SymbolDirectory {
       const t = setTimeout(() => ctrl.abort(), TIMEOUT_MS);
       let body: unknown;
       try {
-        const r = await fetch(this.url, { cache: "no-store", signal: ctrl.signal, headers: { accept: "application/json" } });
+        const headers: Record<string, string> = { accept: "application/json" };
+        if (this.token) headers.authorization = `Bearer ${this.token}`;
+        const r = await fetch(this.url, { cache: "no-store", signal: ctrl.signal, headers });
         if (!r.ok) throw new Error(`HTTP ${r.status}`);
         body = await r.json();
       } finally {

@@ -1,0 +1,203 @@
+"""Hostile clients against a real node process: for each attack, what two
+other subscribers (following a symbol published every 20 ms) and /healthz
+see while it runs, what happens to the attacker, and the node's RSS.
+
+    .venv/bin/python benchmarks/bench_attacks.py                  # this tree
+    git worktree add /tmp/before HEAD
+    .venv/bin/python benchmarks/bench_attacks.py --root /tmp/before   # another tree's node
+
+The node runs with its defaults except --no-simulator, a feed token,
+--ping-interval 1 --ping-timeout 2 and --slow-client-timeout 2 (so the
+attacks end within seconds). Attacks: the issue's figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+
+from _common import base_parser, machine_info, markdown_table, print_header  # noqa: E402
+
+from tests.attacks import (  # noqa: E402
+    OP_PONG,
+    RawClient,
+    Watch,
+    app_pings,
+    churn_pairs,
+    client_frame,
+    empty_continuations,
+    rss_mb,
+    watch_healthz,
+    watch_subscriber,
+    ws_pings,
+)
+from tests.harness import FEED_TOKEN, Publisher, Subscriber, free_port, instrument, update, wait_ready  # noqa: E402
+
+OBSERVE = 8.0  # seconds each attack is watched
+
+
+def start_node(root: Path, log: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    args = [sys.executable, "-m", "orderbook.cli", "serve", "--port", str(port), "--no-simulator",
+            "--feed-token", FEED_TOKEN, "--ping-interval", "1", "--ping-timeout", "2",
+            "--slow-client-timeout", "2"]
+    env = dict(os.environ, PYTHONPATH=str(root), PYTHONUNBUFFERED="1")
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(args, cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT)
+    wait_ready(f"http://127.0.0.1:{port}", 30, proc)
+    return proc, port
+
+
+async def outcome_of(atk: RawClient, reads: bool) -> str:
+    """How the attacker's connection ended within OBSERVE seconds."""
+    if not reads:
+        # It never reads: did the node close the TCP connection?
+        deadline = time.monotonic() + OBSERVE
+        while time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(atk.reader.read(0), 0.05)
+            except asyncio.TimeoutError:
+                pass
+            except OSError:
+                return "closed (reset)"
+            if atk.reader.at_eof() or atk.writer.transport.is_closing():
+                return "closed"
+            await asyncio.sleep(0.1)
+        return "still open"
+    code, frames = await atk.read_until_close(OBSERVE)
+    return f"close {code}" if code else f"open/EOF after {len(frames)} frames"
+
+
+async def attack(port: int, name: str) -> tuple[str, str]:
+    if name == "churn, reading":
+        atk = await RawClient.connect(port)
+        w = asyncio.create_task(atk.write(churn_pairs(20_000, "TEST")))
+        code, frames = await atk.read_until_close(OBSERVE)
+        out = f"close {code}" if code else "open"
+        w.cancel()
+        return out, f"{len(frames)} replies"
+    if name == "churn, not reading":
+        atk = await RawClient.connect(port, rcvbuf=4096)
+        w = asyncio.create_task(atk.write(churn_pairs(80_000, "TEST")))
+    elif name == "WS pings, not reading":
+        atk = await RawClient.connect(port, rcvbuf=4096)
+        w = asyncio.create_task(atk.write(ws_pings(400_000, 1)))
+    elif name == "app Pings, one write":
+        atk = await RawClient.connect(port)
+        w = asyncio.create_task(atk.write(app_pings(100_000)))
+        code, frames = await atk.read_until_close(OBSERVE)
+        w.cancel()
+        return (f"close {code}" if code else "open"), f"{len(frames)} replies"
+    elif name == "2M empty continuations":
+        atk = await RawClient.connect(port)
+        w = asyncio.create_task(atk.write(empty_continuations(2_000_000)))
+    else:  # unsolicited pongs, never reads
+        atk = await RawClient.connect(port, rcvbuf=4096)
+
+        async def pongs():
+            while True:
+                if not await atk.write(client_frame(OP_PONG)):
+                    return
+                await asyncio.sleep(0.5)
+
+        w = asyncio.create_task(pongs())
+    out = await outcome_of(atk, reads=False)
+    w.cancel()
+    with contextlib.suppress(BaseException):
+        await w
+    atk.abort()
+    return out, ""
+
+
+ATTACKS = ["churn, reading", "churn, not reading", "WS pings, not reading", "app Pings, one write",
+           "2M empty continuations", "unsolicited pongs"]
+
+
+async def run_one(port: int, pid: int, name: str) -> list[str]:
+    async with Publisher.connect(f"ws://127.0.0.1:{port}/feed") as pub:
+        await pub.send([instrument("TEST")], [update("TEST", bids=[(100, 1)], asks=[(101, 1)], replace=True)])
+        stop = asyncio.Event()
+
+        async def publish():
+            i = 0
+            while not stop.is_set():
+                i += 1
+                with contextlib.suppress(Exception):
+                    await pub.send(updates=[update("TEST", bids=[(100, 1 + i % 50)])])
+                await asyncio.sleep(0.02)
+
+        url = f"ws://127.0.0.1:{port}/ws"
+        async with Subscriber.connect(url) as a, Subscriber.connect(url) as b:
+            for s in (a, b):
+                await s.subscribe("TEST")
+                await s.until(lambda s=s: "TEST" in s.snapshots)
+            watch = Watch()
+            tasks = [asyncio.create_task(publish()), asyncio.create_task(watch_healthz(port, stop, watch))]
+            tasks += [asyncio.create_task(watch_subscriber(s, stop, watch)) for s in (a, b)]
+            await asyncio.sleep(0.5)
+            rss0, peak = rss_mb(pid), 0.0
+
+            async def sample():
+                nonlocal peak
+                while not stop.is_set():
+                    peak = max(peak, rss_mb(pid))
+                    await asyncio.sleep(0.05)
+
+            tasks.append(asyncio.create_task(sample()))
+            start = time.monotonic()
+            outcome, note = await attack(port, name)
+            took = time.monotonic() - start
+            await asyncio.sleep(0.5)
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            gap_ok = all(
+                [seq for _, seq in s.seen.get("TEST", [])] == list(range(s.seen["TEST"][0][1],
+                                                                     s.seen["TEST"][0][1] + len(s.seen["TEST"])))
+                for s in (a, b) if s.seen.get("TEST")
+            )
+            return [name, f"{watch.max_gap * 1000:.0f}", f"{watch.healthz_max * 1000:.0f}",
+                    f"{outcome}{' (' + note + ')' if note else ''} in {took:.1f} s",
+                    f"{rss0:.0f} / {peak:.0f} / {rss_mb(pid):.0f}", "yes" if gap_ok else "NO"]
+
+
+async def main_async(root: Path, only: list[str] | None) -> list[list[str]]:
+    rows = []
+    for name in ATTACKS:
+        if only and not any(o in name for o in only):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            proc, port = start_node(root, Path(tmp) / "node.log")
+            try:
+                rows.append(await run_one(port, proc.pid, name))
+            except Exception as exc:  # a node that froze or died is a result too
+                rows.append([name, "-", "-", f"failed: {type(exc).__name__} {exc}"[:80], "-", "-"])
+            finally:
+                proc.kill()
+                proc.wait()
+        print(" | ".join(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def main() -> None:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--root", type=Path, default=ROOT, help="the tree whose node is started")
+    p.add_argument("--only", nargs="*", help="attacks whose name contains one of these")
+    args = p.parse_args()
+    print_header(f"Attacks against the node of {args.root}", machine_info())
+    rows = asyncio.run(main_async(args.root.resolve(), args.only))
+    print(markdown_table(["attack", "others' worst silence (ms)", "/healthz max (ms)", "attacker",
+                          "node RSS MB before / peak / after", "no gap"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Hostile subscribers for the fairness tests and benchmarks/bench_attacks.py:
+raw TCP WebSocket clients that send floods in one write, and watchers that
+measure what the other clients see meanwhile (no test itself)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import socket
+import struct
+import time
+
+from orderbook.wire import codec
+
+OP_CONT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x2, 0x8, 0x9, 0xA
+
+
+def client_frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
+    """A masked client frame with the all-zero key (the payload goes as is)."""
+    n = len(payload)
+    first = (0x80 if fin else 0) | opcode
+    if n < 126:
+        head = bytes((first, 0x80 | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", first, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", first, 0x80 | 127, n)
+    return head + b"\0\0\0\0" + payload
+
+
+class RawClient:
+    """A WebSocket client on a plain socket: handshake, then raw bytes."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int, rcvbuf: int | None = None) -> RawClient:
+        sock = socket.socket()
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    async def write(self, data: bytes) -> bool:
+        """Send `data`; False if the server closed the connection meanwhile."""
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+            return True
+        except (ConnectionError, OSError):
+            return False
+
+    async def read_frame(self, timeout: float = 10.0) -> tuple[int, bytes]:
+        b0, b1 = await asyncio.wait_for(self.reader.readexactly(2), timeout)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", await self.reader.readexactly(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", await self.reader.readexactly(8))[0]
+        return b0 & 0x0F, await self.reader.readexactly(n)
+
+    async def read_until_close(self, timeout: float = 10.0) -> tuple[int | None, list[tuple[int, bytes]]]:
+        """Read frames until a close frame (its code) or EOF (None)."""
+        frames: list[tuple[int, bytes]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                op, payload = await self.read_frame(max(deadline - loop.time(), 0.01))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return None, frames
+            if op == OP_CLOSE:
+                return (int.from_bytes(payload[:2], "big") if payload else None), frames
+            frames.append((op, payload))
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.transport.abort()
+
+
+# ------------------------------------------------------------------ the floods
+
+
+def churn_pairs(n: int, symbol: str) -> bytes:
+    """n Subscribe/Unsubscribe pairs in one buffer (protobuf, binary frames)."""
+    sub = client_frame(OP_BINARY, codec.encode(codec.subscribe_message(symbol, 0, None, 1), codec.Encoding.PROTOBUF))
+    unsub = client_frame(OP_BINARY, codec.encode(codec.unsubscribe_message(symbol, 2), codec.Encoding.PROTOBUF))
+    return (sub + unsub) * n
+
+
+def app_pings(n: int) -> bytes:
+    return client_frame(OP_BINARY, codec.encode(codec.ping_message(7), codec.Encoding.PROTOBUF)) * n
+
+
+def ws_pings(n: int, size: int = 125) -> bytes:
+    return client_frame(OP_PING, b"x" * size) * n
+
+
+def empty_continuations(n: int) -> bytes:
+    return client_frame(OP_BINARY, b"", fin=False) + client_frame(OP_CONT, b"", fin=False) * n
+
+
+# ------------------------------------------------------------------ what the others see
+
+
+class Watch:
+    """Worst silence between messages of one subscriber, and /healthz latency."""
+
+    def __init__(self) -> None:
+        self.max_gap = 0.0
+        self.messages = 0
+        self.healthz_max = 0.0
+        self.healthz_count = 0
+
+
+async def watch_subscriber(sub, stop: asyncio.Event, watch: Watch) -> None:
+    """Read (and verify, via the Subscriber's followers) until `stop`."""
+    last = time.monotonic()
+    while not stop.is_set():
+        try:
+            msg = await sub.recv(0.5)
+        except asyncio.TimeoutError:
+            if not stop.is_set():  # no delta for 0.5 s while publishing
+                watch.max_gap = max(watch.max_gap, time.monotonic() - last)
+            continue
+        now = time.monotonic()
+        if msg.WhichOneof("kind") == "delta":
+            watch.max_gap = max(watch.max_gap, now - last)
+            last = now
+            watch.messages += 1
+
+
+async def watch_healthz(port: int, stop: asyncio.Event, watch: Watch, every: float = 0.05) -> None:
+    while not stop.is_set():
+        start = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+        watch.healthz_max = max(watch.healthz_max, time.monotonic() - start)
+        watch.healthz_count += 1
+        await asyncio.sleep(every)
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
