@@ -217,6 +217,45 @@ async def sequencer_of(nodes):
     return next(n for n in nodes if readyz(n.http).get("role") == "sequencer")
 
 
+# ------------------------------------------------------------------ raw HTTP
+
+
+async def read_http_head(reader: asyncio.StreamReader, timeout: float = 5.0) -> tuple[int, dict[str, str]]:
+    """Read one HTTP response head: (status, headers with lower-cased names)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    return int(status_line.split()[1]), headers
+
+
+async def http_request(
+    port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None, timeout: float = 5.0
+) -> tuple[int, dict[str, str], bytes]:
+    """One request over a fresh socket, the path sent as is (no
+    normalisation): (status, lower-cased headers, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n".encode())
+        status, got = await read_http_head(reader, timeout)
+        length = int(got.get("content-length", "0"))
+        body = await asyncio.wait_for(reader.readexactly(length), timeout) if length else b""
+        return status, got, body
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """`http_request` with GET."""
+    return await http_request(port, path, "GET", headers)
+
+
 # ------------------------------------------------------------------ publishing
 
 

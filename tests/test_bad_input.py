@@ -31,6 +31,7 @@ from .harness import (
     InProcessServer,
     Publisher,
     instrument,
+    read_http_head,
     serve_in_process,
     test_settings,
     update,
@@ -154,14 +155,7 @@ class RawWS:
         hdrs.update(headers or {})
         lines += [f"{k}: {v}" for k, v in hdrs.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-        status_line, *rest = head.decode("latin-1").split("\r\n")
-        status = int(status_line.split()[1])
-        got = {}
-        for line in rest:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                got[k.strip().lower()] = v.strip()
+        status, got = await read_http_head(reader, WAIT)
         body = b""
         if status == 101:
             accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()

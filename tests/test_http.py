@@ -11,31 +11,11 @@ import websockets
 
 from orderbook.wire import codec
 
-from .harness import Publisher, instrument, serve_in_process, test_settings, update
+from .harness import Publisher, http_get, instrument, serve_in_process, test_settings, update
 
 pytestmark = pytest.mark.timeout(30)
 
 WAIT = 5.0
-
-
-async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
-    """One GET over a fresh socket: (status, lower-cased headers, body)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                headers[k.strip().lower()] = v.strip()
-        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), WAIT)
-        return int(status_line.split()[1]), headers, body
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
 
 
 async def get_json(port: int, path: str, status: int = 200) -> dict:

@@ -22,7 +22,16 @@ from orderbook.server.handshake_limits import LogThrottle
 from orderbook.server.settings import Settings
 from orderbook.wire import codec
 
-from .harness import Publisher, Subscriber, instrument, serve_in_process, start_server_process, test_settings, update
+from .harness import (
+    Publisher,
+    Subscriber,
+    http_get,
+    instrument,
+    serve_in_process,
+    start_server_process,
+    test_settings,
+    update,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,26 +111,6 @@ def test_no_limits_is_the_default_and_zero_means_none():
 # ------------------------------------------------------------------ /feed over real sockets
 
 
-async def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n".encode())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        hdrs = {}
-        for line in lines:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                hdrs[k.strip().lower()] = v.strip()
-        body = await asyncio.wait_for(reader.readexactly(int(hdrs.get("content-length", "0"))), WAIT)
-        return int(status_line.split()[1]), hdrs, body
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
 async def test_feed_batches_over_each_limit_are_refused_whole_and_subscribers_go_on(caplog):
     settings = test_settings(max_levels_per_side=50, max_symbols=4, max_batch_levels=120)
     async with serve_in_process(settings) as srv, Publisher.connect(srv.feed_url) as pub:
@@ -172,14 +161,14 @@ async def test_the_default_feed_limits_hold():
 async def test_book_depth_is_capped():
     async with serve_in_process(test_settings(http_max_depth=10)) as srv, Publisher.connect(srv.feed_url) as pub:
         await pub.send([instrument("A"), instrument("S")], [update("A", bids=levels(11)), update("S", asks=levels(10))])
-        status, _, body = await get(srv.port, "/book/A?depth=11")
+        status, _, body = await http_get(srv.port, "/book/A?depth=11")
         assert status == 400 and "http_max_depth" in json.loads(body)["error"] and "10" in json.loads(body)["error"]
-        status, _, body = await get(srv.port, "/book/A?depth=0")
+        status, _, body = await http_get(srv.port, "/book/A?depth=0")
         err = json.loads(body)["error"]
         assert status == 400 and "http_max_depth" in err and "WebSocket" in err
-        status, _, body = await get(srv.port, "/book/A?depth=10")
+        status, _, body = await http_get(srv.port, "/book/A?depth=10")
         assert status == 200 and len(json.loads(body)["bids"]) == 10
-        status, _, body = await get(srv.port, "/book/S?depth=0")  # a whole book within the cap
+        status, _, body = await http_get(srv.port, "/book/S?depth=0")  # a whole book within the cap
         assert status == 200 and len(json.loads(body)["asks"]) == 10
 
 
@@ -191,17 +180,17 @@ async def test_http_token():
     async with serve_in_process(settings) as srv, Publisher.connect(srv.feed_url) as pub:
         await pub.send([instrument("A")], [update("A", bids=levels(2))])
         for path in ("/symbols", "/book/A"):
-            status, headers, body = await get(srv.port, path)
+            status, headers, body = await http_get(srv.port, path)
             assert status == 401 and headers["www-authenticate"].startswith("Bearer"), body
             assert "token" in json.loads(body)["error"]
-            status, _, _ = await get(srv.port, path, {"Authorization": "Bearer wrong"})
+            status, _, _ = await http_get(srv.port, path, {"Authorization": "Bearer wrong"})
             assert status == 401
-            status, _, _ = await get(srv.port, path, {"Authorization": "Bearer s3cret"})
+            status, _, _ = await http_get(srv.port, path, {"Authorization": "Bearer s3cret"})
             assert status == 200
-            status, _, _ = await get(srv.port, path + "?token=s3cret")
+            status, _, _ = await http_get(srv.port, path + "?token=s3cret")
             assert status == 200
         for path in ("/healthz", "/readyz"):
-            status, _, _ = await get(srv.port, path)
+            status, _, _ = await http_get(srv.port, path)
             assert status == 200
         # A page on another origin may send the header (CORS preflight).
         reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)

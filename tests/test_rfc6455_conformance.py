@@ -42,6 +42,7 @@ from .harness import (
     Subscriber,
     eventually,
     instrument,
+    read_http_head,
     serve_in_process,
     update,
 )
@@ -126,14 +127,7 @@ class Raw:
             hdrs.pop(name, None)
         request = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
         writer.write(request.encode())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-        status_line, *rest = head.decode("latin-1").split("\r\n")
-        status = int(status_line.split()[1])
-        got: dict[str, str] = {}
-        for line in rest:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                got[k.strip().lower()] = v.strip()
+        status, got = await read_http_head(reader, WAIT)
         body = b""
         if status == 101:
             accept = base64.b64encode(hashlib.sha1(hdrs["Sec-WebSocket-Key"].encode() + GUID).digest()).decode()

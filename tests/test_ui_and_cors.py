@@ -21,7 +21,15 @@ from orderbook.server import cors, ui
 from orderbook.server.admission import normalize_origin, origin_listed
 from orderbook.server.settings import DEFAULT_UI_DIR
 
-from .harness import Publisher, instrument, serve_in_process, start_server_process, test_settings, update
+from .harness import (
+    Publisher,
+    http_request,
+    instrument,
+    serve_in_process,
+    start_server_process,
+    test_settings,
+    update,
+)
 from .test_http import connect, registered
 
 pytestmark = pytest.mark.timeout(30)
@@ -31,26 +39,7 @@ PAGE = "http://localhost:5173"
 
 
 async def http(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None):
-    """One request over a fresh socket, the path sent as is (no normalisation):
-    (status, lower-cased headers, body)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n".encode())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        got: dict[str, str] = {}
-        for line in lines:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                got[k.strip().lower()] = v.strip()
-        length = int(got.get("content-length", "0"))
-        body = await asyncio.wait_for(reader.readexactly(length), WAIT) if length else b""
-        return int(status_line.split()[1]), got, body
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+    return await http_request(port, path, method, headers, WAIT)
 
 
 def cors_headers(headers: dict[str, str]) -> dict[str, str]:
