@@ -239,6 +239,11 @@ test("server errors: terminal ones fail the symbol, ALREADY_SUBSCRIBED resyncs, 
   assert.deepEqual(kinds(e2), ["unsubscribe", "subscribe"]);
   const e3 = s.receive(error(ErrorCode.INTERNAL, "FLAKY", flaky!.requestId));
   assert.deepEqual(e3.retry, ["FLAKY"]);
+  // A node's churn limit (RATE_LIMITED) is also retried later, never a failure.
+  const again = subscribes(s.retry("FLAKY"))[0]!;
+  const limited = s.receive(error(ErrorCode.RATE_LIMITED, "FLAKY", again.requestId));
+  assert.deepEqual(limited.retry, ["FLAKY"]);
+  assert.notEqual(s.get("FLAKY")!.state, "failed");
   assert.equal(subscribes(s.retry("FLAKY")).length, 1);
   // An error about our own resync's Unsubscribe is expected and stays quiet.
   const unsub = e2.send[0]!;
