@@ -8,13 +8,16 @@ see while it runs, what happens to the attacker, and the node's RSS.
 
 The node runs with its defaults except --no-simulator, a feed token,
 --ping-interval 1 --ping-timeout 2 and --slow-client-timeout 2 (so the
-attacks end within seconds). Attacks: the issue's figures.
+attacks end within seconds). Attacks: the issue's figures. What an attack
+needs beforehand (a big book, a full history, a message encoded ahead) is
+done before the watch starts; only the attack itself is watched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -36,14 +39,31 @@ from tests.attacks import (  # noqa: E402
     churn_pairs,
     client_frame,
     empty_continuations,
+    feed_bytes,
+    handshake_storm_in_subprocess,
+    http_get_all,
+    publish_many,
+    resume_flood,
     rss_mb,
     watch_healthz,
     watch_subscriber,
     ws_pings,
 )
-from tests.harness import FEED_TOKEN, Publisher, Subscriber, free_port, instrument, update, wait_ready  # noqa: E402
+from tests.harness import (  # noqa: E402
+    FEED_TOKEN,
+    Publisher,
+    Subscriber,
+    free_port,
+    http_get,
+    instrument,
+    update,
+    wait_ready,
+)
+
+from orderbook.wire import codec  # noqa: E402
 
 OBSERVE = 8.0  # seconds each attack is watched
+HISTORY = 10_000  # the node's --history-entries (its default), filled for the resume flood
 
 
 def start_node(root: Path, log: Path) -> tuple[subprocess.Popen, int]:
@@ -78,7 +98,90 @@ async def outcome_of(atk: RawClient, reads: bool) -> str:
     return f"close {code}" if code else f"open/EOF after {len(frames)} frames"
 
 
-async def attack(port: int, name: str) -> tuple[str, str]:
+def levels(n: int, start: int = 100) -> list[tuple[int, int]]:
+    return [(start + i, 1) for i in range(n)]
+
+
+async def prepare(port: int, name: str, pub: Publisher) -> dict:
+    """What the attack needs, before the watch starts."""
+    ctx: dict = {}
+    if name == "1M levels, one update":
+        ctx["msg"] = feed_bytes(1, [instrument("BIG")], [update("BIG", bids=levels(1_000_000))])
+    elif name == "100,000 symbols, one batch":
+        ctx["msg"] = feed_bytes(1, [instrument(f"S{i:06d}") for i in range(100_000)])
+    elif name == "GET /book depth=0":
+        # The biggest book the node takes: --max-levels-per-side (100,000) on each
+        # side, in batches of --max-batch-levels; 1M bids if it has no such limit.
+        replies = await publish_many(pub, [feed_bytes(900_001, [instrument("BIG")], [update("BIG", bids=levels(100_000))]),
+                                           feed_bytes(900_002, (), [update("BIG", asks=levels(100_000, 2_000_000))])])
+        assert all(r.WhichOneof("kind") == "ack" for r in replies), replies
+        sides = [("bids", 100_000), ("asks", 100_000)]
+        if (await http_get(port, "/book/BIG?depth=5000"))[0] == 200:  # no --http-max-depth: no limits
+            msg = feed_bytes(900_003, (), [update("BIG", bids=levels(1_000_000), replace=True)])
+            replies = await publish_many(pub, [msg])
+            assert replies[0].WhichOneof("kind") == "ack", replies
+            sides = [("bids", 1_000_000), ("asks", 100_000)]
+        ctx["levels"] = sum(n for _, n in sides)
+    elif name == "20 resumes over a full history":
+        await pub.send([instrument("HIST")], [update("HIST", bids=[(100, 1)], replace=True)])
+        msgs = [feed_bytes(100_000 + i, (), [update("HIST", bids=[(100 + i % 100, 1 + i % 7)])])
+                for i in range(HISTORY + 100)]
+        await publish_many(pub, msgs)
+        _, _, body = await http_get(port, "/symbols")
+        hist = next(s for s in json.loads(body)["symbols"] if s["symbol"] == "HIST")
+        ctx["flood"] = resume_flood(20, "HIST", int(hist["epoch"]), hist["seq"] - HISTORY)
+    return ctx
+
+
+async def feed_attack(port: int, msg: bytes) -> tuple[str, str]:
+    """One big /feed message from a second publisher: the node's answer."""
+    async with Publisher.connect(f"ws://127.0.0.1:{port}/feed") as atk:
+        try:
+            await atk.ws.send(msg)
+            reply = codec.parse_feed_reply(await asyncio.wait_for(atk.ws.recv(), OBSERVE))
+        except asyncio.TimeoutError:
+            return "no answer", f"{len(msg) / 2**20:.1f} MB sent"
+        except Exception as exc:  # noqa: BLE001 - closed by the node
+            rcvd = getattr(exc, "rcvd", None)
+            return f"close {rcvd.code if rcvd else type(exc).__name__}", f"{len(msg) / 2**20:.1f} MB sent"
+    if reply.WhichOneof("kind") == "error":
+        name = codec.ErrorCode.Name(reply.error.code).removeprefix("ERROR_CODE_")
+        return name, f"{len(msg) / 2**20:.1f} MB; {reply.error.message[:100]}"
+    return reply.WhichOneof("kind"), f"{len(msg) / 2**20:.1f} MB"
+
+
+async def attack(port: int, name: str, ctx: dict) -> tuple[str, str]:
+    if "msg" in ctx:
+        return await feed_attack(port, ctx["msg"])
+    if name == "GET /book depth=0":
+        status, n = await http_get_all(port, "/book/BIG?depth=0", OBSERVE)
+        return f"HTTP {status}", f"{ctx['levels']:,} levels, {n / 2**20:.1f} MB read"
+    if name == "2,000 handshakes at once":
+        counts = await handshake_storm_in_subprocess(port, 2_000)
+        return ", ".join(f"{v:,} x {k}" for k, v in sorted(counts.items())), ""
+    if name == "20 resumes over a full history":
+        atk = await RawClient.connect(port, rcvbuf=4096)
+        flood = ctx["flood"]
+        w = asyncio.create_task(atk.write(flood))
+        await asyncio.sleep(OBSERVE)  # never reads meanwhile
+        # Then read what reached its socket: all the node queued if it is still open.
+        got, end = 0, "still open"
+        try:
+            while True:
+                op, payload = await atk.read_frame(1.0)
+                got += len(payload) + 2
+                if op == 0x8:
+                    end = f"close {int.from_bytes(payload[:2], 'big') if payload else None}"
+                    break
+        except asyncio.TimeoutError:
+            pass
+        except asyncio.IncompleteReadError:
+            end = "closed (EOF)"
+        except OSError as exc:
+            end = f"closed ({type(exc).__name__})"
+        w.cancel()
+        atk.abort()
+        return end, f"{len(flood):,} B in, {got / 2**20:.1f} MB read"
     if name == "churn, reading":
         atk = await RawClient.connect(port)
         w = asyncio.create_task(atk.write(churn_pairs(20_000, "TEST")))
@@ -120,7 +223,8 @@ async def attack(port: int, name: str) -> tuple[str, str]:
 
 
 ATTACKS = ["churn, reading", "churn, not reading", "WS pings, not reading", "app Pings, one write",
-           "2M empty continuations", "unsolicited pongs"]
+           "2M empty continuations", "unsolicited pongs", "1M levels, one update", "100,000 symbols, one batch",
+           "GET /book depth=0", "2,000 handshakes at once", "20 resumes over a full history"]
 
 
 async def run_one(port: int, pid: int, name: str) -> list[str]:
@@ -141,6 +245,7 @@ async def run_one(port: int, pid: int, name: str) -> list[str]:
             for s in (a, b):
                 await s.subscribe("TEST")
                 await s.until(lambda s=s: "TEST" in s.snapshots)
+            ctx = await prepare(port, name, pub)
             watch = Watch()
             tasks = [asyncio.create_task(publish()), asyncio.create_task(watch_healthz(port, stop, watch))]
             tasks += [asyncio.create_task(watch_subscriber(s, stop, watch)) for s in (a, b)]
@@ -155,7 +260,7 @@ async def run_one(port: int, pid: int, name: str) -> list[str]:
 
             tasks.append(asyncio.create_task(sample()))
             start = time.monotonic()
-            outcome, note = await attack(port, name)
+            outcome, note = await attack(port, name, ctx)
             took = time.monotonic() - start
             await asyncio.sleep(0.5)
             stop.set()

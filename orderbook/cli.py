@@ -72,6 +72,9 @@ def _serve(args: argparse.Namespace) -> int:
     app.run(
         host=args.host,
         port=args.port,
+        # A connection storm waits in the kernel's accept queue (and meets the
+        # handshake limits) instead of having its SYNs dropped and retried 1 s later.
+        backlog=args.backlog,
         single_process=True,
         access_log=args.access_log,
         motd=False,
@@ -119,6 +122,7 @@ def serve_settings(args: argparse.Namespace, replay_plan=None):
         handshake_burst=args.handshake_burst,
         global_handshake_rate=args.global_handshake_rate,
         global_handshake_burst=args.global_handshake_burst,
+        trusted_proxies=tuple(str(n) for n in args.trust_proxy or ()),
         client_buffer_limit=args.client_buffer,
         slow_client_timeout=args.slow_client_timeout,
         client_rate=args.client_rate,
@@ -369,6 +373,15 @@ def _watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trusted_network(text: str):
+    from orderbook.server.client_address import parse_network
+
+    try:
+        return parse_network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orderbook", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -379,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = Settings()
     s.add_argument("--host", default=os.environ.get("ORDERBOOK_HOST", "127.0.0.1"))
     s.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    s.add_argument("--backlog", type=int, default=2048, metavar="N",
+                   help="listen backlog: connections the kernel queues before the node accepts them (capped by "
+                        "net.core.somaxconn)")
     s.add_argument("--origin", action="append", help="allowed WebSocket Origin (repeatable; '*' = any)")
     s.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="pages on ORIGIN may read the HTTP endpoints (CORS; repeatable; '*' = any; default: none)")
@@ -406,11 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-token", default=os.environ.get("ORDERBOOK_HTTP_TOKEN"),
                    help="token that /symbols and /book need (Authorization: Bearer or ?token=); may equal --token")
     s.add_argument("--max-connections-per-ip", type=int, default=defaults.max_connections_per_ip, metavar="N",
-                   help="WebSocket connections per source IP (429 beyond; 0 = no limit; raise behind a proxy)")
+                   help="WebSocket connections per source IP (429 beyond; 0 = no limit; behind a proxy: "
+                        "--trust-proxy, or raise it)")
     s.add_argument("--handshake-rate", type=float, default=defaults.handshake_rate, metavar="PER_S",
                    help="WebSocket handshakes per second per source IP (429 beyond; 0 = no limit)")
     s.add_argument("--handshake-burst", type=float, default=defaults.handshake_burst, metavar="N",
                    help="handshakes one source IP may make at once before --handshake-rate applies")
+    s.add_argument("--trust-proxy", action="append", metavar="CIDR", type=_trusted_network,
+                   help="a proxy network whose X-Forwarded-For names the client: connections from it count, "
+                        "for the per-IP limits and in logs, as the right-most forwarded address outside "
+                        "every --trust-proxy network (repeatable; default: none, the TCP peer)")
     s.add_argument("--global-handshake-rate", type=float, default=defaults.global_handshake_rate, metavar="PER_S",
                    help="WebSocket handshakes per second from everyone together (429 beyond; 0 = no limit)")
     s.add_argument("--global-handshake-burst", type=float, default=defaults.global_handshake_burst, metavar="N")

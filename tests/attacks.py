@@ -7,11 +7,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import socket
 import struct
+import sys
 import time
+from collections import Counter
+from pathlib import Path
 
+from orderbook.core.events import FeedBatch
+from orderbook.core.resume import ResumePoint
 from orderbook.wire import codec
 
 OP_CONT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x2, 0x8, 0x9, 0xA
@@ -111,6 +117,84 @@ def ws_pings(n: int, size: int = 125) -> bytes:
 
 def empty_continuations(n: int) -> bytes:
     return client_frame(OP_BINARY, b"", fin=False) + client_frame(OP_CONT, b"", fin=False) * n
+
+
+def resume_flood(n: int, symbol: str, epoch: int, seq: int) -> bytes:
+    """n Subscribe(resume {epoch, seq})/Unsubscribe pairs in one buffer: each
+    Subscribe makes the node replay its history after `seq`."""
+    sub = client_frame(OP_BINARY, codec.encode(codec.subscribe_message(symbol, 0, ResumePoint(epoch, seq), 1),
+                                               codec.Encoding.PROTOBUF))
+    unsub = client_frame(OP_BINARY, codec.encode(codec.unsubscribe_message(symbol, 2), codec.Encoding.PROTOBUF))
+    return (sub + unsub) * n
+
+
+def feed_bytes(batch_id: int, instruments=(), updates=()) -> bytes:
+    """One /feed message, encoded ahead (a big one takes the client seconds)."""
+    return codec.feed_message(FeedBatch(batch_id, tuple(instruments), tuple(updates))).SerializeToString()
+
+
+async def publish_many(pub, messages: list[bytes], window: int = 500) -> list:
+    """Send pre-encoded /feed messages `window` at a time, then their replies."""
+    replies = []
+    for i in range(0, len(messages), window):
+        chunk = messages[i:i + window]
+        for m in chunk:
+            await pub.ws.send(m)
+        for _ in chunk:
+            replies.append(codec.parse_feed_reply(await asyncio.wait_for(pub.ws.recv(), 30)))
+    return replies
+
+
+async def handshake_storm(port: int, n: int, timeout: float = 30.0) -> dict[str, int]:
+    """n WebSocket handshakes at once from this process: how many got each
+    status ("101", "429", ..., or the exception's name). The 101s stay open
+    until every handshake has an answer, then all are aborted."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    writers = []
+
+    async def one() -> str:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writers.append(writer)
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            return head.split(b" ", 2)[1].decode()
+        except Exception as exc:  # noqa: BLE001 - a refused or reset connection is an answer too
+            return type(exc).__name__
+
+    counts = Counter(await asyncio.gather(*(one() for _ in range(n))))
+    for w in writers:
+        with contextlib.suppress(Exception):
+            w.transport.abort()
+    return dict(counts)
+
+
+async def handshake_storm_in_subprocess(port: int, n: int) -> dict[str, int]:
+    """handshake_storm from another process, so the storm's own CPU does not
+    delay this process's watchers."""
+    root = Path(__file__).resolve().parents[1]
+    code = ("import asyncio, json, sys; from tests.attacks import handshake_storm; "
+            f"print(json.dumps(asyncio.run(handshake_storm({port}, {n}))))")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=root,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    return json.loads(out)
+
+
+async def http_get_all(port: int, path: str, timeout: float = 30.0) -> tuple[int, int]:
+    """GET `path` with Connection: close, read to EOF: (status, bytes read)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    n, first = 0, b""
+    async with asyncio.timeout(timeout):
+        while chunk := await reader.read(1 << 20):
+            first = first or chunk
+            n += len(chunk)
+    writer.close()
+    return int(first.split(b" ", 2)[1]), n
 
 
 # ------------------------------------------------------------------ what the others see

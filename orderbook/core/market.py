@@ -113,7 +113,7 @@ class Market:
         pending: dict[str, Instrument] = {}
         books = self._books
         if self.limits is not NO_LIMITS:
-            self._check_counts(batch)
+            self.check_counts(batch)
         for inst in batch.instruments:
             inst.validate()
             prior = pending.get(inst.symbol)
@@ -136,8 +136,12 @@ class Market:
         if self.limits.max_levels_per_side:
             self._check_sides(batch.updates, self.limits.max_levels_per_side)
 
-    def _check_counts(self, batch: FeedBatch) -> None:
-        """The limits that need no look at the levels: symbols, batch levels."""
+    def check_counts(self, batch: FeedBatch) -> None:
+        """The limits that need no look at the levels: symbols, batch levels.
+        Reads only `batch.instruments[].symbol` and the lengths of
+        `batch.updates[].bids/asks`, so a decoded feed message can be checked
+        before its levels are converted (a refused huge batch then costs its
+        decoding alone)."""
         limits = self.limits
         cap = limits.max_batch_levels
         if cap:

@@ -32,8 +32,8 @@ async def feed_endpoint(request: Request):
     settings: Settings = state.settings
     if not admission.is_upgrade(request.headers):
         return response.text(admission.NOT_WEBSOCKET, status=426, headers={"Upgrade": "websocket"})
-    ip = request.ip
     gate = state.gate
+    ip = gate.source(request)
     refusal = gate.admit(ip, "/feed")
     if refusal is not None:
         return response.text(refusal.message, status=refusal.status, headers=dict(refusal.headers))
@@ -71,9 +71,11 @@ async def _publisher(ws, state, peer: str = "") -> None:
                 return
             batch_id = 0
             try:
-                batch = codec.decode_feed(data)
-                batch_id = batch.batch_id
+                pb = codec.parse_feed(data)
+                batch_id = pb.batch_id
                 hub: Hub = state.hub
+                hub.market.check_counts(pb)  # before the levels become objects
+                batch = codec.feed_batch_from_pb(pb)
                 if state.cluster is None:
                     # Every /feed publisher is the one source FEED.
                     result = hub.ingest(batch, FEED, state.settings.allow_takeover)

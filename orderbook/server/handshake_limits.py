@@ -2,7 +2,9 @@
 second per source IP and from everyone, and open connections per source IP.
 Over a limit: 429 Too Many Requests with Retry-After, before the 101.
 
-The source IP is the transport's peer. Behind a proxy (HAProxy, nginx) every
+The source IP is the transport's peer, or, when that peer is a proxy trusted
+with `--trust-proxy CIDR`, the client address its X-Forwarded-For names
+(`Gate.source`, client_address.py). Behind a proxy that is not trusted every
 client shares the proxy's address: raise or turn off (0) the per-IP limits
 there and let the proxy limit its clients (docs/operations.md "Limits").
 
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from orderbook.core.ratelimit import KeyedBuckets, TokenBucket
 
 from .admission import Refusal
+from .client_address import ClientAddresses
 from .settings import Settings
 
 log = logging.getLogger("orderbook.limits")
@@ -74,6 +77,12 @@ class Gate:
             if s.global_handshake_rate > 0 else None
         )
         self._open: dict[str, set[object]] = {}
+        self._addresses = ClientAddresses(s.trusted_proxies)
+
+    def source(self, request) -> str:
+        """The address a request counts as: its TCP peer, or behind a trusted
+        proxy the client that X-Forwarded-For names."""
+        return self._addresses.of(request)
 
     def connections(self, ip: str) -> int:
         held = self._open.get(ip)

@@ -61,6 +61,11 @@ class Settings:
     handshake_burst: float = 200.0
     global_handshake_rate: float = 500.0
     global_handshake_burst: float = 1_000.0
+    # Proxies whose X-Forwarded-For is believed (CIDRs, `serve --trust-proxy`):
+    # a connection from inside one is counted, for the per-IP limits and in
+    # the logs, as the right-most forwarded address outside all of them
+    # (orderbook/server/client_address.py). Empty: the TCP peer, always.
+    trusted_proxies: tuple[str, ...] = ()
     # Bytes queued for one client (in our queue plus the transport's) beyond
     # which its deltas are dropped and a snapshot is sent once it drains.
     client_buffer_limit: int = 4 * 1024 * 1024

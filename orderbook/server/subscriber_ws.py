@@ -41,8 +41,8 @@ async def subscriber_endpoint(request: Request):
         return response.text(
             admission.NOT_WEBSOCKET, status=426, headers={"Upgrade": "websocket", "Connection": "Upgrade"}
         )
-    ip = request.ip
     gate = state.gate
+    ip = gate.source(request)
     refusal = gate.admit(ip, "/ws") or admission.handshake_refusal(headers)
     if refusal is not None:
         return response.text(refusal.message, status=refusal.status, headers=dict(refusal.headers))
@@ -65,7 +65,7 @@ async def subscriber_endpoint(request: Request):
         return accepted
     hub = state.hub
     transport = request.transport
-    conn = hub.new_connection(transport, adm.encoding, peer=request.client_ip or "")
+    conn = hub.new_connection(transport, adm.encoding, peer=ip)
     loop = asyncio.get_running_loop()
 
     def on_message(data: bytes | str) -> None:

@@ -403,7 +403,9 @@ def feed_message(batch: FeedBatch) -> feed_pb2.FeedMessage:
     return msg
 
 
-def decode_feed(data: bytes | str) -> FeedBatch:
+def parse_feed(data: bytes | str) -> feed_pb2.FeedBatch:
+    """The decoded batch of a feed message, before any conversion: cheap to
+    count (`Market.check_counts`) before the levels become Python objects."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MalformedMessage("the feed protocol is binary protobuf only")
     msg = feed_pb2.FeedMessage()
@@ -413,7 +415,10 @@ def decode_feed(data: bytes | str) -> FeedBatch:
         raise MalformedMessage(f"cannot decode feed message: {exc}") from None
     if msg.WhichOneof("kind") != "batch":
         raise UnknownMessage("feed message carries no known kind (batch)")
-    b = msg.batch
+    return msg.batch
+
+
+def feed_batch_from_pb(b: feed_pb2.FeedBatch) -> FeedBatch:
     return FeedBatch(
         batch_id=b.batch_id,
         instruments=tuple(instrument_from_pb(i) for i in b.instruments),
@@ -428,6 +433,10 @@ def decode_feed(data: bytes | str) -> FeedBatch:
             for u in b.updates
         ),
     )
+
+
+def decode_feed(data: bytes | str) -> FeedBatch:
+    return feed_batch_from_pb(parse_feed(data))
 
 
 def feed_ack(batch_id: int, changes: int, positions: Iterable[Position]) -> bytes:
