@@ -34,7 +34,6 @@ from _common import base_parser, machine_info, markdown_table, print_header  # n
 from tests.attacks import (  # noqa: E402
     OP_PONG,
     RawClient,
-    Watch,
     app_pings,
     churn_pairs,
     client_frame,
@@ -45,14 +44,12 @@ from tests.attacks import (  # noqa: E402
     publish_many,
     resume_flood,
     rss_mb,
-    watch_healthz,
-    watch_subscriber,
+    watched_symbol,
     ws_pings,
 )
 from tests.harness import (  # noqa: E402
     FEED_TOKEN,
     Publisher,
-    Subscriber,
     free_port,
     http_get,
     instrument,
@@ -228,51 +225,27 @@ ATTACKS = ["churn, reading", "churn, not reading", "WS pings, not reading", "app
 
 
 async def run_one(port: int, pid: int, name: str) -> list[str]:
-    async with Publisher.connect(f"ws://127.0.0.1:{port}/feed") as pub:
-        await pub.send([instrument("TEST")], [update("TEST", bids=[(100, 1)], asks=[(101, 1)], replace=True)])
-        stop = asyncio.Event()
+    async with watched_symbol(port, settle=0.5, prepare=lambda pub: prepare(port, name, pub)) as w:
+        rss0, peak = rss_mb(pid), 0.0
+        sampling = asyncio.Event()
 
-        async def publish():
-            i = 0
-            while not stop.is_set():
-                i += 1
-                with contextlib.suppress(Exception):
-                    await pub.send(updates=[update("TEST", bids=[(100, 1 + i % 50)])])
-                await asyncio.sleep(0.02)
+        async def sample():
+            nonlocal peak
+            while not sampling.is_set():
+                peak = max(peak, rss_mb(pid))
+                await asyncio.sleep(0.05)
 
-        url = f"ws://127.0.0.1:{port}/ws"
-        async with Subscriber.connect(url) as a, Subscriber.connect(url) as b:
-            for s in (a, b):
-                await s.subscribe("TEST")
-                await s.until(lambda s=s: "TEST" in s.snapshots)
-            ctx = await prepare(port, name, pub)
-            watch = Watch()
-            tasks = [asyncio.create_task(publish()), asyncio.create_task(watch_healthz(port, stop, watch))]
-            tasks += [asyncio.create_task(watch_subscriber(s, stop, watch)) for s in (a, b)]
-            await asyncio.sleep(0.5)
-            rss0, peak = rss_mb(pid), 0.0
-
-            async def sample():
-                nonlocal peak
-                while not stop.is_set():
-                    peak = max(peak, rss_mb(pid))
-                    await asyncio.sleep(0.05)
-
-            tasks.append(asyncio.create_task(sample()))
-            start = time.monotonic()
-            outcome, note = await attack(port, name, ctx)
-            took = time.monotonic() - start
-            await asyncio.sleep(0.5)
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            gap_ok = all(
-                [seq for _, seq in s.seen.get("TEST", [])] == list(range(s.seen["TEST"][0][1],
-                                                                     s.seen["TEST"][0][1] + len(s.seen["TEST"])))
-                for s in (a, b) if s.seen.get("TEST")
-            )
-            return [name, f"{watch.max_gap * 1000:.0f}", f"{watch.healthz_max * 1000:.0f}",
-                    f"{outcome}{' (' + note + ')' if note else ''} in {took:.1f} s",
-                    f"{rss0:.0f} / {peak:.0f} / {rss_mb(pid):.0f}", "yes" if gap_ok else "NO"]
+        sampler = asyncio.create_task(sample())
+        start = time.monotonic()
+        outcome, note = await attack(port, name, w.prepared)
+        took = time.monotonic() - start
+        await asyncio.sleep(0.5)  # the others' view just after the attack
+        sampling.set()
+        await sampler
+    watch = w.watch
+    return [name, f"{watch.max_gap * 1000:.0f}", f"{watch.healthz_max * 1000:.0f}",
+            f"{outcome}{' (' + note + ')' if note else ''} in {took:.1f} s",
+            f"{rss0:.0f} / {peak:.0f} / {rss_mb(pid):.0f}", "yes" if w.gap_free() else "NO"]
 
 
 async def main_async(root: Path, only: list[str] | None) -> list[list[str]]:

@@ -14,11 +14,15 @@ import struct
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from orderbook.core.events import FeedBatch
 from orderbook.core.resume import ResumePoint
 from orderbook.wire import codec
+
+from .harness import Publisher, Subscriber, instrument, update
 
 OP_CONT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x2, 0x8, 0x9, 0xA
 
@@ -238,6 +242,73 @@ async def watch_healthz(port: int, stop: asyncio.Event, watch: Watch, every: flo
         watch.healthz_max = max(watch.healthz_max, time.monotonic() - start)
         watch.healthz_count += 1
         await asyncio.sleep(every)
+
+
+@dataclass
+class Watched:
+    """What `watched_symbol` yields: the publisher, the watch, the two
+    watching subscribers, and what `prepare` returned."""
+
+    pub: Publisher
+    watch: Watch
+    subscribers: tuple[Subscriber, Subscriber]
+    prepared: object = None
+
+    def gap_free(self) -> bool:
+        """Every delta each subscriber saw came in seq order, none missing."""
+        for s in self.subscribers:
+            seqs = [seq for _, seq in s.seen.get(SYMBOL, [])]
+            if seqs and seqs != list(range(seqs[0], seqs[0] + len(seqs))):
+                return False
+        return True
+
+    def assert_unharmed(self, max_silence: float, max_healthz: float) -> None:
+        """The watchers kept receiving every delta, /healthz kept answering."""
+        w = self.watch
+        assert w.max_gap < max_silence, f"a subscriber was silent {w.max_gap * 1000:.0f} ms"
+        assert w.healthz_max < max_healthz, f"/healthz took {w.healthz_max * 1000:.0f} ms"
+        assert w.healthz_count > 3 and w.messages > 20
+        assert self.gap_free(), "a watching subscriber saw a gap"
+
+
+SYMBOL = "TEST"
+
+
+@contextlib.asynccontextmanager
+async def watched_symbol(
+    port: int, settle: float = 0.3, prepare: Callable[[Publisher], Awaitable[object]] | None = None
+) -> AsyncIterator[Watched]:
+    """On the node at `port`: a publisher changing SYMBOL every 20 ms, two
+    verifying subscribers reading it and /healthz polled, all measured into a
+    `Watch` until the block ends. `prepare(pub)` runs once the subscribers
+    are live, before the measuring starts (the attack's own setup)."""
+    async with Publisher.connect(f"ws://127.0.0.1:{port}/feed") as pub:
+        await pub.send([instrument(SYMBOL)], [update(SYMBOL, bids=[(100, 1)], asks=[(101, 1)], replace=True)])
+        stop = asyncio.Event()
+
+        async def publish() -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                with contextlib.suppress(Exception):  # an attack may slow the node: the watch says so
+                    await pub.send(updates=[update(SYMBOL, bids=[(100, 1 + i % 50)])])
+                await asyncio.sleep(0.02)  # the steady rate the watchers measure against
+
+        url = f"ws://127.0.0.1:{port}/ws"
+        async with Subscriber.connect(url) as a, Subscriber.connect(url) as b:
+            for s in (a, b):
+                await s.subscribe(SYMBOL)
+                await s.until(lambda s=s: SYMBOL in s.snapshots)
+            prepared = await prepare(pub) if prepare is not None else None
+            watch = Watch()
+            tasks = [asyncio.create_task(publish()), asyncio.create_task(watch_healthz(port, stop, watch))]
+            tasks += [asyncio.create_task(watch_subscriber(s, stop, watch)) for s in (a, b)]
+            await asyncio.sleep(settle)  # steady state before the attack
+            try:
+                yield Watched(pub, watch, (a, b), prepared)
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def rss_mb(pid: int | str = "self") -> float:

@@ -20,16 +20,14 @@ from orderbook.wire import codec
 
 from .attacks import (
     RawClient,
-    Watch,
     feed_bytes,
     handshake_storm_in_subprocess,
     publish_many,
     resume_flood,
     rss_mb,
-    watch_healthz,
-    watch_subscriber,
+    watched_symbol,
 )
-from .harness import Publisher, Subscriber, http_get, instrument, start_server_process, update
+from .harness import FEED_TOKEN, Publisher, http_get, instrument, start_server_process, update
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -40,40 +38,13 @@ HISTORY = 2_000
 
 @contextlib.asynccontextmanager
 async def watched_node(tmp_path, *args: str):
-    """A node process with a steady publisher and two watching subscribers;
-    yields (node, publisher, watch, baseline RSS MB)."""
-    node = start_server_process(tmp_path, "--no-simulator", "--feed-token", "feed-secret", *args)
+    """A node process watched as in `watched_symbol`; yields (node, watch) and
+    checks afterwards that the watchers were unharmed."""
+    node = start_server_process(tmp_path, "--no-simulator", "--feed-token", FEED_TOKEN, *args)
     try:
-        async with Publisher.connect(node.feed_url) as pub:
-            await pub.send([instrument("TEST")], [update("TEST", bids=[(100, 1)], asks=[(101, 1)], replace=True)])
-            stop = asyncio.Event()
-
-            async def publish():
-                i = 0
-                while not stop.is_set():
-                    i += 1
-                    await pub.send(updates=[update("TEST", bids=[(100, 1 + i % 50)])])
-                    await asyncio.sleep(0.02)
-
-            async with Subscriber.connect(node.url) as a, Subscriber.connect(node.url) as b:
-                for s in (a, b):
-                    await s.subscribe("TEST")
-                    await s.until(lambda s=s: "TEST" in s.snapshots)
-                watch = Watch()
-                tasks = [asyncio.create_task(publish()), asyncio.create_task(watch_healthz(node.port, stop, watch))]
-                tasks += [asyncio.create_task(watch_subscriber(s, stop, watch)) for s in (a, b)]
-                await asyncio.sleep(0.5)  # steady state (and a warm node) before the attack
-                try:
-                    yield node, pub, watch
-                finally:
-                    stop.set()
-                    await asyncio.gather(*tasks)
-                assert watch.max_gap < MAX_SILENCE, f"a subscriber was silent {watch.max_gap * 1000:.0f} ms"
-                assert watch.healthz_max < MAX_HEALTHZ, f"/healthz took {watch.healthz_max * 1000:.0f} ms"
-                assert watch.healthz_count > 3 and watch.messages > 20
-                for s in (a, b):
-                    seqs = [seq for _, seq in s.seen["TEST"]]
-                    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        async with watched_symbol(node.port, settle=0.5) as w:
+            yield node, w.watch
+        w.assert_unharmed(MAX_SILENCE, MAX_HEALTHZ)
     finally:
         node.kill()
 
@@ -90,7 +61,7 @@ async def rss_back(pid: int, baseline: float, timeout: float = 5.0) -> float:
 async def test_resume_flood_from_a_client_that_never_reads_is_closed_1013(tmp_path):
     # A small history, budget and timeout keep it quick; the mechanism is the same.
     async with watched_node(tmp_path, "--history-entries", str(HISTORY), "--client-buffer", str(64 * 1024),
-                            "--slow-client-timeout", "1") as (node, pub, watch):
+                            "--slow-client-timeout", "1") as (node, watch):
         async with Publisher.connect(node.feed_url) as hist_pub:  # `pub` is busy publishing TEST
             await hist_pub.send([instrument("HIST")], [update("HIST", bids=[(100, 1)], replace=True)])
             await publish_many(hist_pub, [feed_bytes(10_000 + i, (), [update("HIST", bids=[(100 + (i + k) % 100, 1 + i % 7)
@@ -123,7 +94,7 @@ async def test_resume_flood_from_a_client_that_never_reads_is_closed_1013(tmp_pa
 
 
 async def test_two_thousand_simultaneous_handshakes_meet_429(tmp_path):
-    async with watched_node(tmp_path, "--handshake-rate", "100", "--handshake-burst", "200") as (node, pub, watch):
+    async with watched_node(tmp_path, "--handshake-rate", "100", "--handshake-burst", "200") as (node, watch):
         baseline = rss_mb(node.proc.pid)
         counts = await handshake_storm_in_subprocess(node.port, 2_000)
         assert counts.get("429", 0) >= 1_500 and 200 <= counts.get("101", 0) < 500, counts
@@ -145,9 +116,9 @@ async def test_a_batch_over_max_batch_levels_is_refused_invalid_update(tmp_path)
     # refused the same way, but decoding it still costs the node about 0.6 s
     # (benchmarks.md): over this test's silence bound.
     msg = feed_bytes(1, [instrument("BIG")], [update("BIG", bids=[(100 + i, 1) for i in range(20_001)])])
-    async with watched_node(tmp_path, "--max-batch-levels", "20000") as (node, pub, watch):
+    async with watched_node(tmp_path, "--max-batch-levels", "20000") as (node, watch):
         baseline = rss_mb(node.proc.pid)
-        async with websockets.connect(node.feed_url, additional_headers={"Authorization": "Bearer feed-secret"},
+        async with websockets.connect(node.feed_url, additional_headers={"Authorization": f"Bearer {FEED_TOKEN}"},
                                       max_size=None, proxy=None) as atk:
             await atk.send(msg)
             reply = codec.parse_feed_reply(await asyncio.wait_for(atk.recv(), 10))

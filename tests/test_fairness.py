@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import time
 
-import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from orderbook.server.connection import Connection
@@ -22,17 +21,15 @@ from .attacks import (
     OP_BINARY,
     OP_PONG,
     RawClient,
-    Watch,
     app_pings,
     churn_pairs,
     client_frame,
     empty_continuations,
     rss_mb,
-    watch_healthz,
-    watch_subscriber,
+    watched_symbol,
     ws_pings,
 )
-from .harness import Publisher, Subscriber, instrument, serve_in_process, test_settings, update
+from .harness import serve_in_process, test_settings
 
 MAX_SILENCE = 0.5  # seconds; steady publishing every 20 ms
 MAX_HEALTHZ = 0.5
@@ -40,37 +37,12 @@ MAX_HEALTHZ = 0.5
 
 @contextlib.asynccontextmanager
 async def watched(**overrides):
-    """A server with a steady publisher and two watching subscribers."""
-    async with serve_in_process(test_settings(**overrides)) as srv, Publisher.connect(srv.feed_url) as pub:
-        await pub.send([instrument("TEST")], [update("TEST", bids=[(100, 1)], asks=[(101, 1)], replace=True)])
-        stop = asyncio.Event()
-
-        async def publish():
-            i = 0
-            while not stop.is_set():
-                i += 1
-                await pub.send(updates=[update("TEST", bids=[(100, 1 + i % 50)])])
-                await asyncio.sleep(0.02)
-
-        async with Subscriber.connect(srv.url) as a, Subscriber.connect(srv.url) as b:
-            for s in (a, b):
-                await s.subscribe("TEST")
-                await s.until(lambda s=s: "TEST" in s.snapshots)
-            watch = Watch()
-            tasks = [asyncio.create_task(publish()), asyncio.create_task(watch_healthz(srv.port, stop, watch))]
-            tasks += [asyncio.create_task(watch_subscriber(s, stop, watch)) for s in (a, b)]
-            await asyncio.sleep(0.3)  # steady state before the attack
-            try:
-                yield srv, watch
-            finally:
-                stop.set()
-                await asyncio.gather(*tasks)
-            assert watch.max_gap < MAX_SILENCE, f"a subscriber was silent {watch.max_gap * 1000:.0f} ms"
-            assert watch.healthz_max < MAX_HEALTHZ, f"/healthz took {watch.healthz_max * 1000:.0f} ms"
-            assert watch.healthz_count > 3 and watch.messages > 20
-            for s in (a, b):
-                seqs = [seq for _, seq in s.seen["TEST"]]
-                assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    """A server watched as in `watched_symbol`; yields (server, watch) and
+    checks afterwards that the watchers were unharmed."""
+    async with serve_in_process(test_settings(**overrides)) as srv:
+        async with watched_symbol(srv.port) as w:
+            yield srv, w.watch
+        w.assert_unharmed(MAX_SILENCE, MAX_HEALTHZ)
 
 
 async def _gone(srv, before: int, timeout: float) -> None:
