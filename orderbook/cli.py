@@ -41,7 +41,7 @@ def _redact(url: str) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from orderbook.server.app import create_app
+    from orderbook.server.app import PROTOCOL, create_app
 
     replay_plan = None
     if args.replay:
@@ -75,6 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
         # A connection storm waits in the kernel's accept queue (and meets the
         # handshake limits) instead of having its SYNs dropped and retried 1 s later.
         backlog=args.backlog,
+        protocol=PROTOCOL,
         single_process=True,
         access_log=args.access_log,
         motd=False,
@@ -122,6 +123,7 @@ def serve_settings(args: argparse.Namespace, replay_plan=None):
         handshake_burst=args.handshake_burst,
         global_handshake_rate=args.global_handshake_rate,
         global_handshake_burst=args.global_handshake_burst,
+        accepts_per_turn=args.accepts_per_turn,
         trusted_proxies=tuple(str(n) for n in args.trust_proxy or ()),
         client_buffer_limit=args.client_buffer,
         slow_client_timeout=args.slow_client_timeout,
@@ -435,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--global-handshake-rate", type=float, default=defaults.global_handshake_rate, metavar="PER_S",
                    help="WebSocket handshakes per second from everyone together (429 beyond; 0 = no limit)")
     s.add_argument("--global-handshake-burst", type=float, default=defaults.global_handshake_burst, metavar="N")
+    s.add_argument("--accepts-per-turn", type=int, default=defaults.accepts_per_turn, metavar="N",
+                   help="new connections started per event-loop turn, round-robin by client address; the rest "
+                        "wait in a later turn, so a connection storm cannot stall streaming subscribers")
     s.add_argument("--client-buffer", type=int, default=4 * 1024 * 1024, help="bytes per slow client")
     s.add_argument("--slow-client-timeout", type=float, default=30.0,
                    help="seconds a client may stay over --client-buffer before it is closed (1013)")

@@ -76,7 +76,13 @@ class PageErrors:
     def __init__(self, page) -> None:
         self.errors: list[str] = []
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-        page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
+        # The resource's URL is kept: Chromium's "Failed to load resource" text
+        # does not say which one failed.
+        page.on(
+            "console",
+            lambda m: m.type == "error"
+            and self.errors.append(f"console: {m.text} ({(m.location or {}).get('url', '')})"),
+        )
 
     def unexpected(self, *allowed: str) -> list[str]:
         return [e for e in self.errors if not any(a in e for a in allowed)]

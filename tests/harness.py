@@ -23,7 +23,7 @@ from sanic import Sanic
 
 from orderbook.core.events import BookUpdate, FeedBatch
 from orderbook.core.instrument import Instrument
-from orderbook.server.app import create_app
+from orderbook.server.app import PROTOCOL, create_app
 from orderbook.server.hub import Hub
 from orderbook.server.settings import Settings
 from orderbook.wire import codec
@@ -93,7 +93,8 @@ async def serve_in_process(settings: Settings | None = None) -> AsyncIterator[In
     # app in the same process must not redo it.
     app.config.TOUCHUP = False
     app.config.MOTD = False
-    server = await app.create_server(host="127.0.0.1", port=port, access_log=False, return_asyncio_server=True)
+    server = await app.create_server(host="127.0.0.1", port=port, access_log=False, return_asyncio_server=True,
+                                     protocol=PROTOCOL)
     assert server is not None
     await server.startup()
     await server.before_start()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from sanic import Sanic
 
+from .accept_pacing import AcceptPacer, PacedProtocol
 from . import background, cors, handshake_limits, http_api, ui
 from .feed_ws import feed_endpoint
 from .cluster import Cluster
@@ -39,6 +40,10 @@ def _report_crash(task: asyncio.Task) -> None:
         log.error("background task %s failed", task.get_coro(), exc_info=task.exception())
 
 
+# The protocol class to serve the app with (app.run / create_server(protocol=)).
+PROTOCOL = PacedProtocol
+
+
 def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
     app = Sanic(name)
     cfg = app.config
@@ -48,6 +53,8 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
     cfg.GRACEFUL_SHUTDOWN_TIMEOUT = 2.0
     cfg.CORS = False
     app.enable_websocket()
+    # Run with protocol=PROTOCOL so new connections are started a few per turn.
+    app.ctx.accept_pacer = AcceptPacer(settings.accepts_per_turn)
 
     app.add_route(subscriber_endpoint, "/ws", methods=["GET"])
     app.add_route(feed_endpoint, "/feed", methods=["GET"])

@@ -61,6 +61,9 @@ class Settings:
     handshake_burst: float = 200.0
     global_handshake_rate: float = 500.0
     global_handshake_burst: float = 1_000.0
+    # New connections started per event-loop turn, round-robin by address;
+    # the rest wait with reading paused (orderbook/server/accept_pacing.py).
+    accepts_per_turn: int = 16
     # Proxies whose X-Forwarded-For is believed (CIDRs, `serve --trust-proxy`):
     # a connection from inside one is counted, for the per-IP limits and in
     # the logs, as the right-most forwarded address outside all of them
