@@ -77,8 +77,12 @@ def install(out: Path) -> None:
                     diff = after.compare_to(state["before"], "lineno")
                     grown = [d for d in diff if d.size_diff > 0]
                     top = [
-                        {"where": _where(d.traceback[0]), "kib": d.size_diff / 1024,
-                         "per_sub_bytes": d.size_diff / max(1, subs), "count": d.count_diff}
+                        {
+                            "where": _where(d.traceback[0]),
+                            "kib": d.size_diff / 1024,
+                            "per_sub_bytes": d.size_diff / max(1, subs),
+                            "count": d.count_diff,
+                        }
                         for d in grown[:25]
                     ]
                     total = sum(d.size_diff for d in diff) / 1024

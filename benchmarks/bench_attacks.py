@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from _common import base_parser, machine_info, markdown_table, print_header  # noqa: E402
 
+from orderbook.wire import codec  # noqa: E402
 from tests.attacks import (  # noqa: E402
     OP_PONG,
     RawClient,
@@ -57,17 +58,29 @@ from tests.harness import (  # noqa: E402
     wait_ready,
 )
 
-from orderbook.wire import codec  # noqa: E402
-
 OBSERVE = 8.0  # seconds each attack is watched
 HISTORY = 10_000  # the node's --history-entries (its default), filled for the resume flood
 
 
 def start_node(root: Path, log: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    args = [sys.executable, "-m", "orderbook.cli", "serve", "--port", str(port), "--no-simulator",
-            "--feed-token", FEED_TOKEN, "--ping-interval", "1", "--ping-timeout", "2",
-            "--slow-client-timeout", "2"]
+    args = [
+        sys.executable,
+        "-m",
+        "orderbook.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--no-simulator",
+        "--feed-token",
+        FEED_TOKEN,
+        "--ping-interval",
+        "1",
+        "--ping-timeout",
+        "2",
+        "--slow-client-timeout",
+        "2",
+    ]
     env = dict(os.environ, PYTHONPATH=str(root), PYTHONUNBUFFERED="1")
     with open(log, "wb") as f:
         proc = subprocess.Popen(args, cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -83,7 +96,7 @@ async def outcome_of(atk: RawClient, reads: bool) -> str:
         while time.monotonic() < deadline:
             try:
                 await asyncio.wait_for(atk.reader.read(0), 0.05)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             except OSError:
                 return "closed (reset)"
@@ -109,8 +122,13 @@ async def prepare(port: int, name: str, pub: Publisher) -> dict:
     elif name == "GET /book depth=0":
         # The biggest book the node takes: --max-levels-per-side (100,000) on each
         # side, in batches of --max-batch-levels; 1M bids if it has no such limit.
-        replies = await publish_many(pub, [feed_bytes(900_001, [instrument("BIG")], [update("BIG", bids=levels(100_000))]),
-                                           feed_bytes(900_002, (), [update("BIG", asks=levels(100_000, 2_000_000))])])
+        replies = await publish_many(
+            pub,
+            [
+                feed_bytes(900_001, [instrument("BIG")], [update("BIG", bids=levels(100_000))]),
+                feed_bytes(900_002, (), [update("BIG", asks=levels(100_000, 2_000_000))]),
+            ],
+        )
         assert all(r.WhichOneof("kind") == "ack" for r in replies), replies
         sides = [("bids", 100_000), ("asks", 100_000)]
         if (await http_get(port, "/book/BIG?depth=5000"))[0] == 200:  # no --http-max-depth: no limits
@@ -121,8 +139,10 @@ async def prepare(port: int, name: str, pub: Publisher) -> dict:
         ctx["levels"] = sum(n for _, n in sides)
     elif name == "20 resumes over a full history":
         await pub.send([instrument("HIST")], [update("HIST", bids=[(100, 1)], replace=True)])
-        msgs = [feed_bytes(100_000 + i, (), [update("HIST", bids=[(100 + i % 100, 1 + i % 7)])])
-                for i in range(HISTORY + 100)]
+        msgs = [
+            feed_bytes(100_000 + i, (), [update("HIST", bids=[(100 + i % 100, 1 + i % 7)])])
+            for i in range(HISTORY + 100)
+        ]
         await publish_many(pub, msgs)
         _, _, body = await http_get(port, "/symbols")
         hist = next(s for s in json.loads(body)["symbols"] if s["symbol"] == "HIST")
@@ -136,9 +156,9 @@ async def feed_attack(port: int, msg: bytes) -> tuple[str, str]:
         try:
             await atk.ws.send(msg)
             reply = codec.parse_feed_reply(await asyncio.wait_for(atk.ws.recv(), OBSERVE))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return "no answer", f"{len(msg) / 2**20:.1f} MB sent"
-        except Exception as exc:  # noqa: BLE001 - closed by the node
+        except Exception as exc:
             rcvd = getattr(exc, "rcvd", None)
             return f"close {rcvd.code if rcvd else type(exc).__name__}", f"{len(msg) / 2**20:.1f} MB sent"
     if reply.WhichOneof("kind") == "error":
@@ -170,7 +190,7 @@ async def attack(port: int, name: str, ctx: dict) -> tuple[str, str]:
                 if op == 0x8:
                     end = f"close {int.from_bytes(payload[:2], 'big') if payload else None}"
                     break
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         except asyncio.IncompleteReadError:
             end = "closed (EOF)"
@@ -219,9 +239,19 @@ async def attack(port: int, name: str, ctx: dict) -> tuple[str, str]:
     return out, ""
 
 
-ATTACKS = ["churn, reading", "churn, not reading", "WS pings, not reading", "app Pings, one write",
-           "2M empty continuations", "unsolicited pongs", "1M levels, one update", "100,000 symbols, one batch",
-           "GET /book depth=0", "2,000 handshakes at once", "20 resumes over a full history"]
+ATTACKS = [
+    "churn, reading",
+    "churn, not reading",
+    "WS pings, not reading",
+    "app Pings, one write",
+    "2M empty continuations",
+    "unsolicited pongs",
+    "1M levels, one update",
+    "100,000 symbols, one batch",
+    "GET /book depth=0",
+    "2,000 handshakes at once",
+    "20 resumes over a full history",
+]
 
 
 async def run_one(port: int, pid: int, name: str) -> list[str]:
@@ -243,9 +273,14 @@ async def run_one(port: int, pid: int, name: str) -> list[str]:
         sampling.set()
         await sampler
     watch = w.watch
-    return [name, f"{watch.max_gap * 1000:.0f}", f"{watch.healthz_max * 1000:.0f}",
-            f"{outcome}{' (' + note + ')' if note else ''} in {took:.1f} s",
-            f"{rss0:.0f} / {peak:.0f} / {rss_mb(pid):.0f}", "yes" if w.gap_free() else "NO"]
+    return [
+        name,
+        f"{watch.max_gap * 1000:.0f}",
+        f"{watch.healthz_max * 1000:.0f}",
+        f"{outcome}{' (' + note + ')' if note else ''} in {took:.1f} s",
+        f"{rss0:.0f} / {peak:.0f} / {rss_mb(pid):.0f}",
+        "yes" if w.gap_free() else "NO",
+    ]
 
 
 async def main_async(root: Path, only: list[str] | None) -> list[list[str]]:
@@ -273,8 +308,19 @@ def main() -> None:
     args = p.parse_args()
     print_header(f"Attacks against the node of {args.root}", machine_info())
     rows = asyncio.run(main_async(args.root.resolve(), args.only))
-    print(markdown_table(["attack", "others' worst silence (ms)", "/healthz max (ms)", "attacker",
-                          "node RSS MB before / peak / after", "no gap"], rows))
+    print(
+        markdown_table(
+            [
+                "attack",
+                "others' worst silence (ms)",
+                "/healthz max (ms)",
+                "attacker",
+                "node RSS MB before / peak / after",
+                "no gap",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

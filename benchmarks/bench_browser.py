@@ -36,10 +36,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import load_average, machine_info, markdown_table, print_header  # noqa: E402
+from _common import load_average, machine_info, markdown_table, print_header
 
-from tests.browser_harness import CHROMIUM_ARGS, chromium_path  # noqa: E402
-from tests.harness import free_port, wait_ready  # noqa: E402
+from tests.browser_harness import CHROMIUM_ARGS, chromium_path
+from tests.harness import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 

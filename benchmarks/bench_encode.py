@@ -95,9 +95,7 @@ def unframe(data: bytes) -> bytes:
     return data[{126: 4, 127: 10}.get(n, 2) :]
 
 
-def shared_step(
-    chunks: Sequence[Sequence[Delta]], encode: Callable[[Delta], bytes], n: int
-) -> Callable[[int], int]:
+def shared_step(chunks: Sequence[Sequence[Delta]], encode: Callable[[Delta], bytes], n: int) -> Callable[[int], int]:
     queues = [deque(maxlen=QUEUE_LEN) for _ in range(n)]
     appends = [q.append for q in queues]
 
@@ -131,13 +129,9 @@ def naive_step(chunks: Sequence[Sequence[NaiveDelta]], n: int) -> Callable[[int]
 def main(argv: Sequence[str] | None = None) -> None:
     p = c.base_parser(__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=0.5, help="seconds per timed run (default 0.5)")
-    p.add_argument(
-        "--updates", type=int, default=5_000, help="generated updates to take deltas from (default 5,000)"
-    )
+    p.add_argument("--updates", type=int, default=5_000, help="generated updates to take deltas from (default 5,000)")
     p.add_argument("--book-levels", type=int, default=500, help="book size per side (default 500)")
-    p.add_argument(
-        "--subscribers", type=int, nargs="+", default=[1, 100, 1000], help="N values (default 1 100 1000)"
-    )
+    p.add_argument("--subscribers", type=int, nargs="+", default=[1, 100, 1000], help="N values (default 1 100 1000)")
     args = p.parse_args(argv)
 
     info = c.machine_info()

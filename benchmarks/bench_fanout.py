@@ -143,24 +143,56 @@ def start_server(kind: str, tmp: Path, payload_bytes: int, profile: Path | None 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if kind == "ours":
         # Every simulated subscriber comes from 127.0.0.1: no per-source limits.
-        serve = ["serve", "--no-simulator", "--feed-token", FEED_TOKEN, "--port", str(port),
-                 "--max-connections-per-ip", "0", "--handshake-rate", "0", "--global-handshake-rate", "0"]
+        serve = [
+            "serve",
+            "--no-simulator",
+            "--feed-token",
+            FEED_TOKEN,
+            "--port",
+            str(port),
+            "--max-connections-per-ip",
+            "0",
+            "--handshake-rate",
+            "0",
+            "--global-handshake-rate",
+            "0",
+        ]
         if profile is not None:
             cmd = [sys.executable, str(HERE / "_profiled_server.py"), str(profile), *serve]
         else:
             cmd = [sys.executable, "-m", "orderbook.cli", *serve]
         ready = f"http://127.0.0.1:{port}/readyz"
     elif kind in ("raw1", "raw10"):
-        cmd = [sys.executable, str(HERE / "baselines" / "raw_transport.py"), "--port", str(port),
-               "--payload-bytes", str(payload_bytes), "--coalesce", kind[3:]]
+        cmd = [
+            sys.executable,
+            str(HERE / "baselines" / "raw_transport.py"),
+            "--port",
+            str(port),
+            "--payload-bytes",
+            str(payload_bytes),
+            "--coalesce",
+            kind[3:],
+        ]
         ready = f"http://127.0.0.1:{port}/stats"
     elif kind == "naive":
-        cmd = [sys.executable, str(HERE / "baselines" / "naive_sanic.py"), "--port", str(port),
-               "--payload-bytes", str(payload_bytes)]
+        cmd = [
+            sys.executable,
+            str(HERE / "baselines" / "naive_sanic.py"),
+            "--port",
+            str(port),
+            "--payload-bytes",
+            str(payload_bytes),
+        ]
         ready = f"http://127.0.0.1:{port}/stats"
     else:
-        cmd = [shutil.which("node") or "node", str(NODE_DIR / "server.js"), "--port", str(port),
-               "--payload-bytes", str(payload_bytes)]
+        cmd = [
+            shutil.which("node") or "node",
+            str(NODE_DIR / "server.js"),
+            "--port",
+            str(port),
+            "--payload-bytes",
+            str(payload_bytes),
+        ]
         ready = f"http://127.0.0.1:{port}/stats"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -185,14 +217,24 @@ class LoadGenProc:
 
     @classmethod
     async def start(cls, kind: str, port: int, tmp: Path) -> LoadGenProc:
-        args = [sys.executable, str(HERE / "loadgen.py"), "--url", f"ws://127.0.0.1:{port}/ws",
-                "--kind", "ours" if kind == "ours" else "baseline"]
+        args = [
+            sys.executable,
+            str(HERE / "loadgen.py"),
+            "--url",
+            f"ws://127.0.0.1:{port}/ws",
+            "--kind",
+            "ours" if kind == "ours" else "baseline",
+        ]
         if kind == "ours":
             args += ["--feed-url", f"ws://127.0.0.1:{port}/feed", "--feed-token", FEED_TOKEN]
         log = tmp / f"loadgen-{port}.log"
         with open(log, "wb") as err:
             proc = await asyncio.create_subprocess_exec(
-                *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err, cwd=ROOT,
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+                cwd=ROOT,
                 limit=1 << 20,
             )
         lg = cls(proc, log)
@@ -223,7 +265,7 @@ class LoadGenProc:
                 self.proc.stdin.write(b'{"cmd": "quit"}\n')
                 await self.proc.stdin.drain()
                 await asyncio.wait_for(self.proc.wait(), 15)
-            except (asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 self.proc.kill()
                 await self.proc.wait()
 
@@ -261,8 +303,16 @@ async def measure(lg: LoadGenProc, server: Server, seconds: float) -> Window:
     s1, cpu1 = await lg.cmd(cmd="stats"), cpu_seconds(spid)
     sw1, gw1 = run_delay(spid), run_delay(lg.pid)
     dt = s1["t"] - s0["t"]
-    return Window(dt, s1["frames"] - s0["frames"], s1["recvs"] - s0["recvs"], s1["bytes"] - s0["bytes"],
-                  (cpu1 - cpu0) / dt, (s1["cpu"] - s0["cpu"]) / dt, (sw1 - sw0) / dt, (gw1 - gw0) / dt)
+    return Window(
+        dt,
+        s1["frames"] - s0["frames"],
+        s1["recvs"] - s0["recvs"],
+        s1["bytes"] - s0["bytes"],
+        (cpu1 - cpu0) / dt,
+        (s1["cpu"] - s0["cpu"]) / dt,
+        (sw1 - sw0) / dt,
+        (gw1 - gw0) / dt,
+    )
 
 
 @dataclass
@@ -322,8 +372,11 @@ async def throughput_run(kind: str, n: int, args, tmp: Path, batch: int, profile
             done = await lg.cmd(cmd="wait_frames", frames=base + n * sent)
         closed = (await lg.cmd(cmd="stats"))["closed"]
         complete = done["complete"] and not closed
-        note = "" if complete else (
-            f"received {done['received'] - base:,} of {done['expected'] - base:,}, {closed} closed")
+        note = (
+            ""
+            if complete
+            else (f"received {done['received'] - base:,} of {done['expected'] - base:,}, {closed} closed")
+        )
         return Run(kind, n, w, complete, note)
     finally:
         if lg is not None:
@@ -431,8 +484,9 @@ async def rss_run(kind: str, n: int, args, tmp: Path, trace: Path | None = None)
             await asyncio.to_thread(wait_file, trace)
         closed = (await lg.cmd(cmd="stats"))["closed"]
         w = Window(0, 0, 0, 0, 0, 0)
-        return Run(kind, n, w, not closed, f"{closed} closed" if closed else "",
-                   {"rss0": r0, "rss_half": r_half, "rss1": r1})
+        return Run(
+            kind, n, w, not closed, f"{closed} closed" if closed else "", {"rss0": r0, "rss_half": r_half, "rss1": r1}
+        )
     finally:
         if lg is not None:
             await lg.quit()
@@ -460,8 +514,9 @@ def node_setup(skip: bool) -> str | None:
         return None
     if not (NODE_DIR / "node_modules" / "ws" / "package.json").exists():
         # Pinned by package-lock.json; node_modules is git-ignored.
-        subprocess.run([npm, "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [npm, "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"], check=True, stdout=subprocess.DEVNULL
+        )
     node_v = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
     ws_v = json.loads((NODE_DIR / "node_modules" / "ws" / "package.json").read_text())["version"]
     return f"Node.js {node_v}, ws {ws_v}"
@@ -470,10 +525,12 @@ def node_setup(skip: bool) -> str | None:
 def tree_state() -> str:
     """The commit measured, and whether the server's code differed from it."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "orderbook"], capture_output=True, text=True,
-                               cwd=ROOT, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "orderbook"], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + (" with uncommitted changes in orderbook/" if dirty else "")
@@ -533,22 +590,42 @@ def throughput_table(results: dict[tuple[str, int], list[Run]], servers: list[st
             e = eff(runs)
             rates = [x.window.rate for x in runs]
             spread = f"{c.fmt_rate(min(rates))} – {c.fmt_rate(max(rates))}" if len(runs) > 1 else ""
-            rows.append([
-                f"{n:,}", LABELS[kind], c.fmt_rate(r.window.rate), spread,
-                c.fmt_ratio(r.window.rate / base["naive"]) if "naive" in base else "–",
-                c.fmt_ratio(r.window.rate / base["node"]) if "node" in base else "–",
-                c.fmt_rate(e),
-                c.fmt_ratio(e / base_eff["naive"]) if base_eff.get("naive") else "–",
-                c.fmt_ratio(e / base_eff["node"]) if base_eff.get("node") else "–",
-                cpu_wait(r.window.server_cpu, r.window.server_wait), cpu_wait(r.window.gen_cpu, r.window.gen_wait),
-                f"{r.window.frames / max(1, r.window.recvs):.1f}",
-                "yes" if all(x.complete for x in runs) else "NO: " + "; ".join(x.note or x.failed for x in runs),
-            ])
+            rows.append(
+                [
+                    f"{n:,}",
+                    LABELS[kind],
+                    c.fmt_rate(r.window.rate),
+                    spread,
+                    c.fmt_ratio(r.window.rate / base["naive"]) if "naive" in base else "–",
+                    c.fmt_ratio(r.window.rate / base["node"]) if "node" in base else "–",
+                    c.fmt_rate(e),
+                    c.fmt_ratio(e / base_eff["naive"]) if base_eff.get("naive") else "–",
+                    c.fmt_ratio(e / base_eff["node"]) if base_eff.get("node") else "–",
+                    cpu_wait(r.window.server_cpu, r.window.server_wait),
+                    cpu_wait(r.window.gen_cpu, r.window.gen_wait),
+                    f"{r.window.frames / max(1, r.window.recvs):.1f}",
+                    "yes" if all(x.complete for x in runs) else "NO: " + "; ".join(x.note or x.failed for x in runs),
+                ]
+            )
     return c.markdown_table(
-        ["subscribers", "server", "delivered msgs/s (median)", "min – max", "vs naive Sanic", "vs Node `ws`",
-         "msgs per server CPU-second", "vs naive", "vs Node", "server CPU / wait", "generator CPU / wait",
-         "msgs per read", "every msg to every sub"],
-        rows, [True, False, True, True, True, True, True, True, True, True, True, True, False])
+        [
+            "subscribers",
+            "server",
+            "delivered msgs/s (median)",
+            "min – max",
+            "vs naive Sanic",
+            "vs Node `ws`",
+            "msgs per server CPU-second",
+            "vs naive",
+            "vs Node",
+            "server CPU / wait",
+            "generator CPU / wait",
+            "msgs per read",
+            "every msg to every sub",
+        ],
+        rows,
+        [True, False, True, True, True, True, True, True, True, True, True, True, False],
+    )
 
 
 def latency_table(results: list[Run]) -> str:
@@ -562,26 +639,58 @@ def latency_table(results: list[Run]) -> str:
         delivered = r.window.rate / r.n
         label = LABELS[r.kind]
         if r.kind == "ours":
-            how = (f"FeedBatch every {r.extra['interval_ms']:g} ms" if r.extra["interval_ms"]
-                   else "each change sent when due")
+            how = (
+                f"FeedBatch every {r.extra['interval_ms']:g} ms"
+                if r.extra["interval_ms"]
+                else "each change sent when due"
+            )
             label += f", {how} ({r.extra['per_batch']:.1f} changes per FeedBatch)"
-        rows.append([
-            f"{r.n:,} × {r.extra['rate']:,.0f}/s", label, c.fmt_rate(delivered),
-            ms(due.get("p50")), ms(due.get("p99")), ms(due.get("p999")), ms(due.get("max")),
-            f"{due.get('count', 0):,}", cpu_wait(r.window.server_cpu, r.window.server_wait),
-            cpu_wait(r.window.gen_cpu, r.window.gen_wait),
-        ])
+        rows.append(
+            [
+                f"{r.n:,} × {r.extra['rate']:,.0f}/s",
+                label,
+                c.fmt_rate(delivered),
+                ms(due.get("p50")),
+                ms(due.get("p99")),
+                ms(due.get("p999")),
+                ms(due.get("max")),
+                f"{due.get('count', 0):,}",
+                cpu_wait(r.window.server_cpu, r.window.server_wait),
+                cpu_wait(r.window.gen_cpu, r.window.gen_wait),
+            ]
+        )
         if r.kind == "ours":
             srv = lat["server"]
-            rows.append([
-                "", "the same, from the server's stamp (`publish_time_ns`)", "",
-                ms(srv.get("p50")), ms(srv.get("p99")), ms(srv.get("p999")), ms(srv.get("max")),
-                f"{srv.get('count', 0):,}", "", "",
-            ])
+            rows.append(
+                [
+                    "",
+                    "the same, from the server's stamp (`publish_time_ns`)",
+                    "",
+                    ms(srv.get("p50")),
+                    ms(srv.get("p99")),
+                    ms(srv.get("p999")),
+                    ms(srv.get("max")),
+                    f"{srv.get('count', 0):,}",
+                    "",
+                    "",
+                ]
+            )
     return c.markdown_table(
-        ["subscribers × changes/s", "server", "changes/s delivered to each", "p50 ms", "p99 ms", "p99.9 ms",
-         "max ms", "samples", "server CPU / wait", "generator CPU / wait"],
-        rows, [False, False, True, True, True, True, True, True, True, True])
+        [
+            "subscribers × changes/s",
+            "server",
+            "changes/s delivered to each",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "samples",
+            "server CPU / wait",
+            "generator CPU / wait",
+        ],
+        rows,
+        [False, False, True, True, True, True, True, True, True, True],
+    )
 
 
 def rss_table(results: list[Run]) -> str:
@@ -592,14 +701,28 @@ def rss_table(results: list[Run]) -> str:
             continue
         e = r.extra
         n = r.n
-        rows.append([
-            LABELS[r.kind], f"{n:,}", f"{e['rss0'] / 1024:,.1f}", f"{e['rss1'] / 1024:,.1f}",
-            f"{(e['rss1'] - e['rss0']) / n:.1f}", f"{(e['rss1'] - e['rss_half']) / (n - n // 2):.1f}",
-        ])
+        rows.append(
+            [
+                LABELS[r.kind],
+                f"{n:,}",
+                f"{e['rss0'] / 1024:,.1f}",
+                f"{e['rss1'] / 1024:,.1f}",
+                f"{(e['rss1'] - e['rss0']) / n:.1f}",
+                f"{(e['rss1'] - e['rss_half']) / (n - n // 2):.1f}",
+            ]
+        )
     return c.markdown_table(
-        ["server", "idle subscribers N", "RSS with 0 (MiB)", "RSS with N (MiB)", "per subscriber, 0 → N (KiB)",
-         "per subscriber, N/2 → N (KiB)"],
-        rows, [False, True, True, True, True, True])
+        [
+            "server",
+            "idle subscribers N",
+            "RSS with 0 (MiB)",
+            "RSS with N (MiB)",
+            "per subscriber, 0 → N (KiB)",
+            "per subscriber, N/2 → N (KiB)",
+        ],
+        rows,
+        [False, True, True, True, True, True],
+    )
 
 
 def profile_tables(path: Path, top: int = 15) -> str:
@@ -615,21 +738,28 @@ def profile_tables(path: Path, top: int = 15) -> str:
 
     own = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
     rows = [[f"`{name(k)}`", f"{v[1]:,}", f"{v[2]:.3f}", pct(v[2] / total), f"{v[3]:.3f}"] for k, v in own]
-    out = [c.markdown_table(["function", "calls", "own s", "own %", "cumulative s"], rows,
-                            [False, True, True, True, True])]
+    out = [
+        c.markdown_table(["function", "calls", "own s", "own %", "cumulative s"], rows, [False, True, True, True, True])
+    ]
 
     def cum(pred) -> float:
         return max((v[3] for k, v in entries.items() if pred(k)), default=0.0)
 
     groups = [
-        ("`Hub.ingest` (validate, apply, checksum, encode once, queue for every subscriber)",
-         lambda k: k[0].endswith("server/hub.py") and k[2] == "ingest"),
+        (
+            "`Hub.ingest` (validate, apply, checksum, encode once, queue for every subscriber)",
+            lambda k: k[0].endswith("server/hub.py") and k[2] == "ingest",
+        ),
         ("  of which `Market.apply` without the per-delta publish", None),
-        ("  of which `Connection.push` (queue one frame for one subscriber)",
-         lambda k: k[0].endswith("server/connection.py") and k[2] == "push"),
-        ("`Hub._flush` (one `transport.write` per subscriber per loop turn; uvloop's write is not seen by "
-         "cProfile, so the syscalls count as `Connection.flush`'s own time)",
-         lambda k: k[0].endswith("server/hub.py") and k[2] == "_flush"),
+        (
+            "  of which `Connection.push` (queue one frame for one subscriber)",
+            lambda k: k[0].endswith("server/connection.py") and k[2] == "push",
+        ),
+        (
+            "`Hub._flush` (one `transport.write` per subscriber per loop turn; uvloop's write is not seen by "
+            "cProfile, so the syscalls count as `Connection.flush`'s own time)",
+            lambda k: k[0].endswith("server/hub.py") and k[2] == "_flush",
+        ),
         ("the /feed connection without `Hub.ingest`: frames in, decode, replies out", "feed"),
     ]
     rows = []
@@ -644,18 +774,24 @@ def profile_tables(path: Path, top: int = 15) -> str:
         else:
             value = cum(pred)
         rows.append([label, f"{value:.3f}", pct(value / total)])
-    rows.append(["everything profiled (own times summed; idle waits in the loop are not in it)", f"{total:.3f}",
-                 "100%"])
+    rows.append(
+        ["everything profiled (own times summed; idle waits in the loop are not in it)", f"{total:.3f}", "100%"]
+    )
     out.append(c.markdown_table(["including callees", "s", "share"], rows, [False, True, True]))
     return "\n\n".join(out)
 
 
 def memory_tables(path: Path, top: int = 12) -> str:
     data = json.loads(path.read_text())
-    rows = [[f"`{r['where']}`", f"{r['kib']:,.1f}", f"{r['per_sub_bytes']:,.0f}", f"{r['count']:,}"]
-            for r in data["top"][:top]]
-    return c.markdown_table(["allocated at (grown between the two snapshots)", "KiB", "bytes per subscriber",
-                             "blocks"], rows, [False, True, True, True]) + (
+    rows = [
+        [f"`{r['where']}`", f"{r['kib']:,.1f}", f"{r['per_sub_bytes']:,.0f}", f"{r['count']:,}"]
+        for r in data["top"][:top]
+    ]
+    return c.markdown_table(
+        ["allocated at (grown between the two snapshots)", "KiB", "bytes per subscriber", "blocks"],
+        rows,
+        [False, True, True, True],
+    ) + (
         f"\n\nPython allocations grown: {data['total_kib']:,.1f} KiB for {data['subs']:,} subscribers "
         f"({data['total_kib'] * 1024 / max(1, data['subs']):,.0f} bytes each)."
     )
@@ -666,35 +802,52 @@ def memory_tables(path: Path, top: int = 12) -> str:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--subscribers", default="100,1000,5000",
-                   help="throughput: subscriber counts (default 100,1000,5000)")
+    p.add_argument(
+        "--subscribers", default="100,1000,5000", help="throughput: subscriber counts (default 100,1000,5000)"
+    )
     p.add_argument("--seconds", type=float, default=4.0, help="throughput: measured seconds per run (default 4)")
     p.add_argument("--warmup", type=float, default=1.5, help="seconds before each measurement (default 1.5)")
     p.add_argument("--repeats", type=int, default=3, help="throughput: interleaved rounds (default 3)")
     p.add_argument("--batch", type=int, default=10, help="ours: updates per FeedBatch in the flood (default 10)")
-    p.add_argument("--batch-sweep", default="1,100",
-                   help="ours: other batch sizes run at --sweep-subscribers ('' for none; default 1,100)")
+    p.add_argument(
+        "--batch-sweep",
+        default="1,100",
+        help="ours: other batch sizes run at --sweep-subscribers ('' for none; default 1,100)",
+    )
     p.add_argument("--sweep-subscribers", type=int, default=1000)
-    p.add_argument("--window", type=int, default=64,
-                   help="ours: updates in flight in the flood, at least 4 batches (default 64)")
-    p.add_argument("--rcvlowat", type=int, default=2048,
-                   help="SO_RCVLOWAT of the subscriber sockets (in latency runs only of those not timed), so the "
-                        "generator reads many messages at a time (1 = off; default 2048)")
+    p.add_argument(
+        "--window", type=int, default=64, help="ours: updates in flight in the flood, at least 4 batches (default 64)"
+    )
+    p.add_argument(
+        "--rcvlowat",
+        type=int,
+        default=2048,
+        help="SO_RCVLOWAT of the subscriber sockets (in latency runs only of those not timed), so the "
+        "generator reads many messages at a time (1 = off; default 2048)",
+    )
     p.add_argument("--rates", default="1000,100", help="latency: changes per second (default 1000,100)")
-    p.add_argument("--publish-intervals", default="0,20",
-                   help="latency, ours: 0 = each change sent when due; N = one FeedBatch every N ms (default 0,20)")
+    p.add_argument(
+        "--publish-intervals",
+        default="0,20",
+        help="latency, ours: 0 = each change sent when due; N = one FeedBatch every N ms (default 0,20)",
+    )
     p.add_argument("--latency-subscribers", type=int, default=1000)
     p.add_argument("--latency-seconds", type=float, default=10.0)
     p.add_argument("--sample", type=int, default=50, help="latency: subscribers that time every message (default 50)")
     p.add_argument("--rss-subscribers", type=int, default=2000)
-    p.add_argument("--servers", default="ours,naive,node,raw1,raw10",
-                   help="of ours, naive, node, raw1, raw10 (default all)")
+    p.add_argument(
+        "--servers", default="ours,naive,node,raw1,raw10", help="of ours, naive, node, raw1, raw10 (default all)"
+    )
     p.add_argument("--sections", default="throughput,latency,rss")
     p.add_argument("--no-node", action="store_true", help="leave out the Node.js baseline")
-    p.add_argument("--profile", action="store_true",
-                   help="also profile our server: cProfile over a flood window, tracemalloc over idle subscribers")
-    p.add_argument("--quick", action="store_true",
-                   help="100 and 1,000 subscribers, shorter windows, one round, no batch sweep")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile our server: cProfile over a flood window, tracemalloc over idle subscribers",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="100 and 1,000 subscribers, shorter windows, one round, no batch sweep"
+    )
     args = p.parse_args()
     if args.quick:
         args.subscribers = "100,1000"
@@ -726,8 +879,10 @@ async def run(args: argparse.Namespace) -> None:
                     for kind in servers:
                         r = await guarded("throughput", kind, n, throughput_run(kind, n, args, tmp, args.batch))
                         results.setdefault((kind, n), []).append(r)
-            out.append(f"### Delivered messages per second (flood, {args.seconds:g} s windows, "
-                       f"{args.repeats} interleaved round{'s' if args.repeats > 1 else ''})\n")
+            out.append(
+                f"### Delivered messages per second (flood, {args.seconds:g} s windows, "
+                f"{args.repeats} interleaved round{'s' if args.repeats > 1 else ''})\n"
+            )
             out.append(throughput_table(results, servers, ns))
             sweep = [int(x) for x in args.batch_sweep.split(",") if x]
             if sweep and "ours" in servers:
@@ -736,38 +891,68 @@ async def run(args: argparse.Namespace) -> None:
                 ref = {k: med(results[(k, n)]).window.rate for k in ("naive", "node") if (k, n) in results}
                 ref = {k: v for k, v in ref.items() if v}
                 for b in sorted({*sweep, args.batch}):
-                    r = med(results[("ours", n)]) if b == args.batch and ("ours", n) in results else (
-                        await guarded(f"batch {b}", "ours", n, throughput_run("ours", n, args, tmp, b)))
+                    r = (
+                        med(results[("ours", n)])
+                        if b == args.batch and ("ours", n) in results
+                        else (await guarded(f"batch {b}", "ours", n, throughput_run("ours", n, args, tmp, b)))
+                    )
                     if r.failed:
                         rows.append([str(b), "failed: " + r.failed, "", "", "", "", "", ""])
                         continue
-                    rows.append([str(b), c.fmt_rate(r.window.rate),
-                                 c.fmt_ratio(r.window.rate / ref["naive"]) if "naive" in ref else "–",
-                                 c.fmt_ratio(r.window.rate / ref["node"]) if "node" in ref else "–",
-                                 f"{r.window.frames / max(1, r.window.recvs):.1f}",
-                                 cpu_wait(r.window.server_cpu, r.window.server_wait),
-                                 cpu_wait(r.window.gen_cpu, r.window.gen_wait),
-                                 "yes" if r.complete else "NO: " + r.note])
+                    rows.append(
+                        [
+                            str(b),
+                            c.fmt_rate(r.window.rate),
+                            c.fmt_ratio(r.window.rate / ref["naive"]) if "naive" in ref else "–",
+                            c.fmt_ratio(r.window.rate / ref["node"]) if "node" in ref else "–",
+                            f"{r.window.frames / max(1, r.window.recvs):.1f}",
+                            cpu_wait(r.window.server_cpu, r.window.server_wait),
+                            cpu_wait(r.window.gen_cpu, r.window.gen_wait),
+                            "yes" if r.complete else "NO: " + r.note,
+                        ]
+                    )
                 out.append(f"\n### Ours by updates per FeedBatch, {n:,} subscribers\n")
-                out.append(c.markdown_table(
-                    ["updates per FeedBatch", "delivered msgs/s", "vs naive Sanic", "vs Node `ws`", "msgs per read",
-                     "server CPU / wait", "generator CPU / wait", "every msg to every sub"],
-                    rows, [True, True, True, True, True, True, True, False]))
+                out.append(
+                    c.markdown_table(
+                        [
+                            "updates per FeedBatch",
+                            "delivered msgs/s",
+                            "vs naive Sanic",
+                            "vs Node `ws`",
+                            "msgs per read",
+                            "server CPU / wait",
+                            "generator CPU / wait",
+                            "every msg to every sub",
+                        ],
+                        rows,
+                        [True, True, True, True, True, True, True, False],
+                    )
+                )
         if "latency" in sections:
             lat_runs = []
             intervals = [float(x) for x in args.publish_intervals.split(",") if x]
             for rate in rates:
                 for kind in [k for k in servers if k not in NOT_LATENCY]:
                     for interval in intervals if kind == "ours" else [0.0]:
-                        lat_runs.append(await guarded(
-                            f"latency {rate:g}/s", kind, args.latency_subscribers,
-                            latency_run(kind, args.latency_subscribers, rate, args, tmp, interval)))
-            out.append(f"\n### Publish-to-receive latency ({args.sample} sampled subscribers, "
-                       f"{args.latency_seconds:g} s after {args.warmup:g} s warm-up)\n")
+                        lat_runs.append(
+                            await guarded(
+                                f"latency {rate:g}/s",
+                                kind,
+                                args.latency_subscribers,
+                                latency_run(kind, args.latency_subscribers, rate, args, tmp, interval),
+                            )
+                        )
+            out.append(
+                f"\n### Publish-to-receive latency ({args.sample} sampled subscribers, "
+                f"{args.latency_seconds:g} s after {args.warmup:g} s warm-up)\n"
+            )
             out.append(latency_table(lat_runs))
         if "rss" in sections:
-            rss_runs = [await guarded("rss", kind, args.rss_subscribers, rss_run(kind, args.rss_subscribers, args, tmp))
-                        for kind in servers if kind not in FLOOD_ONLY]
+            rss_runs = [
+                await guarded("rss", kind, args.rss_subscribers, rss_run(kind, args.rss_subscribers, args, tmp))
+                for kind in servers
+                if kind not in FLOOD_ONLY
+            ]
             out.append(f"\n### Server memory per idle subscriber ({args.rss_subscribers:,} subscribers)\n")
             out.append(rss_table(rss_runs))
         if args.profile and "ours" in servers:
@@ -776,16 +961,24 @@ async def run(args: argparse.Namespace) -> None:
             r = await guarded("profile", "ours", n, throughput_run("ours", n, args, tmp, args.batch, profile=prof))
             await asyncio.to_thread(wait_file, prof)
             if prof.exists():
-                out.append(f"\n### Where our server's time goes: cProfile over a {args.seconds:g} s flood window, "
-                       f"{n:,} subscribers, {args.batch} updates per batch "
-                           f"({c.fmt_rate(r.window.rate)} msgs/s while profiled)\n")
+                out.append(
+                    f"\n### Where our server's time goes: cProfile over a {args.seconds:g} s flood window, "
+                    f"{n:,} subscribers, {args.batch} updates per batch "
+                    f"({c.fmt_rate(r.window.rate)} msgs/s while profiled)\n"
+                )
                 out.append(profile_tables(prof))
             mem = tmp / "idle.memory.json"
-            await guarded("memory profile", "ours", args.rss_subscribers,
-                          rss_run("ours", args.rss_subscribers, args, tmp, trace=mem))
+            await guarded(
+                "memory profile",
+                "ours",
+                args.rss_subscribers,
+                rss_run("ours", args.rss_subscribers, args, tmp, trace=mem),
+            )
             if mem.exists():
-                out.append(f"\n### Where our server's memory per subscriber goes: tracemalloc, 0 → "
-                           f"{args.rss_subscribers:,} idle subscribers\n")
+                out.append(
+                    f"\n### Where our server's memory per subscriber goes: tracemalloc, 0 → "
+                    f"{args.rss_subscribers:,} idle subscribers\n"
+                )
                 out.append(memory_tables(mem))
 
     info["Delta payload (ours, mean) = baseline payload"] = f"{args.payload_bytes} bytes"

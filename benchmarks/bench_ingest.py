@@ -153,9 +153,7 @@ def core_at(rev: str, workdir: str) -> Core:
     spec.loader.exec_module(module)
     ev = importlib.import_module(pkg + ".events")
     inst = importlib.import_module(pkg + ".instrument").Instrument(**_fields(c.INSTRUMENT))
-    return Core(
-        rev, importlib.import_module(pkg + ".market"), importlib.import_module(pkg + ".sequencer"), ev, inst
-    )
+    return Core(rev, importlib.import_module(pkg + ".market"), importlib.import_module(pkg + ".sequencer"), ev, inst)
 
 
 def run_market(market: Any, batches: Sequence[Any]) -> int:
@@ -360,9 +358,7 @@ class Feed:
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = c.base_parser(__doc__.splitlines()[0])
-    p.add_argument(
-        "--updates", type=int, default=100_000, help="generated updates per timed run (default 100,000)"
-    )
+    p.add_argument("--updates", type=int, default=100_000, help="generated updates per timed run (default 100,000)")
     p.add_argument(
         "--levels-per-message",
         type=int,
@@ -465,9 +461,7 @@ def _run(args: Any, argv: Sequence[str] | None, cores: list[Core]) -> None:
             def book_setup(core: Core = core, snap: Any = snap) -> Any:
                 return core.fresh_book(snap)
 
-            samplers[f.label, core.name, "market"] = c.fixed(
-                market_setup, lambda s, b=batches: run_market(s, b), n
-            )
+            samplers[f.label, core.name, "market"] = c.fixed(market_setup, lambda s, b=batches: run_market(s, b), n)
             samplers[f.label, core.name, "book"] = c.fixed(book_setup, lambda s, u=ups: run_book(s, u), n)
         run_naive(fresh_naive(naive_snapshot), f.naive[:warm])
         samplers[f.label, "naive", "naive"] = c.fixed(
@@ -477,9 +471,7 @@ def _run(args: Any, argv: Sequence[str] | None, cores: list[Core]) -> None:
 
     c.print_header("Ingest: level changes applied per second", info, argv)
     stream_rows = [["book size per side at start", f"{args.book_levels:,}"]]
-    stream_rows.append(
-        ["book size at end (bids / asks)", f"{final.bid_count():,} / {final.ask_count():,}"]
-    )
+    stream_rows.append(["book size at end (bids / asks)", f"{final.bid_count():,} / {final.ask_count():,}"])
     for f in feeds:
         lpu = f.levels / len(f.updates)
         lpu_naive = f.naive_levels / len(f.naive)

@@ -151,33 +151,60 @@ def main() -> None:
             },
             args.repeats,
         )
-        rows.append([name, f"{records:,}", f"{changes:,}", c.fmt_rate(rates["parse"].median),
-                     c.fmt_rate(rates["verify"].median)])
+        rows.append(
+            [
+                name,
+                f"{records:,}",
+                f"{changes:,}",
+                c.fmt_rate(rates["parse"].median),
+                c.fmt_rate(rates["verify"].median),
+            ]
+        )
     print("\n## Reading alone (level changes per second, median of", args.repeats, "runs)\n")
-    print(c.markdown_table(["dataset", "records", "level changes", "parse only", "parse + books + checks"], rows,
-                           [False, True, True, True, True]))
+    print(
+        c.markdown_table(
+            ["dataset", "records", "level changes", "parse only", "parse + books + checks"],
+            rows,
+            [False, True, True, True, True],
+        )
+    )
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets:
             rel, fmt = DATASETS[name]
-            runs = [asyncio.run(through_server(base / rel, fmt, args.subscribers, Path(tmp)))
-                    for _ in range(max(1, args.repeats // 2))]
+            runs = [
+                asyncio.run(through_server(base / rel, fmt, args.subscribers, Path(tmp)))
+                for _ in range(max(1, args.repeats // 2))
+            ]
             best = sorted(runs, key=lambda r: r["delivered_s"])[len(runs) // 2]
-            rows.append([
-                name,
-                f"{best['updates']:,}",
-                f"{best['levels']:,}",
-                c.fmt_rate(best["levels"] / best["published_s"]),
-                c.fmt_rate(best["levels"] / best["delivered_s"]),
-                c.fmt_rate(best["messages"] / best["delivered_s"]),
-                f"{best['delivered_s']:.2f}",
-            ])
+            rows.append(
+                [
+                    name,
+                    f"{best['updates']:,}",
+                    f"{best['levels']:,}",
+                    c.fmt_rate(best["levels"] / best["published_s"]),
+                    c.fmt_rate(best["levels"] / best["delivered_s"]),
+                    c.fmt_rate(best["messages"] / best["delivered_s"]),
+                    f"{best['delivered_s']:.2f}",
+                ]
+            )
     print(f"\n## Replay at full speed through /feed, {args.subscribers} subscribers on every symbol\n")
-    print(c.markdown_table(
-        ["dataset", "updates", "level changes", "changes/s acked", "changes/s delivered to all",
-         "messages/s received", "seconds"],
-        rows, [False, True, True, True, True, True, True]))
+    print(
+        c.markdown_table(
+            [
+                "dataset",
+                "updates",
+                "level changes",
+                "changes/s acked",
+                "changes/s delivered to all",
+                "messages/s received",
+                "seconds",
+            ],
+            rows,
+            [False, True, True, True, True, True, True],
+        )
+    )
 
 
 if __name__ == "__main__":

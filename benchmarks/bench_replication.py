@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness import (  # noqa: E402
+from tests.harness import (
     FEED_TOKEN,
     Publisher,
     Subscriber,
@@ -29,7 +29,7 @@ from tests.harness import (  # noqa: E402
     until,
     update,
 )
-from tests.redis_harness import start_redis  # noqa: E402
+from tests.redis_harness import start_redis
 
 
 def pct(values: list[float], q: float) -> float:
@@ -77,9 +77,13 @@ async def main(rate: int, seconds: float, ttl: float) -> None:
             failover = time.monotonic() - t0
             reader.cancel()
         print(f"| publish rate (batches/s, target {rate}) | {achieved:,.0f} |")
-        print(f"| replica apply lag, p50 / p99 (ms, /readyz lag_ms) | {statistics.median(lags):.2f} / {pct(lags, 0.99):.2f} |")
+        print(
+            f"| replica apply lag, p50 / p99 (ms, /readyz lag_ms) | {statistics.median(lags):.2f} / {pct(lags, 0.99):.2f} |"
+        )
         if e2e:
-            print(f"| publish -> subscriber on the replica, p50 / p99 (ms) | {statistics.median(e2e):.2f} / {pct(e2e, 0.99):.2f} |")
+            print(
+                f"| publish -> subscriber on the replica, p50 / p99 (ms) | {statistics.median(e2e):.2f} / {pct(e2e, 0.99):.2f} |"
+            )
         print(f"| kill -9 sequencer -> next change at a subscriber (s), lease TTL {ttl} s | {failover:.2f} |")
     finally:
         for n in nodes:

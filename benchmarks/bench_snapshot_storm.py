@@ -18,13 +18,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import base_parser, machine_info, markdown_table, print_header  # noqa: E402
+from _common import base_parser, machine_info, markdown_table, print_header
 
-from orderbook.core.events import BookUpdate, FeedBatch  # noqa: E402
-from orderbook.core.instrument import Instrument  # noqa: E402
-from orderbook.server.hub import Hub  # noqa: E402
-from orderbook.server.settings import Settings  # noqa: E402
-from orderbook.wire.codec import Encoding, SubscribeRequest  # noqa: E402
+from orderbook.core.events import BookUpdate, FeedBatch
+from orderbook.core.instrument import Instrument
+from orderbook.server.hub import Hub
+from orderbook.server.settings import Settings
+from orderbook.wire.codec import Encoding, SubscribeRequest
 
 
 def make_hub(loop: asyncio.AbstractEventLoop, levels: int) -> Hub:

@@ -89,9 +89,7 @@ def flood_batches(batch: int) -> list[bytes]:
     while (n * batch) % period:
         n += 1
     return [
-        codec.feed_message(
-            FeedBatch(k + 2, (), tuple(update(k * batch + j) for j in range(batch)))
-        ).SerializeToString()
+        codec.feed_message(FeedBatch(k + 2, (), tuple(update(k * batch + j) for j in range(batch)))).SerializeToString()
         for k in range(n)
     ]
 
@@ -461,7 +459,7 @@ class LoadGen:
                         await asyncio.wait_for(sub.ready, 30)
                         self.subs.append(sub)
                         return
-                    except (OSError, ConnectionError, asyncio.TimeoutError):
+                    except (TimeoutError, OSError, ConnectionError):
                         failures += 1
                         await asyncio.sleep(0.05 * (attempt + 1))  # a full accept queue drains
                 raise ConnectionError(f"subscriber {k} could not connect")
@@ -531,8 +529,12 @@ class LoadGen:
             self.flood_task = None
         # Every update must reach every subscriber: wait for the last ones.
         out = await self.wait_frames(st["base"] + len(self.subs) * st["sent"])
-        return {"sent": st["sent"], "batches": st["batches"], **out,
-                "feed_errors": self.feed.errors if self.feed else []}
+        return {
+            "sent": st["sent"],
+            "batches": st["batches"],
+            **out,
+            "feed_errors": self.feed.errors if self.feed else [],
+        }
 
     def set_lowat(self, nbytes: int, bulk_only: bool = False) -> int:
         """SO_RCVLOWAT on the subscriber sockets: the kernel reports a socket
@@ -630,8 +632,12 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", required=True, help="subscriber WebSocket URL")
-    p.add_argument("--kind", choices=("ours", "baseline"), required=True,
-                   help="ours: subscribe, Delta payloads; baseline: no request, payload = seq, due time (LE)")
+    p.add_argument(
+        "--kind",
+        choices=("ours", "baseline"),
+        required=True,
+        help="ours: subscribe, Delta payloads; baseline: no request, payload = seq, due time (LE)",
+    )
     p.add_argument("--feed-url", help="ours: /feed URL for flood publishing")
     p.add_argument("--feed-token", default="")
     args = p.parse_args()

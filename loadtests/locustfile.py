@@ -77,71 +77,120 @@ def _options(parser) -> None:
     # On the parser itself: Locust's own add_argument (web UI flags, secrets)
     # is not available on argument groups.
     parser.add_argument(
-        "--symbols", default="all", env_var="LOCUST_OB_SYMBOLS",
+        "--symbols",
+        default="all",
+        env_var="LOCUST_OB_SYMBOLS",
         help="weighted symbol mix, e.g. 'BTC-USD:3,ETH-USD:1,AAPL:1' (weight 1 if omitted), "
         "or 'all' = every symbol in GET /symbols with equal weights",
     )
     parser.add_argument(
-        "--symbols-per-user", type=int, default=1, env_var="LOCUST_OB_SYMBOLS_PER_USER",
+        "--symbols-per-user",
+        type=int,
+        default=1,
+        env_var="LOCUST_OB_SYMBOLS_PER_USER",
         help="distinct symbols each subscriber draws from the mix",
     )
     parser.add_argument(
-        "--depth", type=int, default=0, env_var="LOCUST_OB_DEPTH",
+        "--depth",
+        type=int,
+        default=0,
+        env_var="LOCUST_OB_DEPTH",
         help="levels per side per subscription (0 = full book)",
     )
     parser.add_argument(
-        "--interval-ms", type=int, default=0, env_var="LOCUST_OB_INTERVAL_MS",
+        "--interval-ms",
+        type=int,
+        default=0,
+        env_var="LOCUST_OB_INTERVAL_MS",
         help="conflation interval per subscription in ms (0 = every change)",
     )
     parser.add_argument(
-        "--encoding", default="proto", choices=["proto", "json"], env_var="LOCUST_OB_ENCODING",
+        "--encoding",
+        default="proto",
+        choices=["proto", "json"],
+        env_var="LOCUST_OB_ENCODING",
         help="subprotocol: binary protobuf or protobuf's JSON mapping",
     )
     parser.add_argument(
-        "--token", default="", env_var="LOCUST_OB_TOKEN", is_secret=True,
+        "--token",
+        default="",
+        env_var="LOCUST_OB_TOKEN",
+        is_secret=True,
         help="subscriber token, if the server has one (sent as ?token=)",
     )
     parser.add_argument(
-        "--origin", default="", env_var="LOCUST_OB_ORIGIN",
+        "--origin",
+        default="",
+        env_var="LOCUST_OB_ORIGIN",
         help="Origin header to send (none by default, as non-browser clients)",
     )
     parser.add_argument(
-        "--per-symbol", action="store_true", default=False, env_var="LOCUST_OB_PER_SYMBOL",
+        "--per-symbol",
+        action="store_true",
+        default=False,
+        env_var="LOCUST_OB_PER_SYMBOL",
         help="one stats row per kind and symbol ('delta BTC-USD') instead of per kind",
     )
     parser.add_argument(
-        "--latency-from", default="publish", choices=["publish", "event"], env_var="LOCUST_OB_LATENCY_FROM",
+        "--latency-from",
+        default="publish",
+        choices=["publish", "event"],
+        env_var="LOCUST_OB_LATENCY_FROM",
         help="delta latency from the server's send time (publish_time_ns) or the source's "
         "event time (event_time_ns, when the feed sets it)",
     )
     parser.add_argument(
-        "--stall-timeout", type=float, default=10.0, env_var="LOCUST_OB_STALL_TIMEOUT",
+        "--stall-timeout",
+        type=float,
+        default=10.0,
+        env_var="LOCUST_OB_STALL_TIMEOUT",
         help="seconds without any frame before a subscriber counts a disconnect and reconnects",
     )
     parser.add_argument(
-        "--symbol-wait", type=float, default=10.0, env_var="LOCUST_OB_SYMBOL_WAIT",
+        "--symbol-wait",
+        type=float,
+        default=10.0,
+        env_var="LOCUST_OB_SYMBOL_WAIT",
         help="seconds after a subscriber starts during which unknown symbols are retried without a failure",
     )
     parser.add_argument(
-        "--inject-checksum-fault", type=int, default=0, env_var="LOCUST_OB_INJECT_CHECKSUM_FAULT",
+        "--inject-checksum-fault",
+        type=int,
+        default=0,
+        env_var="LOCUST_OB_INJECT_CHECKSUM_FAULT",
         include_in_web_ui=False,
         help="testing the failure path: corrupt the checksum of every Nth delta each subscriber receives",
     )
     # The publisher's options are read at start-up, so not offered in the web UI.
     parser.add_argument(
-        "--publish-rate", type=float, default=0.0, env_var="LOCUST_OB_PUBLISH_RATE", include_in_web_ui=False,
+        "--publish-rate",
+        type=float,
+        default=0.0,
+        env_var="LOCUST_OB_PUBLISH_RATE",
+        include_in_web_ui=False,
         help="updates per second that one FeedPublisher user sends through /feed (0 = no publisher)",
     )
     parser.add_argument(
-        "--publish-symbols", default="LOAD-A,LOAD-B", env_var="LOCUST_OB_PUBLISH_SYMBOLS", include_in_web_ui=False,
+        "--publish-symbols",
+        default="LOAD-A,LOAD-B",
+        env_var="LOCUST_OB_PUBLISH_SYMBOLS",
+        include_in_web_ui=False,
         help="symbols the publisher defines and updates (comma-separated)",
     )
     parser.add_argument(
-        "--publish-interval-ms", type=float, default=50.0, env_var="LOCUST_OB_PUBLISH_INTERVAL_MS",
-        include_in_web_ui=False, help="time between publisher batches",
+        "--publish-interval-ms",
+        type=float,
+        default=50.0,
+        env_var="LOCUST_OB_PUBLISH_INTERVAL_MS",
+        include_in_web_ui=False,
+        help="time between publisher batches",
     )
     parser.add_argument(
-        "--feed-token", default="", env_var="LOCUST_OB_FEED_TOKEN", include_in_web_ui=False, is_secret=True,
+        "--feed-token",
+        default="",
+        env_var="LOCUST_OB_FEED_TOKEN",
+        include_in_web_ui=False,
+        is_secret=True,
         help="the server's --feed-token (required with --publish-rate)",
     )
 

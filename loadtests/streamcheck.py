@@ -496,7 +496,7 @@ class Pacer:
     updates/s since `start`. After a stall it catches up by at most
     `max_burst` seconds' worth, so a slow server is not hit by one huge batch."""
 
-    __slots__ = ("rate", "start", "max_burst", "sent")
+    __slots__ = ("max_burst", "rate", "sent", "start")
 
     def __init__(self, rate: float, start: float, max_burst: float = 1.0) -> None:
         if not (rate > 0 and math.isfinite(rate)):

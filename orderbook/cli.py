@@ -46,8 +46,11 @@ def _serve(args: argparse.Namespace) -> int:
     replay_plan = None
     if args.replay:
         if args.redis:
-            print("orderbook serve: --replay serves one node; to replay into a cluster, run "
-                  "`orderbook replay FILE --url <any node>`", file=sys.stderr)
+            print(
+                "orderbook serve: --replay serves one node; to replay into a cluster, run "
+                "`orderbook replay FILE --url <any node>`",
+                file=sys.stderr,
+            )
             return 2
         args.file = args.replay
         try:
@@ -241,8 +244,13 @@ def _replay(args: argparse.Namespace) -> int:
         sink = await FeedSink.connect(args.url, args.feed_token)
         try:
             stats = await play(
-                records, sink, speed=plan.speed, loop=plan.loop, laps=args.laps,
-                start=plan.start, end=plan.end,
+                records,
+                sink,
+                speed=plan.speed,
+                loop=plan.loop,
+                laps=args.laps,
+                start=plan.start,
+                end=plan.end,
             )
         finally:
             await sink.close()
@@ -282,7 +290,9 @@ def _verify(args: argparse.Namespace) -> int:
                     verifier.feed(record)
             except TruncatedRecording as exc:
                 # A killed recorder leaves a cut last entry: check all before it.
-                print(f"orderbook verify: warning: {exc}; the {exc.entries} complete entries are checked", file=sys.stderr)
+                print(
+                    f"orderbook verify: warning: {exc}; the {exc.entries} complete entries are checked", file=sys.stderr
+                )
     except (ValueError, InvalidInput) as exc:
         print(f"orderbook verify: {exc}", file=sys.stderr)
         return 2
@@ -303,8 +313,13 @@ def _record(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         summary = await record(
-            args.url, args.symbols, args.out, token=args.token, gzip=args.gzip,
-            duration=args.duration, max_messages=args.count,
+            args.url,
+            args.symbols,
+            args.out,
+            token=args.token,
+            gzip=args.gzip,
+            duration=args.duration,
+            max_messages=args.count,
         )
         print(f"orderbook record: {summary}", flush=True)
 
@@ -338,7 +353,8 @@ def _add_source_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--symbol", help="lobster: the symbol (default: from the file name)")
     g.add_argument("--levels", type=int, help="lobster: levels in the file (default: from the file name)")
     g.add_argument(
-        "--gaps", choices=("error", "resync"),
+        "--gaps",
+        choices=("error", "resync"),
         help="recording: a break in a symbol's sequence is an error (default) or skipped to its next snapshot",
     )
 
@@ -389,20 +405,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run a node (default: built-in market simulator, no Redis)")
-    from orderbook.server.settings import Settings  # noqa: PLC0415 (the server is loaded only for serve)
+    from orderbook.server.settings import Settings
 
     defaults = Settings()
     s.add_argument("--host", default=os.environ.get("ORDERBOOK_HOST", "127.0.0.1"))
     s.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    s.add_argument("--backlog", type=int, default=2048, metavar="N",
-                   help="listen backlog: connections the kernel queues before the node accepts them (capped by "
-                        "net.core.somaxconn)")
+    s.add_argument(
+        "--backlog",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="listen backlog: connections the kernel queues before the node accepts them (capped by "
+        "net.core.somaxconn)",
+    )
     s.add_argument("--origin", action="append", help="allowed WebSocket Origin (repeatable; '*' = any)")
-    s.add_argument("--cors-origin", action="append", metavar="ORIGIN",
-                   help="pages on ORIGIN may read the HTTP endpoints (CORS; repeatable; '*' = any; default: none)")
+    s.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="pages on ORIGIN may read the HTTP endpoints (CORS; repeatable; '*' = any; default: none)",
+    )
     ui = s.add_mutually_exclusive_group()
-    ui.add_argument("--ui-dir", metavar="DIR",
-                    help="the built trading page served at / (default: the package's orderbook/server/static)")
+    ui.add_argument(
+        "--ui-dir",
+        metavar="DIR",
+        help="the built trading page served at / (default: the package's orderbook/server/static)",
+    )
     ui.add_argument("--no-ui", action="store_true", help="serve no page: GET / answers 404")
     s.add_argument("--token", default=os.environ.get("ORDERBOOK_TOKEN"), help="subscriber token")
     s.add_argument("--feed-token", default=os.environ.get("ORDERBOOK_FEED_TOKEN"), help="enables /feed")
@@ -413,51 +441,131 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--history-bytes", type=int, default=HistoryLimits().max_bytes)
     s.add_argument("--max-connections", type=int, default=10_000)
     # Limits (docs/operations.md "Limits"); 0 turns one off.
-    s.add_argument("--max-levels-per-side", type=int, default=100_000, metavar="N",
-                   help="levels one book side may hold; a batch beyond is refused whole (0 = no limit)")
-    s.add_argument("--max-symbols", type=int, default=10_000, metavar="N",
-                   help="symbols this node may define; a batch beyond is refused whole (0 = no limit)")
-    s.add_argument("--max-batch-levels", type=int, default=100_000, metavar="N",
-                   help="levels across all updates of one feed batch (0 = no limit)")
-    s.add_argument("--http-max-depth", type=int, default=1_000, metavar="N",
-                   help="largest depth of GET /book; longer sides need the WebSocket (0 = no limit)")
-    s.add_argument("--http-token", default=os.environ.get("ORDERBOOK_HTTP_TOKEN"),
-                   help="token that /symbols and /book need (Authorization: Bearer or ?token=); may equal --token")
-    s.add_argument("--max-connections-per-ip", type=int, default=defaults.max_connections_per_ip, metavar="N",
-                   help="WebSocket connections per source IP (429 beyond; 0 = no limit; behind a proxy: "
-                        "--trust-proxy, or raise it)")
-    s.add_argument("--handshake-rate", type=float, default=defaults.handshake_rate, metavar="PER_S",
-                   help="WebSocket handshakes per second per source IP (429 beyond; 0 = no limit)")
-    s.add_argument("--handshake-burst", type=float, default=defaults.handshake_burst, metavar="N",
-                   help="handshakes one source IP may make at once before --handshake-rate applies")
-    s.add_argument("--trust-proxy", action="append", metavar="CIDR", type=_trusted_network,
-                   help="a proxy network whose X-Forwarded-For names the client: connections from it count, "
-                        "for the per-IP limits and in logs, as the right-most forwarded address outside "
-                        "every --trust-proxy network (repeatable; default: none, the TCP peer)")
-    s.add_argument("--global-handshake-rate", type=float, default=defaults.global_handshake_rate, metavar="PER_S",
-                   help="WebSocket handshakes per second from everyone together (429 beyond; 0 = no limit)")
+    s.add_argument(
+        "--max-levels-per-side",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="levels one book side may hold; a batch beyond is refused whole (0 = no limit)",
+    )
+    s.add_argument(
+        "--max-symbols",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="symbols this node may define; a batch beyond is refused whole (0 = no limit)",
+    )
+    s.add_argument(
+        "--max-batch-levels",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="levels across all updates of one feed batch (0 = no limit)",
+    )
+    s.add_argument(
+        "--http-max-depth",
+        type=int,
+        default=1_000,
+        metavar="N",
+        help="largest depth of GET /book; longer sides need the WebSocket (0 = no limit)",
+    )
+    s.add_argument(
+        "--http-token",
+        default=os.environ.get("ORDERBOOK_HTTP_TOKEN"),
+        help="token that /symbols and /book need (Authorization: Bearer or ?token=); may equal --token",
+    )
+    s.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=defaults.max_connections_per_ip,
+        metavar="N",
+        help="WebSocket connections per source IP (429 beyond; 0 = no limit; behind a proxy: "
+        "--trust-proxy, or raise it)",
+    )
+    s.add_argument(
+        "--handshake-rate",
+        type=float,
+        default=defaults.handshake_rate,
+        metavar="PER_S",
+        help="WebSocket handshakes per second per source IP (429 beyond; 0 = no limit)",
+    )
+    s.add_argument(
+        "--handshake-burst",
+        type=float,
+        default=defaults.handshake_burst,
+        metavar="N",
+        help="handshakes one source IP may make at once before --handshake-rate applies",
+    )
+    s.add_argument(
+        "--trust-proxy",
+        action="append",
+        metavar="CIDR",
+        type=_trusted_network,
+        help="a proxy network whose X-Forwarded-For names the client: connections from it count, "
+        "for the per-IP limits and in logs, as the right-most forwarded address outside "
+        "every --trust-proxy network (repeatable; default: none, the TCP peer)",
+    )
+    s.add_argument(
+        "--global-handshake-rate",
+        type=float,
+        default=defaults.global_handshake_rate,
+        metavar="PER_S",
+        help="WebSocket handshakes per second from everyone together (429 beyond; 0 = no limit)",
+    )
     s.add_argument("--global-handshake-burst", type=float, default=defaults.global_handshake_burst, metavar="N")
-    s.add_argument("--accepts-per-turn", type=int, default=defaults.accepts_per_turn, metavar="N",
-                   help="new connections started per event-loop turn, round-robin by client address; the rest "
-                        "wait in a later turn, so a connection storm cannot stall streaming subscribers")
+    s.add_argument(
+        "--accepts-per-turn",
+        type=int,
+        default=defaults.accepts_per_turn,
+        metavar="N",
+        help="new connections started per event-loop turn, round-robin by client address; the rest "
+        "wait in a later turn, so a connection storm cannot stall streaming subscribers",
+    )
     s.add_argument("--client-buffer", type=int, default=4 * 1024 * 1024, help="bytes per slow client")
-    s.add_argument("--slow-client-timeout", type=float, default=30.0,
-                   help="seconds a client may stay over --client-buffer before it is closed (1013)")
-    s.add_argument("--client-rate", type=float, default=defaults.client_rate, metavar="PER_S",
-                   help="messages per second one subscriber may send; past it (and --client-burst) "
-                        "its connection is not read until it may go on (0 = no limit)")
+    s.add_argument(
+        "--slow-client-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client may stay over --client-buffer before it is closed (1013)",
+    )
+    s.add_argument(
+        "--client-rate",
+        type=float,
+        default=defaults.client_rate,
+        metavar="PER_S",
+        help="messages per second one subscriber may send; past it (and --client-burst) "
+        "its connection is not read until it may go on (0 = no limit)",
+    )
     s.add_argument("--client-burst", type=float, default=defaults.client_burst, metavar="N")
-    s.add_argument("--churn-rate", type=float, default=defaults.churn_rate, metavar="PER_S",
-                   help="subscribes + unsubscribes per second per connection; past it (and --churn-burst) "
-                        "ERROR_CODE_RATE_LIMITED (0 = no limit)")
+    s.add_argument(
+        "--churn-rate",
+        type=float,
+        default=defaults.churn_rate,
+        metavar="PER_S",
+        help="subscribes + unsubscribes per second per connection; past it (and --churn-burst) "
+        "ERROR_CODE_RATE_LIMITED (0 = no limit)",
+    )
     s.add_argument("--churn-burst", type=float, default=defaults.churn_burst, metavar="N")
-    s.add_argument("--max-fragments", type=int, default=defaults.max_fragments, metavar="N",
-                   help="frames in one fragmented client message (close 1009 beyond; 0 = no limit)")
-    s.add_argument("--degrade-interval", type=int, default=500, metavar="MS",
-                   help="a client past half its buffer gets updates conflated over MS ms until it drains")
+    s.add_argument(
+        "--max-fragments",
+        type=int,
+        default=defaults.max_fragments,
+        metavar="N",
+        help="frames in one fragmented client message (close 1009 beyond; 0 = no limit)",
+    )
+    s.add_argument(
+        "--degrade-interval",
+        type=int,
+        default=500,
+        metavar="MS",
+        help="a client past half its buffer gets updates conflated over MS ms until it drains",
+    )
     s.add_argument("--no-simulator", action="store_true", help="serve only what /feed publishes")
-    s.add_argument("--allow-takeover", action="store_true",
-                   help="a /feed batch may take a symbol from the simulator or --replay (it must replace the whole book)")
+    s.add_argument(
+        "--allow-takeover",
+        action="store_true",
+        help="a /feed batch may take a symbol from the simulator or --replay (it must replace the whole book)",
+    )
     s.add_argument(
         "--redis",
         default=os.environ.get("ORDERBOOK_REDIS"),
@@ -496,13 +604,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--feed-token", default=os.environ.get("ORDERBOOK_FEED_TOKEN"))
     _add_pacing_arguments(r)
     r.add_argument("--laps", type=int, default=None, help="with --loop: stop after this many laps")
-    r.add_argument("--rename", action="append", metavar="OLD=NEW",
-                   help="publish symbol OLD as NEW (repeatable), e.g. beside the node's own OLD")
+    r.add_argument(
+        "--rename",
+        action="append",
+        metavar="OLD=NEW",
+        help="publish symbol OLD as NEW (repeatable), e.g. beside the node's own OLD",
+    )
     r.set_defaults(func=_replay)
 
     v = sub.add_parser("verify", help="rebuild the books of a recording and check the venue's own references")
     _add_source_arguments(v)
-    v.add_argument("--server", help="check end to end: replay through this node's /feed and compare a subscriber's books")
+    v.add_argument(
+        "--server", help="check end to end: replay through this node's /feed and compare a subscriber's books"
+    )
     v.add_argument("--feed-token", default=os.environ.get("ORDERBOOK_FEED_TOKEN"))
     v.add_argument("--token", default=os.environ.get("ORDERBOOK_TOKEN"), help="subscriber token")
     v.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server at each step")

@@ -80,8 +80,9 @@ class PageErrors:
         # does not say which one failed.
         page.on(
             "console",
-            lambda m: m.type == "error"
-            and self.errors.append(f"console: {m.text} ({(m.location or {}).get('url', '')})"),
+            lambda m: (
+                m.type == "error" and self.errors.append(f"console: {m.text} ({(m.location or {}).get('url', '')})")
+            ),
         )
 
     def unexpected(self, *allowed: str) -> list[str]:

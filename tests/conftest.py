@@ -32,7 +32,9 @@ def pytest_sessionfinish(session, exitstatus):
     threads that are not daemons, and child processes still alive."""
     import threading
 
-    lingering = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    lingering = [
+        t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
     if lingering:
         print(f"\nthreads still running after the tests: {lingering}", flush=True)
     try:

@@ -93,8 +93,9 @@ async def serve_in_process(settings: Settings | None = None) -> AsyncIterator[In
     # app in the same process must not redo it.
     app.config.TOUCHUP = False
     app.config.MOTD = False
-    server = await app.create_server(host="127.0.0.1", port=port, access_log=False, return_asyncio_server=True,
-                                     protocol=PROTOCOL)
+    server = await app.create_server(
+        host="127.0.0.1", port=port, access_log=False, return_asyncio_server=True, protocol=PROTOCOL
+    )
     assert server is not None
     await server.startup()
     await server.before_start()

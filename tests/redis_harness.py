@@ -125,13 +125,19 @@ class RedisProcess:
     def _args(self) -> list[str]:
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", HOST,
-            "--dir", str(self.dir),
-            "--logfile", str(self.log_path),
-            "--daemonize", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            HOST,
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            str(self.log_path),
+            "--daemonize",
+            "no",
             # No background RDB forks: the AOF (when on) already keeps every write.
-            "--save", "",
+            "--save",
+            "",
         ]
         if self.persistent:
             # fsync on every write, so even a SIGKILL loses nothing acknowledged.
@@ -160,7 +166,9 @@ class RedisProcess:
                 return
             if time.monotonic() > deadline:
                 self.kill()
-                raise RedisStartError(f"redis-server on port {self.port} not answering after {timeout}s:\n{self.log_tail()}")
+                raise RedisStartError(
+                    f"redis-server on port {self.port} not answering after {timeout}s:\n{self.log_tail()}"
+                )
             time.sleep(0.02)  # polling a condition, bounded by the deadline
 
     def _ping(self) -> bool:

@@ -60,13 +60,20 @@ async def rss_back(pid: int, baseline: float, timeout: float = 5.0) -> float:
 
 async def test_resume_flood_from_a_client_that_never_reads_is_closed_1013(tmp_path):
     # A small history, budget and timeout keep it quick; the mechanism is the same.
-    async with watched_node(tmp_path, "--history-entries", str(HISTORY), "--client-buffer", str(64 * 1024),
-                            "--slow-client-timeout", "1") as (node, watch):
+    async with watched_node(
+        tmp_path, "--history-entries", str(HISTORY), "--client-buffer", str(64 * 1024), "--slow-client-timeout", "1"
+    ) as (node, watch):
         async with Publisher.connect(node.feed_url) as hist_pub:  # `pub` is busy publishing TEST
             await hist_pub.send([instrument("HIST")], [update("HIST", bids=[(100, 1)], replace=True)])
-            await publish_many(hist_pub, [feed_bytes(10_000 + i, (), [update("HIST", bids=[(100 + (i + k) % 100, 1 + i % 7)
-                                                                                           for k in range(50)])])
-                                          for i in range(HISTORY + 50)])
+            await publish_many(
+                hist_pub,
+                [
+                    feed_bytes(
+                        10_000 + i, (), [update("HIST", bids=[(100 + (i + k) % 100, 1 + i % 7) for k in range(50)])]
+                    )
+                    for i in range(HISTORY + 50)
+                ],
+            )
         _, _, body = await http_get(node.port, "/symbols")
         hist = next(s for s in json.loads(body)["symbols"] if s["symbol"] == "HIST")
         baseline = rss_mb(node.proc.pid)
@@ -118,8 +125,9 @@ async def test_a_batch_over_max_batch_levels_is_refused_invalid_update(tmp_path)
     msg = feed_bytes(1, [instrument("BIG")], [update("BIG", bids=[(100 + i, 1) for i in range(20_001)])])
     async with watched_node(tmp_path, "--max-batch-levels", "20000") as (node, watch):
         baseline = rss_mb(node.proc.pid)
-        async with websockets.connect(node.feed_url, additional_headers={"Authorization": f"Bearer {FEED_TOKEN}"},
-                                      max_size=None, proxy=None) as atk:
+        async with websockets.connect(
+            node.feed_url, additional_headers={"Authorization": f"Bearer {FEED_TOKEN}"}, max_size=None, proxy=None
+        ) as atk:
             await atk.send(msg)
             reply = codec.parse_feed_reply(await asyncio.wait_for(atk.recv(), 10))
         assert reply.error.code == codec.ErrorCode.ERROR_CODE_INVALID_UPDATE

@@ -99,9 +99,7 @@ def test_zero_base_means_no_delay() -> None:
     assert [b.next_delay() for _ in range(5)] == [0.0] * 5
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"base": -1.0}, {"cap": -1.0}, {"factor": 0.5}]
-)
+@pytest.mark.parametrize("kwargs", [{"base": -1.0}, {"cap": -1.0}, {"factor": 0.5}])
 def test_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Backoff(**kwargs)

@@ -141,15 +141,22 @@ class RawWS:
         self.status, self.headers, self.body = status, headers, body
 
     @classmethod
-    async def open(cls, port: int, path: str = "/ws", headers: dict[str, str] | None = None,
-                   upgrade: bool = True) -> RawWS:
+    async def open(
+        cls, port: int, path: str = "/ws", headers: dict[str, str] | None = None, upgrade: bool = True
+    ) -> RawWS:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [f"GET {path} HTTP/1.1"]
         hdrs = {"Host": f"127.0.0.1:{port}"}
         if upgrade:
-            hdrs.update({"Upgrade": "websocket", "Connection": "Upgrade",
-                         "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"})
+            hdrs.update(
+                {
+                    "Upgrade": "websocket",
+                    "Connection": "Upgrade",
+                    "Sec-WebSocket-Key": key,
+                    "Sec-WebSocket-Version": "13",
+                }
+            )
         else:
             hdrs["Connection"] = "close"
         hdrs.update(headers or {})
@@ -344,10 +351,14 @@ async def test_json_malformed_and_unknown_fields():
             await bad.send(text)
             await expect_error(bad, ErrorCode.ERROR_CODE_MALFORMED_MESSAGE)
         # Fields from a newer version of the protocol are ignored.
-        await bad.send(json.dumps({
-            "subscribe": {"symbol": SYM, "requestId": "5", "fromTheFuture": {"x": 1}},
-            "alsoNew": [1, 2],
-        }))
+        await bad.send(
+            json.dumps(
+                {
+                    "subscribe": {"symbol": SYM, "requestId": "5", "fromTheFuture": {"x": 1}},
+                    "alsoNew": [1, 2],
+                }
+            )
+        )
         raw_ack = await asyncio.wait_for(bad.recv(), WAIT)
         assert isinstance(raw_ack, str)
         assert json.loads(raw_ack)["subscribed"]["requestId"] == "5"  # uint64 as a JSON string

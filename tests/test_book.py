@@ -155,9 +155,7 @@ class BookMachine(RuleBasedStateMachine):
 
 TestBookMachine = BookMachine.TestCase
 # One bug shrunk at a time: shrinking several at once can run for minutes.
-TestBookMachine.settings = settings(
-    max_examples=120, stateful_step_count=40, deadline=None, report_multiple_bugs=False
-)
+TestBookMachine.settings = settings(max_examples=120, stateful_step_count=40, deadline=None, report_multiple_bugs=False)
 
 
 # ----------------------------------------------------------------------------- examples

@@ -15,10 +15,19 @@ import urllib.request
 import pytest
 
 from .browser_harness import ARTIFACTS, BOOK_AT_NODE_SEQ, PageErrors, chromium, trim, wait_js
-from .harness import FEED_TOKEN, Publisher, free_port, instrument, start_server_process, update
+from .harness import (
+    FEED_TOKEN,
+    Publisher,
+    free_port,
+    has_symbol,
+    instrument,
+    readyz,
+    start_server_process,
+    until,
+    update,
+)
 from .redis_harness import redis_factory, redis_proc  # noqa: F401
 from .test_cluster_failures import SteadyPublisher, cluster, connections, running_haproxy, slots_landing_on  # noqa: F401
-from .harness import has_symbol, readyz, until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -211,9 +220,11 @@ async def test_page_behind_haproxy_resumes_on_the_survivor_with_no_gap_and_no_sn
     # The page lands on a replica, which is then killed.
     victim, survivor = second, first
     slots = await slots_landing_on(tmp_path, nodes, victim)
-    async with running_haproxy(tmp_path, *slots) as (lb_ws, _stats), Publisher.connect(
-        survivor.feed_url
-    ) as pub, chromium() as browser:
+    async with (
+        running_haproxy(tmp_path, *slots) as (lb_ws, _stats),
+        Publisher.connect(survivor.feed_url) as pub,
+        chromium() as browser,
+    ):
         reply = await pub.send([instrument("F")], [update("F", asks=[(100_000, 1)])])
         assert reply.WhichOneof("kind") == "ack", reply
         await until(lambda: all(has_symbol(n.http, "F") for n in nodes))
@@ -251,7 +262,10 @@ async def test_worker_mode_draws_the_verified_books_of_every_watched_symbol(node
     n = node("--no-simulator", "--feed-token", FEED_TOKEN)
     rng = random.Random(7)
     async with Publisher.connect(n.feed_url) as pub, chromium() as browser:
-        first = [update(s, bids=[(10_000 - i, 1 + i) for i in range(30)], asks=[(10_001 + i, 2 + i) for i in range(30)]) for s in ("WA", "WB")]
+        first = [
+            update(s, bids=[(10_000 - i, 1 + i) for i in range(30)], asks=[(10_001 + i, 2 + i) for i in range(30)])
+            for s in ("WA", "WB")
+        ]
         reply = await pub.send([instrument("WA"), instrument("WB")], first)
         assert reply.WhichOneof("kind") == "ack", reply
         page, errors = await open_page(browser, f"{n.http}/?symbol=WA&worker=1&watch=all")
@@ -268,7 +282,9 @@ async def test_worker_mode_draws_the_verified_books_of_every_watched_symbol(node
         final = {s: http_json(f"{n.http}/book/{s}?depth=20") for s in ("WA", "WB")}
         for s, b in final.items():
             await wait_js(page, symbol_js(s, f"s.seq === '{b['seq']}'"))
-        ladder = await wait_js(page, f"(() => {{ const l = window.orderbook.ladder(); return l.seq === '{final['WA']['seq']}' && l; }})()")
+        ladder = await wait_js(
+            page, f"(() => {{ const l = window.orderbook.ladder(); return l.seq === '{final['WA']['seq']}' && l; }})()"
+        )
         assert (ladder["bids"], ladder["asks"]) == (final["WA"]["bids"], final["WA"]["asks"])
         rows = await wait_js(
             page,

@@ -116,9 +116,7 @@ async def test_books_equal_the_servers_after_a_burst(encoding):
     symbols = ["A", "B", "C"]
     async with serve_in_process() as srv, Publisher.connect(srv.feed_url) as pub:
         await publish(pub, [initial_levels(s) for s in symbols], [instrument(s) for s in symbols])
-        async with OrderbookClient(
-            srv.url, symbols, encoding=encoding, record=True, backoff=quick_backoff()
-        ) as client:
+        async with OrderbookClient(srv.url, symbols, encoding=encoding, record=True, backoff=quick_backoff()) as client:
             await client.wait_synced(timeout=5)
             # The server really speaks the requested encoding to this client.
             (conn,) = srv.hub.connections
@@ -202,8 +200,17 @@ async def test_server_restart_reconnects_with_backoff_and_takes_fresh_snapshots(
     # first book) makes AAPL exist the moment the server accepts connections,
     # so a reconnect cannot race the feed's republishing. The publisher takes
     # AAPL over from the simulator (one source per book), with a full book first.
-    args = ("--feed-token", FEED_TOKEN, "--simulator-rate", "0", "--seed", "11", "--heartbeat", "3600",
-            "--allow-takeover")
+    args = (
+        "--feed-token",
+        FEED_TOKEN,
+        "--simulator-rate",
+        "0",
+        "--seed",
+        "11",
+        "--heartbeat",
+        "3600",
+        "--allow-takeover",
+    )
     symbol = "AAPL"
     loop = asyncio.get_running_loop()
 
@@ -288,8 +295,7 @@ async def test_reconnect_attempts_to_a_dead_server_are_spread_by_jitter():
 
     loop = asyncio.get_running_loop()
     clients = [
-        OrderbookClient(url, ["X"], backoff=Backoff(base, cap, rng=random.Random(i)), open_timeout=2)
-        for i in range(n)
+        OrderbookClient(url, ["X"], backoff=Backoff(base, cap, rng=random.Random(i)), open_timeout=2) for i in range(n)
     ]
     retried_at: list[float | None] = [None] * n
     async with contextlib.AsyncExitStack() as stack:

@@ -27,9 +27,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def start_node(tmp_path, redis_url: str, *extra: str):
-    return start_server_process(
-        tmp_path, "--redis", redis_url, "--feed-token", FEED_TOKEN, "--lease-ttl", "1", *extra
-    )
+    return start_server_process(tmp_path, "--redis", redis_url, "--feed-token", FEED_TOKEN, "--lease-ttl", "1", *extra)
 
 
 async def delta_frames(sub: Subscriber, symbol: str, last_seq: int) -> list[bytes]:
@@ -51,9 +49,11 @@ async def test_nodes_serve_identical_epoch_seq_and_bytes(tmp_path, redis_proc): 
             reply = await pub.send([instrument("C")], [update("C", bids=[(100, 1)], asks=[(101, 1)])])
             assert reply.WhichOneof("kind") == "ack", reply
             await until(lambda: all(has_symbol(n.http, "C") for n in nodes))
-            async with Subscriber.connect(nodes[0].url) as s0, Subscriber.connect(
-                nodes[1].url
-            ) as s1, Subscriber.connect(nodes[2].url) as s2:
+            async with (
+                Subscriber.connect(nodes[0].url) as s0,
+                Subscriber.connect(nodes[1].url) as s1,
+                Subscriber.connect(nodes[2].url) as s2,
+            ):
                 subs = [s0, s1, s2]
                 for s in subs:
                     await s.subscribe("C")
@@ -162,7 +162,12 @@ async def test_sequencer_paused_past_its_lease_is_fenced_and_rejoins_as_replica(
                 await pub.send(updates=[update("P", bids=[(1 + i, 1)])])
             await sub.until(lambda: sub.followers["P"].book.bid_count() == 60, timeout=30)
             # The woken node is fenced: it follows as a replica, in step.
-            await until(lambda: readyz(old.http).get("role") == "replica" and readyz(old.http).get("log_position") == readyz(other.http).get("log_position"))
+            await until(
+                lambda: (
+                    readyz(old.http).get("role") == "replica"
+                    and readyz(old.http).get("log_position") == readyz(other.http).get("log_position")
+                )
+            )
             seqs = [s for _, s in sub.seen["P"]]
             assert seqs == list(range(2, 62))
         async with Subscriber.connect(old.url) as again:

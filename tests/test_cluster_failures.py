@@ -31,9 +31,8 @@ from orderbook.v1 import stream_pb2
 from orderbook.wire import codec
 from orderbook.wire.codec import ErrorCode
 
-from .harness import ROOT, Publisher, Subscriber, free_port, instrument, update
+from .harness import ROOT, Publisher, Subscriber, free_port, has_symbol, instrument, readyz, update
 from .redis_harness import redis_factory, redis_proc  # noqa: F401
-from .harness import has_symbol, readyz
 from .test_cluster import start_node, until
 
 pytestmark = pytest.mark.timeout(120)
@@ -258,9 +257,7 @@ async def node_behind(lb_ws: str, nodes):
 
 
 @pytest.mark.parametrize("victim_role", ["replica", "sequencer"])
-async def test_client_behind_haproxy_resumes_on_the_survivor_when_its_node_is_killed(
-    tmp_path, cluster, victim_role
-):
+async def test_client_behind_haproxy_resumes_on_the_survivor_when_its_node_is_killed(tmp_path, cluster, victim_role):
     first = cluster()
     await until(lambda: readyz(first.http).get("role") == "sequencer")
     second = cluster()
@@ -269,9 +266,7 @@ async def test_client_behind_haproxy_resumes_on_the_survivor_when_its_node_is_ki
     survivor = second if victim is first else first
 
     slots = await slots_landing_on(tmp_path, nodes, victim)
-    async with running_haproxy(tmp_path, *slots) as (lb_ws, _stats), Publisher.connect(
-        survivor.feed_url
-    ) as pub:
+    async with running_haproxy(tmp_path, *slots) as (lb_ws, _stats), Publisher.connect(survivor.feed_url) as pub:
         reply = await pub.send([instrument("F")], [update("F", asks=[(100_000, 1)])])
         assert reply.WhichOneof("kind") == "ack", reply
         await until(lambda: all(has_symbol(n.http, "F") for n in nodes))
@@ -357,9 +352,11 @@ async def test_late_node_catches_up_serves_the_same_books_and_resumes_a_point_fr
         assert node_epoch(late) == epoch
         assert book(late, "L") == book(a, "L")
 
-        async with Subscriber.connect(late.url) as s_late, Subscriber.connect(b.url) as s_b, Subscriber.connect(
-            late.url
-        ) as resumer:
+        async with (
+            Subscriber.connect(late.url) as s_late,
+            Subscriber.connect(b.url) as s_b,
+            Subscriber.connect(late.url) as resumer,
+        ):
             for s in (s_late, s_b):
                 await s.subscribe("L")
                 await s.until(lambda s=s: s.snapshots.get("L"))
@@ -388,9 +385,7 @@ async def test_redis_stopped_and_restarted_with_data_nodes_go_stale_then_continu
     # Quick heartbeats, so the stale flag shows on the wire during the outage.
     nodes = [cluster("--heartbeat", "0.3"), cluster("--heartbeat", "0.3")]
     a, b = nodes
-    async with Publisher.connect(a.feed_url) as pub, Subscriber.connect(a.url) as sa, Subscriber.connect(
-        b.url
-    ) as sb:
+    async with Publisher.connect(a.feed_url) as pub, Subscriber.connect(a.url) as sa, Subscriber.connect(b.url) as sb:
         subs = [sa, sb]
         reply = await pub.send([instrument("S")], [update("S", bids=[(1, 1)])])
         assert reply.WhichOneof("kind") == "ack", reply
@@ -453,7 +448,10 @@ async def test_redis_stopped_and_restarted_with_data_nodes_go_stale_then_continu
 
 @pytest.mark.parametrize("how", ["restart-empty", "flushall"])
 async def test_redis_emptied_moves_nodes_to_a_new_epoch_and_subscribers_restart_cleanly(
-    redis_proc, cluster, how, caplog  # noqa: F811
+    redis_proc,
+    cluster,
+    how,
+    caplog,  # noqa: F811
 ):
     caplog.set_level(logging.INFO, logger="orderbook.client")
     nodes = [cluster(), cluster()]

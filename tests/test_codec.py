@@ -57,12 +57,28 @@ instruments = st.builds(
     venue=text,
 )
 deltas = st.builds(
-    Delta, symbol=text, epoch=u64, seq=u64, prev_seq=u64, bids=levels, asks=levels,
-    checksum=u32, event_time_ns=i64, publish_time_ns=i64,
+    Delta,
+    symbol=text,
+    epoch=u64,
+    seq=u64,
+    prev_seq=u64,
+    bids=levels,
+    asks=levels,
+    checksum=u32,
+    event_time_ns=i64,
+    publish_time_ns=i64,
 )
 snapshots = st.builds(
-    Snapshot, symbol=text, epoch=u64, seq=u64, instrument=instruments, bids=levels, asks=levels,
-    checksum=u32, depth=u32, time_ns=i64,
+    Snapshot,
+    symbol=text,
+    epoch=u64,
+    seq=u64,
+    instrument=instruments,
+    bids=levels,
+    asks=levels,
+    checksum=u32,
+    depth=u32,
+    time_ns=i64,
 )
 resume_points = st.one_of(st.none(), st.builds(ResumePoint, epoch=u64, seq=u64))
 
@@ -95,18 +111,15 @@ def test_snapshot_round_trip(s):
 
 
 @SETTINGS
-@given(text, u64, st.booleans(), st.one_of(st.none(), st.sampled_from(SnapshotReason)), u64, u64,
-       u32, instruments)
+@given(text, u64, st.booleans(), st.one_of(st.none(), st.sampled_from(SnapshotReason)), u64, u64, u32, instruments)
 def test_subscribed_round_trip(symbol, request_id, resumed, reason, epoch, seq, depth, inst):
     msg = codec.subscribed_message(symbol, request_id, resumed, reason, epoch, seq, depth, inst)
     for back in both_ways(msg):
         sub = back.subscribed
         assert back.WhichOneof("kind") == "subscribed"
-        assert (sub.symbol, sub.request_id, sub.epoch, sub.seq, sub.depth) == (
-            symbol, request_id, epoch, seq, depth)
+        assert (sub.symbol, sub.request_id, sub.epoch, sub.seq, sub.depth) == (symbol, request_id, epoch, seq, depth)
         assert sub.start == (stream_pb2.START_RESUMED if resumed else stream_pb2.START_SNAPSHOT)
-        want_reason = 0 if reason is None else stream_pb2.SnapshotReason.Value(
-            "SNAPSHOT_REASON_" + reason.name)
+        want_reason = 0 if reason is None else stream_pb2.SnapshotReason.Value("SNAPSHOT_REASON_" + reason.name)
         assert sub.reason == want_reason
         assert codec.instrument_from_pb(sub.instrument) == inst
 
@@ -115,12 +128,17 @@ def test_subscribed_round_trip(symbol, request_id, resumed, reason, epoch, seq, 
 @given(text, u64, i64, u32, text)
 def test_small_server_messages_round_trip(symbol, n, t, code, message):
     cases = [
-        (codec.unsubscribed_message(symbol, n), "unsubscribed",
-         lambda m: (m.symbol, m.request_id) == (symbol, n)),
-        (codec.heartbeat_message(symbol, n, n // 3, t), "heartbeat",
-         lambda m: (m.symbol, m.epoch, m.seq, m.time_ns) == (symbol, n, n // 3, t)),
-        (codec.error_message(code % 11, message, symbol, n), "error",
-         lambda m: (m.code, m.message, m.symbol, m.request_id) == (code % 11, message, symbol, n)),
+        (codec.unsubscribed_message(symbol, n), "unsubscribed", lambda m: (m.symbol, m.request_id) == (symbol, n)),
+        (
+            codec.heartbeat_message(symbol, n, n // 3, t),
+            "heartbeat",
+            lambda m: (m.symbol, m.epoch, m.seq, m.time_ns) == (symbol, n, n // 3, t),
+        ),
+        (
+            codec.error_message(code % 11, message, symbol, n),
+            "error",
+            lambda m: (m.code, m.message, m.symbol, m.request_id) == (code % 11, message, symbol, n),
+        ),
         (codec.pong_message(n, t), "pong", lambda m: (m.request_id, m.time_ns) == (n, t)),
     ]
     for msg, kind, check in cases:
@@ -131,24 +149,50 @@ def test_small_server_messages_round_trip(symbol, n, t, code, message):
 
 
 def test_json_uses_canonical_names():
-    d = Delta("BTC-USD", epoch=7, seq=2**64 - 1, prev_seq=41, bids=((-5, 0),), asks=((101, 3),),
-              checksum=123, event_time_ns=-9, publish_time_ns=0)
+    d = Delta(
+        "BTC-USD",
+        epoch=7,
+        seq=2**64 - 1,
+        prev_seq=41,
+        bids=((-5, 0),),
+        asks=((101, 3),),
+        checksum=123,
+        event_time_ns=-9,
+        publish_time_ns=0,
+    )
     obj = json.loads(codec.to_json(codec.delta_message(d)))
-    assert obj == {"delta": {
-        "symbol": "BTC-USD", "epoch": "7", "seq": str(2**64 - 1), "prevSeq": "41",
-        # 64-bit numbers are strings; zero values are written out (size 0 = removal).
-        "bids": [{"price": "-5", "size": "0"}], "asks": [{"price": "101", "size": "3"}],
-        "checksum": 123, "eventTimeNs": "-9", "publishTimeNs": "0",
-    }}
+    assert obj == {
+        "delta": {
+            "symbol": "BTC-USD",
+            "epoch": "7",
+            "seq": str(2**64 - 1),
+            "prevSeq": "41",
+            # 64-bit numbers are strings; zero values are written out (size 0 = removal).
+            "bids": [{"price": "-5", "size": "0"}],
+            "asks": [{"price": "101", "size": "3"}],
+            "checksum": 123,
+            "eventTimeNs": "-9",
+            "publishTimeNs": "0",
+        }
+    }
     inst = Instrument("E", 2, 8, base="B", quote="Q", venue="V")
-    snap = json.loads(codec.to_json(codec.snapshot_message(
-        Snapshot("E", 1, 2, inst, (), (), 0, depth=5, time_ns=6))))["snapshot"]
+    snap = json.loads(codec.to_json(codec.snapshot_message(Snapshot("E", 1, 2, inst, (), (), 0, depth=5, time_ns=6))))[
+        "snapshot"
+    ]
     assert snap["timeNs"] == "6" and snap["depth"] == 5 and snap["bids"] == []
-    assert snap["instrument"] == {"symbol": "E", "priceScale": 2, "sizeScale": 8,
-                                  "priceIncrement": "1", "sizeIncrement": "1",
-                                  "base": "B", "quote": "Q", "venue": "V"}
-    sub = json.loads(codec.to_json(codec.subscribed_message(
-        "E", 9, False, SnapshotReason.AHEAD, 1, 2, 0, inst)))["subscribed"]
+    assert snap["instrument"] == {
+        "symbol": "E",
+        "priceScale": 2,
+        "sizeScale": 8,
+        "priceIncrement": "1",
+        "sizeIncrement": "1",
+        "base": "B",
+        "quote": "Q",
+        "venue": "V",
+    }
+    sub = json.loads(codec.to_json(codec.subscribed_message("E", 9, False, SnapshotReason.AHEAD, 1, 2, 0, inst)))[
+        "subscribed"
+    ]
     assert sub["requestId"] == "9" and sub["start"] == "START_SNAPSHOT"
     assert sub["reason"] == "SNAPSHOT_REASON_AHEAD"
     err = json.loads(codec.to_json(codec.error_message(ErrorCode.ERROR_CODE_UNKNOWN_SYMBOL, "x")))
@@ -158,8 +202,15 @@ def test_json_uses_canonical_names():
     # Compact output.
     assert " " not in codec.to_json(codec.pong_message(1, 2))
     cm = json.loads(codec.to_json(codec.subscribe_message("E", 3, ResumePoint(4, 5), 6)))
-    assert cm == {"subscribe": {"symbol": "E", "depth": 3, "resume": {"epoch": "4", "seq": "5"},
-                                "requestId": "6", "intervalMs": 0}}
+    assert cm == {
+        "subscribe": {
+            "symbol": "E",
+            "depth": 3,
+            "resume": {"epoch": "4", "seq": "5"},
+            "requestId": "6",
+            "intervalMs": 0,
+        }
+    }
 
 
 def test_instrument_increment_zero_means_one():
@@ -189,8 +240,7 @@ def test_unsubscribe_and_ping_round_trip(symbol, request_id):
         assert codec.decode_client(
             codec.encode(codec.unsubscribe_message(symbol, request_id), enc), enc
         ) == UnsubscribeRequest(symbol, request_id)
-        assert codec.decode_client(
-            codec.encode(codec.ping_message(request_id), enc), enc) == PingRequest(request_id)
+        assert codec.decode_client(codec.encode(codec.ping_message(request_id), enc), enc) == PingRequest(request_id)
 
 
 def test_binary_accepts_bytes_like():
@@ -215,8 +265,16 @@ MALFORMED_BINARY = [
     b"\x0f",  # invalid wire type 7
 ]
 MALFORMED_JSON = [
-    "", "not json", "5", "null", "true", "[1]", '{"subscribe": 5}', '{"subscribe": {"depth": "abc"}}',
-    '{"subscribe": {"depth": 4294967296}}', '{"ping": {"requestId": "-1"}}',
+    "",
+    "not json",
+    "5",
+    "null",
+    "true",
+    "[1]",
+    '{"subscribe": 5}',
+    '{"subscribe": {"depth": "abc"}}',
+    '{"subscribe": {"depth": 4294967296}}',
+    '{"ping": {"requestId": "-1"}}',
     '{"ping": {"requestId": "18446744073709551616"}}',
     '{"ping": {}, "subscribe": {}}',  # two kinds of one oneof
     "[" * 100_000 + "]" * 100_000,
@@ -260,8 +318,7 @@ def test_json_message_that_is_not_an_object_is_malformed(data):
         return
     except UnknownMessage as exc:
         got = exc
-    pytest.fail(f"{data!r} is not a ClientMessage in canonical JSON; expected "
-                f"MalformedMessage, got {got!r}")
+    pytest.fail(f"{data!r} is not a ClientMessage in canonical JSON; expected MalformedMessage, got {got!r}")
 
 
 def test_wrong_frame_type():
@@ -302,12 +359,29 @@ def test_random_bytes_never_escape_the_error_types(data):
 
 
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), text,
-              st.floats(allow_nan=False)),
-    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.sampled_from(
-                                ["subscribe", "ping", "unsubscribe", "symbol", "depth", "resume",
-                                 "epoch", "seq", "requestId", "request_id", "x"]), inner, max_size=4)),
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), text, st.floats(allow_nan=False)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "subscribe",
+                    "ping",
+                    "unsubscribe",
+                    "symbol",
+                    "depth",
+                    "resume",
+                    "epoch",
+                    "seq",
+                    "requestId",
+                    "request_id",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=4,
+        ),
+    ),
     max_leaves=10,
 )
 
@@ -338,10 +412,13 @@ def test_error_code_mapping():
 # ----------------------------------------------------------------------------- feed
 
 
-updates = st.builds(BookUpdate, symbol=text, bids=levels, asks=levels, replace=st.booleans(),
-                    event_time_ns=i64)
-batches = st.builds(FeedBatch, batch_id=u64, instruments=st.lists(instruments, max_size=3).map(tuple),
-                    updates=st.lists(updates, max_size=4).map(tuple))
+updates = st.builds(BookUpdate, symbol=text, bids=levels, asks=levels, replace=st.booleans(), event_time_ns=i64)
+batches = st.builds(
+    FeedBatch,
+    batch_id=u64,
+    instruments=st.lists(instruments, max_size=3).map(tuple),
+    updates=st.lists(updates, max_size=4).map(tuple),
+)
 
 
 @SETTINGS
@@ -359,11 +436,14 @@ def test_feed_replies_round_trip(batch_id, changes, positions, message):
     assert ack.WhichOneof("kind") == "ack"
     assert (ack.ack.batch_id, ack.ack.changes) == (batch_id, changes)
     assert [Position(p.symbol, p.epoch, p.seq) for p in ack.ack.positions] == positions
-    err = codec.parse_feed_reply(
-        codec.feed_error(ErrorCode.ERROR_CODE_INVALID_UPDATE, message, "S", batch_id))
+    err = codec.parse_feed_reply(codec.feed_error(ErrorCode.ERROR_CODE_INVALID_UPDATE, message, "S", batch_id))
     assert err.WhichOneof("kind") == "error"
     assert (err.error.code, err.error.message, err.error.symbol, err.error.request_id) == (
-        ErrorCode.ERROR_CODE_INVALID_UPDATE, message, "S", batch_id)
+        ErrorCode.ERROR_CODE_INVALID_UPDATE,
+        message,
+        "S",
+        batch_id,
+    )
 
 
 def test_feed_decode_errors():
@@ -405,8 +485,7 @@ def parse_frame(data: bytes) -> tuple[bool, int, bytes]:
     return fin, opcode, payload
 
 
-@pytest.mark.parametrize("n, header", [(0, 2), (1, 2), (125, 2), (126, 4), (65535, 4), (65536, 10),
-                                       (70000, 10)])
+@pytest.mark.parametrize("n, header", [(0, 2), (1, 2), (125, 2), (126, 4), (65535, 4), (65536, 10), (70000, 10)])
 @pytest.mark.parametrize("opcode", [OP_BINARY, OP_TEXT])
 def test_frame(n, header, opcode):
     payload = bytes(i % 251 for i in range(n))

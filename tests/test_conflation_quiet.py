@@ -27,7 +27,7 @@ async def read_for(sub: Subscriber, seconds: float) -> None:
     while (remaining := deadline - loop.time()) > 0:
         try:
             await sub.recv(remaining)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             return
 
 

@@ -160,7 +160,7 @@ class StubNode:
         stub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
+            def do_GET(self):
                 if self.path == "/readyz":
                     status, body = stub.readyz
                     payload = json.dumps(body).encode()
@@ -287,7 +287,11 @@ NGINX_VARS = ("ORDERBOOK_BIND", "ORDERBOOK_NODE1", "ORDERBOOK_NODE2")
 def render_nginx(prefix: Path, text: str | None = None) -> Path:
     """What `envsubst '${ORDERBOOK_BIND} ${ORDERBOOK_NODE1} ${ORDERBOOK_NODE2}'` does."""
     text = NGINX_CONF.read_text() if text is None else text
-    values = {"ORDERBOOK_BIND": "127.0.0.1:18000", "ORDERBOOK_NODE1": "127.0.0.1:18001", "ORDERBOOK_NODE2": "127.0.0.1:18002"}
+    values = {
+        "ORDERBOOK_BIND": "127.0.0.1:18000",
+        "ORDERBOOK_NODE1": "127.0.0.1:18001",
+        "ORDERBOOK_NODE2": "127.0.0.1:18002",
+    }
     for name, value in values.items():
         text = text.replace("${%s}" % name, value)
     assert "${ORDERBOOK_" not in text
@@ -441,7 +445,7 @@ def test_dockerfile_static():
     froms = [i for i, (k, _) in enumerate(ins) if k == "FROM"]
     assert len(froms) >= 2, "multi-stage build"
     assert all(ins[i][1].split()[0] == "python:3.11-slim" for i in froms)
-    final = ins[froms[-1]:]
+    final = ins[froms[-1] :]
     kinds = [k for k, _ in final]
 
     users = [v for k, v in final if k == "USER"]
@@ -480,7 +484,7 @@ def test_dockerfile_healthcheck_command_runs(tmp_path):
     assert argv[0] == "python"
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             ok = self.path == "/healthz"
             self.send_response(200 if ok else 404)
             self.send_header("Content-Length", "0")

@@ -46,16 +46,14 @@ class DepthMachine(RuleBasedStateMachine):
         snap = self.view.snapshot(self.sb.snapshot(self.depth))
         assert snap.seq == self.view.seq and snap.depth == self.depth
         f = BookFollower("D")
-        f.apply_snapshot(snap.epoch, snap.seq, snap.bids, snap.asks, snap.checksum,
-                         snap.instrument, snap.depth)
+        f.apply_snapshot(snap.epoch, snap.seq, snap.bids, snap.asks, snap.checksum, snap.instrument, snap.depth)
         self.followers = self.followers[-2:] + [f]
 
     @rule(bids=levels, asks=levels, replace=st.sampled_from([False] * 6 + [True]))
     def update(self, bids, asks, replace):
         self._send(BookUpdate("D", tuple(bids), tuple(asks), replace))
 
-    @rule(is_bid=st.booleans(), start=st.integers(-25, 25), n=st.integers(5, 20),
-          size=st.integers(1, 3))
+    @rule(is_bid=st.booleans(), start=st.integers(-25, 25), n=st.integers(5, 20), size=st.integers(1, 3))
     def fill(self, is_bid, start, n, size):
         # A side deeper than the view (and than the 10 checksum levels).
         lv = tuple((start + k, size) for k in range(n))
@@ -65,7 +63,7 @@ class DepthMachine(RuleBasedStateMachine):
     def touch_below_view(self, is_bid, size, data):
         # A change no top-N subscriber sees: the view's seq must stay behind.
         side = self.sb.book.bids() if is_bid else self.sb.book.asks()
-        deep = side[self.depth:]
+        deep = side[self.depth :]
         if not deep:
             return
         price = data.draw(st.sampled_from(deep))[0]

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import time
 
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from orderbook.server.connection import Connection
 from orderbook.server.outgoing import Outgoing
@@ -74,8 +76,11 @@ async def test_churn_pairs_from_a_reading_client_are_rate_limited():
             deadline = time.monotonic() + 2.0
             while time.monotonic() < deadline:
                 frames.append(await atk.read_frame(deadline - time.monotonic()))
-        errors = [codec.parse_server_message(p).error for op, p in frames if op == OP_BINARY
-                  and codec.parse_server_message(p).WhichOneof("kind") == "error"]
+        errors = [
+            codec.parse_server_message(p).error
+            for op, p in frames
+            if op == OP_BINARY and codec.parse_server_message(p).WhichOneof("kind") == "error"
+        ]
         assert errors and {e.code for e in errors} == {codec.ErrorCode.ERROR_CODE_RATE_LIMITED}
         # Back-pressure: about --client-burst then --client-rate messages a second were handled.
         assert len(frames) < 2000
@@ -83,8 +88,10 @@ async def test_churn_pairs_from_a_reading_client_are_rate_limited():
 
 
 async def test_churn_pairs_from_a_client_that_never_reads_are_closed_1013():
-    async with watched(client_rate=0, churn_rate=0, client_buffer_limit=256 * 1024,
-                       slow_client_timeout=1.0) as (srv, watch):
+    async with watched(client_rate=0, churn_rate=0, client_buffer_limit=256 * 1024, slow_client_timeout=1.0) as (
+        srv,
+        watch,
+    ):
         before, rss0 = len(srv.hub.connections), rss_mb()
         atk, conn = await _connect_attacker(srv, rcvbuf=4096)
         await atk.write(churn_pairs(80_000, "TEST"))  # 3.4 MB

@@ -52,8 +52,7 @@ def next_delta(sb):
 
 
 def send(f, d, **change):
-    args = dict(epoch=d.epoch, seq=d.seq, prev_seq=d.prev_seq, bids=d.bids, asks=d.asks,
-                checksum=d.checksum)
+    args = dict(epoch=d.epoch, seq=d.seq, prev_seq=d.prev_seq, bids=d.bids, asks=d.asks, checksum=d.checksum)
     args.update(change)
     f.apply_delta(**args)
 

@@ -59,12 +59,12 @@ def test_resume_from_every_seq(steps, lim, start_seq):
         assert len(hist) <= lim.max_entries and hist.nbytes <= lim.max_bytes
         kept = longest_fitting_suffix(sizes, lim)
         assert len(hist) == kept
-        assert hist.nbytes == sum(sizes[len(sizes) - kept:])
+        assert hist.nbytes == sum(sizes[len(sizes) - kept :])
         assert hist.head_seq == sb.seq
         assert hist.base_seq == sb.seq - kept
 
     head = sb.seq
-    for r in range(0, head + 3):
+    for r in range(head + 3):
         dec = decide(EPOCH, head, hist, ResumePoint(EPOCH, r))
         if r > head:
             assert dec == Decision(False, reason=SnapshotReason.AHEAD)
@@ -106,7 +106,7 @@ def test_merged_entries(jumps, lim, start):
         hist.append(seq + jump, seq, (seq, seq + jump), nbytes)
         seq += jump
     kept = longest_fitting_suffix([n for _, _, n in chain], lim)
-    retained = chain[len(chain) - kept:]
+    retained = chain[len(chain) - kept :]
     assert len(hist) == kept and hist.nbytes == sum(n for _, _, n in retained)
     assert hist.head_seq == seq
     assert hist.base_seq == (retained[0][1] if retained else seq)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 
 import pytest
@@ -91,16 +90,30 @@ async def test_symbols_lists_every_instrument():
         assert body == {
             "symbols": [
                 {
-                    "symbol": "AAPL", "price_scale": 2, "size_scale": 0,
-                    "price_increment": "0.05", "size_increment": "100",
-                    "base": "", "quote": "", "venue": "",
-                    "epoch": epoch, "seq": 0, "subscribers": 0,
+                    "symbol": "AAPL",
+                    "price_scale": 2,
+                    "size_scale": 0,
+                    "price_increment": "0.05",
+                    "size_increment": "100",
+                    "base": "",
+                    "quote": "",
+                    "venue": "",
+                    "epoch": epoch,
+                    "seq": 0,
+                    "subscribers": 0,
                 },
                 {
-                    "symbol": "BTC-USD", "price_scale": 2, "size_scale": 8,
-                    "price_increment": "0.01", "size_increment": "0.00000001",
-                    "base": "BTC", "quote": "USD", "venue": "kraken",
-                    "epoch": epoch, "seq": 2, "subscribers": 0,
+                    "symbol": "BTC-USD",
+                    "price_scale": 2,
+                    "size_scale": 8,
+                    "price_increment": "0.01",
+                    "size_increment": "0.00000001",
+                    "base": "BTC",
+                    "quote": "USD",
+                    "venue": "kraken",
+                    "epoch": epoch,
+                    "seq": 2,
+                    "subscribers": 0,
                 },
             ]
         }

@@ -77,9 +77,17 @@ def test_replay_readers_are_pure(path):
     for name in imports_of(path):
         top = name.split(".")[0]
         if top == "orderbook":
-            assert name.startswith(("orderbook.core", "orderbook.wire", "orderbook.replay")), f"{path.name} imports {name}"
-            assert not name.startswith(("orderbook.replay.files", "orderbook.replay.player", "orderbook.replay.endtoend",
-                                        "orderbook.replay.recorder")), f"{path.name} imports {name}"
+            assert name.startswith(("orderbook.core", "orderbook.wire", "orderbook.replay")), (
+                f"{path.name} imports {name}"
+            )
+            assert not name.startswith(
+                (
+                    "orderbook.replay.files",
+                    "orderbook.replay.player",
+                    "orderbook.replay.endtoend",
+                    "orderbook.replay.recorder",
+                )
+            ), f"{path.name} imports {name}"
         elif name != "urllib.parse":  # string parsing only
             assert top not in IO_MODULES | {"gzip", "io", "os", "pathlib"}, f"{path.name} imports {name} (I/O or clock)"
     # Nor do they open files themselves.

@@ -69,8 +69,9 @@ def test_levels_per_side_counts_the_book_after_each_update():
     m.apply(FeedBatch(3, (), (update("A", bids=[(100, 0), (104, 7), (200, 1)]),)))
     assert m.get("A").book.bid_count() == 5
     # One more level, even spread over two updates of one batch: refused whole.
-    exc = refused(m, FeedBatch(4, (), (update("A", asks=levels(1, 300)), update("A", bids=[(201, 1)]))),
-                  "max_levels_per_side")
+    exc = refused(
+        m, FeedBatch(4, (), (update("A", asks=levels(1, 300)), update("A", bids=[(201, 1)]))), "max_levels_per_side"
+    )
     assert exc.symbol == "A" and "bid" in str(exc)
     # A replace counts only its own levels (last write per price, zeros dropped).
     m.apply(FeedBatch(5, (), (update("A", bids=levels(5, 1000) + [(1000, 0), (1001, 0)], replace=True),)))
@@ -123,8 +124,10 @@ async def test_feed_batches_over_each_limit_are_refused_whole_and_subscribers_go
             over = {
                 "max_levels_per_side": ([], [update("B", asks=levels(1)), update("A", bids=levels(41, 1000))]),
                 "max_symbols": ([instrument("C"), instrument("D"), instrument("E")], [update("A", bids=[(100, 5)])]),
-                "max_batch_levels": ([], [update("A", bids=[(100, 3)])] + [update("B", asks=levels(30, 10 * i))
-                                                                           for i in range(4)]),
+                "max_batch_levels": (
+                    [],
+                    [update("A", bids=[(100, 3)])] + [update("B", asks=levels(30, 10 * i)) for i in range(4)],
+                ),
             }
             values = {"max_levels_per_side": 50, "max_symbols": 4, "max_batch_levels": 120}
             with caplog.at_level(logging.WARNING, logger="orderbook.limits"):
@@ -250,8 +253,10 @@ async def test_handshake_burst_per_ip_and_global():
 
 
 async def test_refused_handshakes_leave_subscribers_alone():
-    async with serve_in_process(test_settings(handshake_rate=0.01, handshake_burst=3)) as srv, \
-            Publisher.connect(srv.feed_url) as pub:
+    async with (
+        serve_in_process(test_settings(handshake_rate=0.01, handshake_burst=3)) as srv,
+        Publisher.connect(srv.feed_url) as pub,
+    ):
         await pub.send([instrument("A")], [update("A", bids=levels(3))])
         async with Subscriber.connect(srv.url) as s1, Subscriber.connect(srv.url) as s2:
             for s in (s1, s2):
@@ -274,20 +279,61 @@ def test_cli_defaults_and_flags():
     d = Settings()
     assert (s.max_levels_per_side, s.max_symbols, s.max_batch_levels) == (100_000, 10_000, 100_000)
     assert (s.http_max_depth, s.http_token, s.max_connections_per_ip) == (1000, None, 1000)
-    assert (s.handshake_rate, s.handshake_burst, s.global_handshake_rate, s.global_handshake_burst) == (100, 200, 500, 1000)
-    for name in ("max_levels_per_side", "max_symbols", "max_batch_levels", "http_max_depth", "http_token",
-                 "max_connections_per_ip", "handshake_rate", "handshake_burst", "global_handshake_rate",
-                 "global_handshake_burst"):
+    assert (s.handshake_rate, s.handshake_burst, s.global_handshake_rate, s.global_handshake_burst) == (
+        100,
+        200,
+        500,
+        1000,
+    )
+    for name in (
+        "max_levels_per_side",
+        "max_symbols",
+        "max_batch_levels",
+        "http_max_depth",
+        "http_token",
+        "max_connections_per_ip",
+        "handshake_rate",
+        "handshake_burst",
+        "global_handshake_rate",
+        "global_handshake_burst",
+    ):
         assert getattr(s, name) == getattr(d, name), name
     args = build_parser().parse_args(
-        ["serve", "--max-levels-per-side", "7", "--max-symbols", "0", "--max-batch-levels", "9", "--http-max-depth",
-         "5", "--http-token", "t", "--max-connections-per-ip", "0", "--handshake-rate", "1.5", "--handshake-burst",
-         "3", "--global-handshake-rate", "0", "--global-handshake-burst", "4"]
+        [
+            "serve",
+            "--max-levels-per-side",
+            "7",
+            "--max-symbols",
+            "0",
+            "--max-batch-levels",
+            "9",
+            "--http-max-depth",
+            "5",
+            "--http-token",
+            "t",
+            "--max-connections-per-ip",
+            "0",
+            "--handshake-rate",
+            "1.5",
+            "--handshake-burst",
+            "3",
+            "--global-handshake-rate",
+            "0",
+            "--global-handshake-burst",
+            "4",
+        ]
     )
     s = serve_settings(args)
     assert s.feed_limits == FeedLimits(7, 0, 9)
-    assert (s.http_max_depth, s.http_token, s.max_connections_per_ip, s.handshake_rate, s.handshake_burst,
-            s.global_handshake_rate, s.global_handshake_burst) == (5, "t", 0, 1.5, 3, 0, 4)
+    assert (
+        s.http_max_depth,
+        s.http_token,
+        s.max_connections_per_ip,
+        s.handshake_rate,
+        s.handshake_burst,
+        s.global_handshake_rate,
+        s.global_handshake_burst,
+    ) == (5, "t", 0, 1.5, 3, 0, 4)
 
 
 def test_log_throttle_holds_back_a_flood():
@@ -325,8 +371,11 @@ async def test_trading_page_lists_symbols_with_http_token(tmp_path):
         async with chromium() as browser:
             page = await browser.new_page()
             await page.goto(f"{n.http}/?token=tok&symbol={symbols[0]}", wait_until="domcontentloaded")
-            await wait_js(page, f"(() => {{ const s = window.orderbook?.symbols?.[{json.dumps(symbols[0])}];"
-                                " return !!s && s.state === 'live'; })()")
+            await wait_js(
+                page,
+                f"(() => {{ const s = window.orderbook?.symbols?.[{json.dumps(symbols[0])}];"
+                " return !!s && s.state === 'live'; })()",
+            )
             async with asyncio.timeout(20):
                 while True:
                     options = await page.eval_on_selector_all("select#symbol option", "els => els.map(e => e.value)")

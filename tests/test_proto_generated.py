@@ -20,9 +20,19 @@ def test_generated_code_matches_proto(tmp_path):
     protos = sorted(p.relative_to(ROOT).as_posix() for p in found)
     assert protos, "no .proto files found"
     result = subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-Iproto",
-         f"--python_out={tmp_path}", f"--pyi_out={tmp_path}", *protos],
-        cwd=ROOT, capture_output=True, text=True, timeout=100,
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-Iproto",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            *protos,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
     )
     assert result.returncode == 0, result.stderr
     fresh_dir = tmp_path / "orderbook" / "v1"
@@ -31,6 +41,5 @@ def test_generated_code_matches_proto(tmp_path):
     assert fresh == {f"{Path(p).stem}_pb2{ext}" for p in protos for ext in (".py", ".pyi")}
     committed = {p.name for p in GENERATED_DIR.iterdir() if p.name.endswith(("_pb2.py", "_pb2.pyi"))}
     assert committed == fresh, "generated files missing from or extra in orderbook/v1"
-    stale = [name for name in sorted(fresh)
-             if (fresh_dir / name).read_bytes() != (GENERATED_DIR / name).read_bytes()]
+    stale = [name for name in sorted(fresh) if (fresh_dir / name).read_bytes() != (GENERATED_DIR / name).read_bytes()]
     assert not stale, f"regenerate from proto/: {stale} differ from protoc's output"

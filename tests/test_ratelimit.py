@@ -12,7 +12,8 @@ from orderbook.core.ratelimit import KeyedBuckets, TokenBucket
 
 steps = st.lists(
     st.tuples(st.floats(min_value=0, max_value=5, allow_nan=False), st.sampled_from([0.5, 1, 1, 2, 3])),
-    min_size=1, max_size=200,
+    min_size=1,
+    max_size=200,
 )
 
 

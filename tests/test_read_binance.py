@@ -26,8 +26,16 @@ SESSIONS = {
         applied=590,
         stale=24,
         checkpoints={
-            "SWRVBUSD": 57, "VETETH": 63, "AAVEUPUSDT": 43, "GTOBTC": 13, "PERLBNB": 7,
-            "ONTTRY": 7, "BUSDTRY": 6, "QSPBTC": 2, "ADARUB": 1, "STEEMETH": 0,
+            "SWRVBUSD": 57,
+            "VETETH": 63,
+            "AAVEUPUSDT": 43,
+            "GTOBTC": 13,
+            "PERLBNB": 7,
+            "ONTTRY": 7,
+            "BUSDTRY": 6,
+            "QSPBTC": 2,
+            "ADARUB": 1,
+            "STEEMETH": 0,
         },
         bbo={"SWRVBUSD": ("2.27100000", "2.27600000"), "VETETH": ("0.00009377", "0.00009399")},
     ),
@@ -84,8 +92,13 @@ def ws(t: float | str, data: dict, stream: str | None = None) -> str:
 
 def depth(t: float | str, first: int, final: int, bids=(), asks=(), sym: str = SYM) -> str:
     data = {
-        "e": "depthUpdate", "E": 1_600_000_000_000 + final, "s": sym, "U": first, "u": final,
-        "b": [[px(p), px(q)] for p, q in bids], "a": [[px(p), px(q)] for p, q in asks],
+        "e": "depthUpdate",
+        "E": 1_600_000_000_000 + final,
+        "s": sym,
+        "U": first,
+        "u": final,
+        "b": [[px(p), px(q)] for p, q in bids],
+        "a": [[px(p), px(q)] for p, q in asks],
     }
     return ws(t, data)
 
@@ -172,10 +185,12 @@ def test_wrong_checkpoint_fails_verification(shared_data):
             data = json.loads(line.partition(": ")[2])["data"]
             finals.add((data["s"], data["u"]))
     index = next(
-        i for i, line in enumerate(ws_lines)
+        i
+        for i, line in enumerate(ws_lines)
         if '@bookTicker"' in line  # the stream name, not the subscription URL
         and (d := json.loads(line.partition(": ")[2])["data"])
-        and (d["s"], d["u"]) in finals and d["u"] > last_ids[d["s"]]
+        and (d["s"], d["u"]) in finals
+        and d["u"] > last_ids[d["s"]]
     )
     head, _, body = ws_lines[index].partition(": ")
     msg = json.loads(body)
@@ -376,12 +391,21 @@ def test_scales_follow_the_snapshot():
         ([OPEN, "101.0: not json\n"], [], r"binance:2: not JSON"),
         ([OPEN, depth(101.0, 105, 101)], [], r"binance:2: first update id U=105 is after the final u=101"),
         ([OPEN, depth(101.0, 101, 101).replace('"u": 101', '"u": "101"')], [], r"binance:2: 'u' must be"),
-        ([OPEN, depth(101.0, 101, 101).replace('"b": []', '"b": [[1.5, "1"]]')],
-         [snapshot(100.5, 100, bids=[(10, 1)])], r"binance:2: expected a decimal string"),
-        ([OPEN], ['https://api.binance.com/api/v3/depth?limit=1000 -> 100.5: {"lastUpdateId": 1}\n'],
-         r"binance snapshots:1: depth snapshot URL names no symbol"),
-        ([OPEN], [f'https://api.binance.com/api/v3/depth?symbol={SYM} -> 100.5: {{"code": -1121, "msg": "Invalid"}}\n'],
-         r"binance snapshots:1: FTMUSDT: not a depth snapshot"),
+        (
+            [OPEN, depth(101.0, 101, 101).replace('"b": []', '"b": [[1.5, "1"]]')],
+            [snapshot(100.5, 100, bids=[(10, 1)])],
+            r"binance:2: expected a decimal string",
+        ),
+        (
+            [OPEN],
+            ['https://api.binance.com/api/v3/depth?limit=1000 -> 100.5: {"lastUpdateId": 1}\n'],
+            r"binance snapshots:1: depth snapshot URL names no symbol",
+        ),
+        (
+            [OPEN],
+            [f'https://api.binance.com/api/v3/depth?symbol={SYM} -> 100.5: {{"code": -1121, "msg": "Invalid"}}\n'],
+            r"binance snapshots:1: FTMUSDT: not a depth snapshot",
+        ),
     ],
 )
 def test_bad_data_names_the_line(ws_lines, http, message):

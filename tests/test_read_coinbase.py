@@ -10,7 +10,7 @@ import itertools
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,8 +27,16 @@ COINBASE_DIR = "coinbase-level2-2021-04-17"
 
 # From the capture's README.
 EXPECTED_L2UPDATES = {
-    "SKL-USD": 2592, "DASH-BTC": 1925, "SKL-BTC": 1539, "BAND-BTC": 1005, "CRV-EUR": 670,
-    "NMR-EUR": 665, "YFI-BTC": 487, "BAND-GBP": 471, "SKL-GBP": 289, "NU-GBP": 76,
+    "SKL-USD": 2592,
+    "DASH-BTC": 1925,
+    "SKL-BTC": 1539,
+    "BAND-BTC": 1005,
+    "CRV-EUR": 670,
+    "NMR-EUR": 665,
+    "YFI-BTC": 487,
+    "BAND-GBP": 471,
+    "SKL-GBP": 289,
+    "NU-GBP": 76,
 }
 EXPECTED_REMOVALS = 2634
 EXPECTED_TICKERS = 107  # 10 of them the stale first ones
@@ -107,7 +115,9 @@ def dropping_removals(records: Iterable[Record]) -> Iterator[Record]:
         yield dataclasses.replace(
             record,
             updates=tuple(
-                u if u.replace else dataclasses.replace(
+                u
+                if u.replace
+                else dataclasses.replace(
                     u, bids=tuple(lv for lv in u.bids if lv[1]), asks=tuple(lv for lv in u.asks if lv[1])
                 )
                 for u in record.updates
@@ -168,8 +178,15 @@ def line(ts: str, msg: dict) -> str:
 
 
 # Scales as written here: 4 price decimals ("0.5751"), 2 size decimals ("1.25").
-SNAPSHOT = line("1.0", {"type": "snapshot", "product_id": "T-X", "bids": [["0.5751", "10.5"], ["0.5742", "3.0"]],
-                        "asks": [["0.5763", "2.0"], ["0.5777", "1.25"]]})
+SNAPSHOT = line(
+    "1.0",
+    {
+        "type": "snapshot",
+        "product_id": "T-X",
+        "bids": [["0.5751", "10.5"], ["0.5742", "3.0"]],
+        "asks": [["0.5763", "2.0"], ["0.5777", "1.25"]],
+    },
+)
 
 
 def l2(side: str, price: str, size: str, ts: str = "2.0") -> str:
@@ -266,7 +283,7 @@ def test_iso_times():
 @given(st.integers(0, 4_102_444_800 * 10**6 - 1), st.integers(1, 9))
 def test_iso_time_round_trip(micros, digits):
     # datetime (integer arithmetic only) writes the text; the reader must recover it to the digit.
-    dt = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=micros)
+    dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
     frac = f"{dt.microsecond:06d}000"[:digits]
     text = dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{frac}Z"
     expected = (micros // 10**6) * 10**9 + int(frac.ljust(9, "0"))

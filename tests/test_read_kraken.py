@@ -127,8 +127,7 @@ def test_streams_line_by_line(capture):
 # ----------------------------------------------------------------------------- synthetic quirks
 
 SUBSCRIBED = (
-    '1.0: {"channelID":7,"channelName":"book-1000","event":"subscriptionStatus",'
-    '"pair":"T/X","status":"subscribed"}'
+    '1.0: {"channelID":7,"channelName":"book-1000","event":"subscriptionStatus","pair":"T/X","status":"subscribed"}'
 )
 SNAPSHOT = '1.1: [7,{"as":[["1.50","2.000","1.0"]],"bs":[["1.40","1.000","1.0"]]},"book-1000","T/X"]'
 

@@ -160,9 +160,7 @@ def test_reading_streams_line_by_line():
 
     def lines() -> Iterator[str]:
         nonlocal consumed
-        for line in itertools.chain(
-            [HEADER], (f"deribit,X,{t},{t},false,bid,{t % 50 + 1},1" for t in range(1, 10**6))
-        ):
+        for line in itertools.chain([HEADER], (f"deribit,X,{t},{t},false,bid,{t % 50 + 1},1" for t in range(1, 10**6))):
             consumed += 1
             yield line
 

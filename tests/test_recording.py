@@ -125,10 +125,7 @@ async def publish(pub, updates, instruments=()) -> None:
 
 def level_changes(records) -> list[tuple[str, tuple, tuple, int]]:
     """Every incremental change, in order: (symbol, bids, asks, event time)."""
-    return [
-        (u.symbol, u.bids, u.asks, u.event_time_ns)
-        for rec in records for u in rec.updates if not u.replace
-    ]
+    return [(u.symbol, u.bids, u.asks, u.event_time_ns) for rec in records for u in rec.updates if not u.replace]
 
 
 # ----------------------------------------------------------------------------- a stream from a model server
@@ -152,9 +149,11 @@ class Model:
 
     def subscribed(self, resumed: bool = False, request_id: int = 1) -> None:
         reason = None if resumed else codec.SnapshotReason.NEW
-        self.send(codec.subscribed_message(
-            self.inst.symbol, request_id, resumed, reason, self.sb.epoch, self.sb.seq, 0, self.inst
-        ))
+        self.send(
+            codec.subscribed_message(
+                self.inst.symbol, request_id, resumed, reason, self.sb.epoch, self.sb.seq, 0, self.inst
+            )
+        )
 
     def snapshot(self) -> None:
         self.send(codec.snapshot_message(self.sb.snapshot(0, self.t)))
@@ -227,7 +226,7 @@ def test_any_chunking_gives_the_same_entries(gz, cuts, data):
     # Empty chunks, one-byte chunks, entries split anywhere: all the same.
     assert entries_of(pieces) == entries_of([raw])
     tiny = data.draw(st.integers(1, 7))
-    assert entries_of([raw[i:i + tiny] for i in range(0, len(raw), tiny)]) == entries_of([raw])
+    assert entries_of([raw[i : i + tiny] for i in range(0, len(raw), tiny)]) == entries_of([raw])
 
 
 def test_the_reader_streams_instead_of_loading_the_file():
@@ -238,7 +237,7 @@ def test_the_reader_streams_instead_of_loading_the_file():
         nonlocal pulled
         for i in range(0, len(raw), 256):
             pulled += 1
-            yield raw[i:i + 256]
+            yield raw[i : i + 256]
 
     first = list(zip(range(5), recording.read(chunks())))
     assert len(first) == 5
@@ -288,8 +287,10 @@ def test_records_of_a_model_stream():
     assert definition.instruments == (m.inst,) and not definition.updates
     (u,) = snap.updates
     assert u.replace and u.bids == ((100, 5),) and u.asks == ((101, 7),)
-    assert snap.checks == (Checksum("A", Book.checksum(_book([(100, 5)], [(101, 7)]))),
-                           TopLevels("A", ((100, 5),), ((101, 7),), 0))
+    assert snap.checks == (
+        Checksum("A", Book.checksum(_book([(100, 5)], [(101, 7)]))),
+        TopLevels("A", ((100, 5),), ((101, 7),), 0),
+    )
     assert len(deltas) == 30  # heartbeats give no record
     assert all(r.checks and isinstance(r.checks[0], Checksum) for r in deltas)
     # time_ns is the receive time; a delta with no event time gets that too.
@@ -406,9 +407,9 @@ def test_unknown_fields_and_newer_entry_kinds_are_ignored():
     raw, _ = model_stream(5)
     entries = []
     for e in wire.decode([raw]):
-        body = raw[e.offset:]
+        body = raw[e.offset :]
         length, start = _varint(body)
-        entries.append(body[start:start + length])
+        entries.append(body[start : start + length])
     # Field 15 (unknown) added to every entry; a new entry kind (field 20) between each.
     unknown_field = bytes([15 << 3 | 0]) + wire.varint(12345)
     new_kind = wire.varint(20 << 3 | 2) + wire.delimited(b"\x08\x01")
@@ -470,7 +471,7 @@ def test_a_gzip_file_cut_anywhere_yields_a_prefix_then_a_truncation_error(cut):
             got.append(rec)
     # Either truncated, or so early that not even the header came through.
     assert isinstance(ei.value, TruncatedRecording) or "no complete header" in str(ei.value)
-    assert got == whole[:len(got)]
+    assert got == whole[: len(got)]
     if isinstance(ei.value, TruncatedRecording):
         assert ei.value.offset >= header_end
     # A chunk source that inflates itself (gzip.open) reports the cut the same way.
@@ -479,14 +480,14 @@ def test_a_gzip_file_cut_anywhere_yields_a_prefix_then_a_truncation_error(cut):
         source = gzip.GzipFile(fileobj=io.BytesIO(packed[:cut]))
         for rec in recording.read(iter(lambda: source.read(1000), b"")):
             got2.append(rec)
-    assert got2 == whole[:len(got2)]
+    assert got2 == whole[: len(got2)]
 
 
 @pytest.mark.parametrize(
     "data, why",
     [
         (b"", "empty file"),
-        (b"1618678132.8413: {\"event\":\"heartbeat\"}\n", "not an orderbook recording"),
+        (b'1618678132.8413: {"event":"heartbeat"}\n', "not an orderbook recording"),
         (gzip.compress(b"a,b,c\n1,2,3\n" * 50), "not an orderbook recording"),
         (wire.delimited(codec.feed_message(FeedBatch(1)).SerializeToString()), "not an orderbook recording"),
         (b"\xff" * 12, "not an orderbook recording"),
@@ -508,9 +509,9 @@ def test_a_corrupt_gzip_stream_is_an_error_after_a_prefix_of_the_records():
     bad[-6] ^= 0xFF  # the CRC-32 in the trailer
     got = []
     with pytest.raises(FormatError, match="corrupt gzip data"):
-        for rec in recording.read([bytes(bad[i:i + 64]) for i in range(0, len(bad), 64)]):
+        for rec in recording.read([bytes(bad[i : i + 64]) for i in range(0, len(bad), 64)]):
             got.append(rec)
-    assert got == whole[:len(got)]
+    assert got == whole[: len(got)]
 
 
 @settings(max_examples=200, deadline=None)
@@ -534,8 +535,9 @@ async def test_a_recorded_stream_reads_back_into_the_servers_books(tmp_path):
     rng = random.Random(1)
     path = tmp_path / "live.rec"
     async with serve_in_process() as srv, Publisher.connect(srv.feed_url) as pub:
-        await publish(pub, [update(s, bids=[(990, 5)], asks=[(1010, 7)]) for s in symbols],
-                      [instrument(s) for s in symbols])
+        await publish(
+            pub, [update(s, bids=[(990, 5)], asks=[(1010, 7)]) for s in symbols], [instrument(s) for s in symbols]
+        )
         async with recorder(srv.url, symbols, path) as rec:
             await eventually(lambda: rec.live == set(symbols), what="subscribed")
             before = {s: server_seq(srv, s) for s in symbols}

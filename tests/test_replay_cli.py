@@ -199,16 +199,39 @@ def test_replay_loop_and_window_through_a_node(shared_data, tmp_path):
     try:
         # Two laps: each restarts from the capture's snapshots, so the node
         # ends with the capture's final books, not a mix of two laps.
-        out = orderbook("replay", str(path), "--url", node.http, "--feed-token", FEED_TOKEN,
-                        "--speed", "max", "--loop", "--laps", "2")
+        out = orderbook(
+            "replay",
+            str(path),
+            "--url",
+            node.http,
+            "--feed-token",
+            FEED_TOKEN,
+            "--speed",
+            "max",
+            "--loop",
+            "--laps",
+            "2",
+        )
         assert out.returncode == 0, out.stderr
         assert "8558 records" in out.stdout and "2 lap(s)" in out.stdout
         expected = final_books(path, "kraken")
         for symbol in expected.market.symbols():
             assert same_book(book_json(node.http, symbol), expected, symbol), symbol
         # A window ending 10 s in: the node holds the books as they stood then.
-        out = orderbook("replay", str(path), "--url", node.http, "--feed-token", FEED_TOKEN,
-                        "--speed", "max", "--start", "+5s", "--end", "+10s")
+        out = orderbook(
+            "replay",
+            str(path),
+            "--url",
+            node.http,
+            "--feed-token",
+            FEED_TOKEN,
+            "--speed",
+            "max",
+            "--start",
+            "+5s",
+            "--end",
+            "+10s",
+        )
         assert out.returncode == 0, out.stderr
         windowed = Verifier()
         for record in within(open_records(path, "kraken"), parse_time("+5s"), parse_time("+10s")):

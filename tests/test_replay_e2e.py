@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from orderbook.replay.endtoend import SERVER_CHECKSUM, verify_through_server
 from orderbook.core.events import BookUpdate
+from orderbook.replay.endtoend import SERVER_CHECKSUM, verify_through_server
 from orderbook.replay.files import open_records
 from orderbook.replay.formats import tardis
 from orderbook.replay.records import Record
@@ -33,7 +33,9 @@ async def replay_checked(path, fmt, **settings):
         return await verify_through_server(open_records(path, fmt), srv.http, feed_token=FEED_TOKEN, timeout=20)
 
 
-@pytest.mark.parametrize("rel, fmt, expected", DATASETS, ids=[d[0].split("/")[0] + ":" + d[0].split("/")[-1] for d in DATASETS])
+@pytest.mark.parametrize(
+    "rel, fmt, expected", DATASETS, ids=[d[0].split("/")[0] + ":" + d[0].split("/")[-1] for d in DATASETS]
+)
 async def test_replay_through_server_matches_the_venue(shared_data, rel, fmt, expected):
     report = await replay_checked(shared_data / rel, fmt)
     assert report.rejected == [], report.rejected[:5]

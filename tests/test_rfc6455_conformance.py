@@ -280,8 +280,11 @@ CASES = [
     Case("close reason a UTF-16 surrogate -> 1007", mframe(CLOSE, close_body(1000, b"\xed\xa0\x80")), 1007),
     Case("close reason an overlong encoding -> 1007", mframe(CLOSE, close_body(1000, b"\xc0\xaf")), 1007),
     Case("invalid code wins over invalid reason -> 1002", mframe(CLOSE, close_body(1005, b"\xff")), 1002),
-    Case("data after the client's close is ignored",
-         mframe(CLOSE, close_body(1000)) + mframe(BINARY, subscribe_bytes()) + mframe(PING, b"x"), 1000),
+    Case(
+        "data after the client's close is ignored",
+        mframe(CLOSE, close_body(1000)) + mframe(BINARY, subscribe_bytes()) + mframe(PING, b"x"),
+        1000,
+    ),
     # §5.5: control frames
     Case("close body of 126 bytes -> 1002", mframe(CLOSE, close_body(1000, b"r" * 124)), 1002),
     Case("ping of 126 bytes -> 1002", mframe(PING, b"p" * 126), 1002),
@@ -293,8 +296,10 @@ CASES = [
     # §5.2: opcodes and reserved bits
     *(Case(f"reserved opcode {op:#x} -> 1002", mframe(op, b"x"), 1002) for op in (3, 4, 5, 6, 7)),
     *(Case(f"reserved control opcode {op:#x} -> 1002", mframe(op, b""), 1002) for op in range(0xB, 0x10)),
-    *(Case(f"RSV bits {rsv:03b} without an extension -> 1002", mframe(BINARY, subscribe_bytes(), rsv=rsv), 1002)
-      for rsv in (4, 2, 1, 7)),
+    *(
+        Case(f"RSV bits {rsv:03b} without an extension -> 1002", mframe(BINARY, subscribe_bytes(), rsv=rsv), 1002)
+        for rsv in (4, 2, 1, 7)
+    ),
     Case("RSV1 on a ping -> 1002", mframe(PING, b"x", rsv=4), 1002),
     # §5.1 / §5.3: masking
     Case("unmasked binary frame -> 1002", mframe(BINARY, subscribe_bytes(), mask=False), 1002),
@@ -304,26 +309,44 @@ CASES = [
     # §5.4: fragmentation
     Case("continuation with no message started -> 1002", mframe(CONT, b"x"), 1002),
     Case("non-final continuation with no message started -> 1002", mframe(CONT, b"x", fin=False), 1002),
-    Case("new binary message inside a fragmented one -> 1002",
-         mframe(BINARY, b"\x0a", fin=False) + mframe(BINARY, b"x"), 1002),
-    Case("new text message inside a fragmented one -> 1002",
-         mframe(TEXT, b"{", fin=False) + mframe(TEXT, b"{}"), 1002, JSON_PROTO),
-    Case("second continuation after the final one -> 1002",
-         mframe(BINARY, b"\x0a", fin=False) + mframe(CONT, b"\x04") + mframe(CONT, b"TEST"), 1002),
+    Case(
+        "new binary message inside a fragmented one -> 1002",
+        mframe(BINARY, b"\x0a", fin=False) + mframe(BINARY, b"x"),
+        1002,
+    ),
+    Case(
+        "new text message inside a fragmented one -> 1002",
+        mframe(TEXT, b"{", fin=False) + mframe(TEXT, b"{}"),
+        1002,
+        JSON_PROTO,
+    ),
+    Case(
+        "second continuation after the final one -> 1002",
+        mframe(BINARY, b"\x0a", fin=False) + mframe(CONT, b"\x04") + mframe(CONT, b"TEST"),
+        1002,
+    ),
     # §5.2: lengths
     Case("64-bit length with the top bit set -> 1002", mframe(BINARY, b"", length="64", declared=1 << 63), 1002),
     Case("64-bit length 2**64-1 -> 1002", mframe(BINARY, b"", length="64", declared=(1 << 64) - 1), 1002),
     Case("message over 64 KiB in one frame -> 1009", mframe(BINARY, b"\x00" * (MAX + 1)), 1009),
-    Case("message over 64 KiB declared, nothing sent -> 1009",
-         mframe(BINARY, b"", length="64", declared=1 << 40), 1009),
-    Case("message over 64 KiB in fragments -> 1009",
-         mframe(BINARY, b"\x00" * (MAX // 2), fin=False) + mframe(CONT, b"\x00" * (MAX // 2 + 1)), 1009),
+    Case(
+        "message over 64 KiB declared, nothing sent -> 1009", mframe(BINARY, b"", length="64", declared=1 << 40), 1009
+    ),
+    Case(
+        "message over 64 KiB in fragments -> 1009",
+        mframe(BINARY, b"\x00" * (MAX // 2), fin=False) + mframe(CONT, b"\x00" * (MAX // 2 + 1)),
+        1009,
+    ),
     Case("text message over 64 KiB -> 1009", mframe(TEXT, b" " * (MAX + 1)), 1009, JSON_PROTO),
     # §8.1: UTF-8 in text messages; §1.2 of the protocol: frame types per encoding
     Case("text not UTF-8 (JSON) -> 1007", mframe(TEXT, b'{"ping": {}}\xff'), 1007, JSON_PROTO),
     Case("text with a surrogate (JSON) -> 1007", mframe(TEXT, b'"\xed\xa0\x80"'), 1007, JSON_PROTO),
-    Case("text ending in a cut sequence over fragments (JSON) -> 1007",
-         mframe(TEXT, b'{"a": "', fin=False) + mframe(CONT, b"\xe2\x82"), 1007, JSON_PROTO),
+    Case(
+        "text ending in a cut sequence over fragments (JSON) -> 1007",
+        mframe(TEXT, b'{"a": "', fin=False) + mframe(CONT, b"\xe2\x82"),
+        1007,
+        JSON_PROTO,
+    ),
     Case("text not UTF-8 (protobuf) -> 1007", mframe(TEXT, b"\xff"), 1007),
     Case("valid text with protobuf -> 1003", mframe(TEXT, b"{}"), 1003, answer=True),
     Case("binary with JSON -> 1003", mframe(BINARY, subscribe_bytes()), 1003, JSON_PROTO, answer=True),
@@ -494,8 +517,13 @@ async def test_bad_key_gets_400(scene: Scene, path: str, key: str | None) -> Non
     raw = Raw(reader, writer, 0, {})
     scene.raws.append(raw)
     # Opened by hand: Raw.open would check Sec-WebSocket-Accept against the key.
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{scene.srv.port}", "Upgrade: websocket",
-             "Connection: Upgrade", "Sec-WebSocket-Version: 13"]
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{scene.srv.port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Version: 13",
+    ]
     lines += [f"{k}: {v}" for k, v in hdrs.items() if k not in drop]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)).decode("latin-1")

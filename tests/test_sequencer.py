@@ -92,8 +92,7 @@ def test_seq_grows_by_one_and_noop_consumes_nothing():
 def test_duplicate_prices_last_wins():
     sb = SequencedBook(BTC, EPOCH)
     sb.apply(BookUpdate("BTC-USD", bids=((100, 5),)))
-    d = sb.apply(BookUpdate(
-        "BTC-USD", bids=((100, 9), (101, 1), (100, 5), (101, 2), (102, 3), (102, 0))))
+    d = sb.apply(BookUpdate("BTC-USD", bids=((100, 9), (101, 1), (100, 5), (101, 2), (102, 3), (102, 0))))
     # 100 ends where it started, 102 appears and vanishes: only 101 changed.
     assert d.bids == ((101, 2),)
     assert sb.book.bids() == [(101, 2), (100, 5)]
@@ -190,10 +189,16 @@ def state(m: Market):
 
 def seeded_market() -> Market:
     m = Market(EPOCH)
-    m.apply(FeedBatch(1, (BTC, GRID), (
-        BookUpdate("BTC-USD", bids=((100, 5), (99, 1)), asks=((101, 2),)),
-        BookUpdate("GRID", bids=((10, 20),), asks=((15, 30),)),
-    )))
+    m.apply(
+        FeedBatch(
+            1,
+            (BTC, GRID),
+            (
+                BookUpdate("BTC-USD", bids=((100, 5), (99, 1)), asks=((101, 2),)),
+                BookUpdate("GRID", bids=((10, 20),), asks=((15, 30),)),
+            ),
+        )
+    )
     return m
 
 
@@ -212,8 +217,10 @@ GOOD = BookUpdate("BTC-USD", bids=((98, 4),), asks=((101, 0),))
         (FeedBatch(2, (Instrument("NEW", 1, 1), Instrument("NEW", 2, 1)), (GOOD,)), InstrumentConflict),
         (FeedBatch(2, (Instrument("NEW", 1, 1), Instrument("", 1, 1)), (GOOD,)), InvalidInstrument),
         # A new symbol defined in the batch is validated against its own grid.
-        (FeedBatch(2, (Instrument("NEW", 1, 1, price_increment=3),),
-                   (GOOD, BookUpdate("NEW", bids=((4, 1),)))), InvalidUpdate),
+        (
+            FeedBatch(2, (Instrument("NEW", 1, 1, price_increment=3),), (GOOD, BookUpdate("NEW", bids=((4, 1),)))),
+            InvalidUpdate,
+        ),
         # An update before its symbol exists anywhere in the batch.
         (FeedBatch(2, (), (GOOD, BookUpdate("NEW", bids=((4, 1),)))), UnknownSymbol),
     ],
@@ -235,15 +242,21 @@ def test_rejected_batch_changes_nothing(batch, error):
 def test_market_apply_reports():
     m = Market(EPOCH)
     new = Instrument("NEW", 1, 1)
-    res = m.apply(FeedBatch(5, (BTC, new, BTC), (
-        BookUpdate("BTC-USD", bids=((1, 1),)),
-        BookUpdate("NEW", asks=((2, 2),)),
-        BookUpdate("BTC-USD", bids=((1, 1),)),  # no-op: no delta, no seq
-        BookUpdate("BTC-USD", bids=((1, 2),)),
-    )), now_ns=3)
+    res = m.apply(
+        FeedBatch(
+            5,
+            (BTC, new, BTC),
+            (
+                BookUpdate("BTC-USD", bids=((1, 1),)),
+                BookUpdate("NEW", asks=((2, 2),)),
+                BookUpdate("BTC-USD", bids=((1, 1),)),  # no-op: no delta, no seq
+                BookUpdate("BTC-USD", bids=((1, 2),)),
+            ),
+        ),
+        now_ns=3,
+    )
     assert res.new_instruments == (BTC, new)
-    assert [(d.symbol, d.seq, d.prev_seq) for d in res.deltas] == [
-        ("BTC-USD", 1, 0), ("NEW", 1, 0), ("BTC-USD", 2, 1)]
+    assert [(d.symbol, d.seq, d.prev_seq) for d in res.deltas] == [("BTC-USD", 1, 0), ("NEW", 1, 0), ("BTC-USD", 2, 1)]
     assert all(d.publish_time_ns == 3 and d.epoch == EPOCH for d in res.deltas)
     assert set(res.positions) == {Position("BTC-USD", EPOCH, 2), Position("NEW", EPOCH, 1)}
     assert m.symbols() == ["BTC-USD", "NEW"] and "NEW" in m and len(m) == 2
@@ -261,7 +274,10 @@ def test_market_apply_reports():
 symbols = st.sampled_from(["A", "B", "C"])
 market_updates = st.builds(
     lambda sym, b, a, r: BookUpdate(sym, tuple(b), tuple(a), r),
-    symbols, side, side, st.sampled_from([False, False, False, True]),
+    symbols,
+    side,
+    side,
+    st.sampled_from([False, False, False, True]),
 )
 
 
@@ -271,7 +287,7 @@ def test_replaying_deltas_rebuilds_the_market(batches):
     m = Market(EPOCH)
     insts = tuple(Instrument(s, 2, 2) for s in "ABC")
     replica = {s: Book() for s in "ABC"}
-    last = {s: 0 for s in "ABC"}
+    last = dict.fromkeys("ABC", 0)
     for n, updates_ in enumerate(batches):
         res = m.apply(FeedBatch(n, insts if n == 0 else (), tuple(updates_)))
         for d in res.deltas:
@@ -303,7 +319,9 @@ def test_replaying_deltas_rebuilds_the_market(batches):
 )
 def test_checksum_is_right_after_changes_around_the_tenth_level(depth, changes):
     sb = SequencedBook(Instrument("C", 0, 0), epoch=1)
-    sb.apply(BookUpdate("C", bids=tuple((100 - i, 1) for i in range(depth)), asks=tuple((101 + i, 1) for i in range(depth))))
+    sb.apply(
+        BookUpdate("C", bids=tuple((100 - i, 1) for i in range(depth)), asks=tuple((101 + i, 1) for i in range(depth)))
+    )
     for is_bid, rank, size in changes:
         # rank counts from the best price outward, so 9 is the 10th level.
         update = BookUpdate("C", bids=((100 - rank, size),)) if is_bid else BookUpdate("C", asks=((101 + rank, size),))

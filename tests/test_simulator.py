@@ -86,10 +86,7 @@ def test_default_instruments_are_the_documented_ones() -> None:
         "ESZ6": (2, 0, 25, 1),
     }
     assert isinstance(DEFAULT_INSTRUMENTS, tuple)
-    got = {
-        i.symbol: (i.price_scale, i.size_scale, i.price_increment, i.size_increment)
-        for i in DEFAULT_INSTRUMENTS
-    }
+    got = {i.symbol: (i.price_scale, i.size_scale, i.price_increment, i.size_increment) for i in DEFAULT_INSTRUMENTS}
     assert got == expected
     assert {i.venue for i in DEFAULT_INSTRUMENTS} == {"simulator"}
     btc = DEFAULT_INSTRUMENTS[0]
@@ -276,7 +273,7 @@ def test_event_mix_looks_like_a_real_feed() -> None:
     sim = MarketSimulator(random.Random(99))
     sim.initial_batch()
     books = {i.symbol: sim.book(i.symbol) for i in sim.instruments}
-    kinds = "grow new_level partial remove top_hit sweep inside deep near_top".split()
+    kinds = ["grow", "new_level", "partial", "remove", "top_hit", "sweep", "inside", "deep", "near_top"]
     counts = dict.fromkeys(kinds, 0)
     total = 0
     for k in range(60):

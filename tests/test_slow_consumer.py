@@ -106,7 +106,6 @@ async def test_client_stuck_past_the_timeout_is_closed():
         await ws.close()
 
 
-
 async def test_a_client_falling_behind_is_degraded_to_conflated_updates_before_any_drop():
     """Past half its buffer limit a client is moved to merged deltas (each
     continuing the last, so nothing is lost), and once it has drained it gets

@@ -18,7 +18,9 @@ import urllib.request
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from orderbook.core.errors import SourceConflict
 from orderbook.core.events import BookUpdate, FeedBatch
@@ -211,7 +213,9 @@ async def test_allow_takeover_hands_a_symbol_to_the_publisher_for_good():
             reply = await pub.send(updates=[update("BTC-USD", bids=[(100, 1)])])
             assert reply.error.code == SOURCE_CONFLICT and "replace" in reply.error.message
             assert hub.market.owner("BTC-USD") == SIMULATOR
-            reply = await pub.send(updates=[update("BTC-USD", bids=[(5_000_000, 7)], asks=[(5_000_100, 9)], replace=True)])
+            reply = await pub.send(
+                updates=[update("BTC-USD", bids=[(5_000_000, 7)], asks=[(5_000_100, 9)], replace=True)]
+            )
             assert reply.WhichOneof("kind") == "ack", reply
             assert hub.market.owner("BTC-USD") == FEED
             taken = reply.ack.positions[0].seq
@@ -295,7 +299,9 @@ async def test_the_tour_record_then_replay_never_corrupts_a_served_book(tmp_path
     try:
         http = node.http
         # The tour: record what a subscriber of the simulating node receives...
-        done = await asyncio.to_thread(_cli, "record", "BTC-USD", "--url", node.url, "--out", str(rec), "--duration", "2")
+        done = await asyncio.to_thread(
+            _cli, "record", "BTC-USD", "--url", node.url, "--out", str(rec), "--duration", "2"
+        )
         assert done.returncode == 0, done.stderr
         expected = _final_checksum(rec, "BTC-USD")
         async with Subscriber.connect(node.url) as sub:
@@ -304,16 +310,21 @@ async def test_the_tour_record_then_replay_never_corrupts_a_served_book(tmp_path
             reader = asyncio.create_task(_follow(sub, stop))
             with CrossWatch(http, ["BTC-USD", "BTC-USD.rec"]) as watch:
                 # ...replaying it as BTC-USD into the same node is refused, clearly...
-                refused = await asyncio.to_thread(
-                    _cli, "replay", str(rec), "--url", http, "--feed-token", FEED_TOKEN
-                )
+                refused = await asyncio.to_thread(_cli, "replay", str(rec), "--url", http, "--feed-token", FEED_TOKEN)
                 assert refused.returncode != 0
                 assert "BTC-USD" in refused.stderr and "simulator" in refused.stderr
                 assert "--rename" in refused.stderr and "--no-simulator" in refused.stderr
                 # ...and the README's line plays it beside the live book.
                 played = await asyncio.to_thread(
-                    _cli, "replay", str(rec), "--url", http, "--feed-token", FEED_TOKEN,
-                    "--rename", "BTC-USD=BTC-USD.rec",
+                    _cli,
+                    "replay",
+                    str(rec),
+                    "--url",
+                    http,
+                    "--feed-token",
+                    FEED_TOKEN,
+                    "--rename",
+                    "BTC-USD=BTC-USD.rec",
                 )
                 assert played.returncode == 0, played.stderr
                 await asyncio.sleep(0.3)

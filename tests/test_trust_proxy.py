@@ -81,7 +81,13 @@ def test_cli_flag():
 
 # A small world so that addresses fall inside the candidate networks often.
 POOL = [f"10.0.{i}.{j}" for i in range(2) for j in (1, 2, 130)] + [
-    "192.0.2.1", "203.0.113.7", "fd00::1", "fd00::2", "2001:db8::1", "::ffff:10.0.0.1", "::ffff:192.0.2.1",
+    "192.0.2.1",
+    "203.0.113.7",
+    "fd00::1",
+    "fd00::2",
+    "2001:db8::1",
+    "::ffff:10.0.0.1",
+    "::ffff:192.0.2.1",
 ]
 NETS = ["10.0.0.0/8", "10.0.0.0/24", "10.0.1.128/25", "10.0.0.1/32", "192.0.2.0/24", "fd00::/8", "2001:db8::/32"]
 addresses = st.sampled_from(POOL)
@@ -118,8 +124,13 @@ def test_never_a_trusted_address_when_an_untrusted_one_is_forwarded(peer, hops, 
         assert ip(got) == ip(hops[0])
 
 
-@given(peer=addresses, hops=st.lists(addresses, min_size=1, max_size=4), forged=st.lists(st.one_of(addresses, junk),
-       max_size=4), nets=networks, split=st.booleans())
+@given(
+    peer=addresses,
+    hops=st.lists(addresses, min_size=1, max_size=4),
+    forged=st.lists(st.one_of(addresses, junk), max_size=4),
+    nets=networks,
+    split=st.booleans(),
+)
 def test_what_the_client_prepends_cannot_move_the_answer_past_an_untrusted_hop(peer, hops, forged, nets, split):
     """A client controls everything left of the first address a trusted proxy
     wrote: once an untrusted hop is there, prepending anything changes nothing."""
@@ -207,8 +218,9 @@ async def test_behind_the_real_haproxy_config(tmp_path):
     are not inside --trust-proxy and theirs is skipped past)."""
     from .test_cluster_failures import running_haproxy
 
-    node = start_server_process(tmp_path, "--no-simulator", "--max-connections-per-ip", "2",
-                                "--trust-proxy", "127.0.0.1/32")
+    node = start_server_process(
+        tmp_path, "--no-simulator", "--max-connections-per-ip", "2", "--trust-proxy", "127.0.0.1/32"
+    )
     try:
         # Both of the config's slots on the one node.
         slot = f"127.0.0.1:{node.port}"

@@ -4,8 +4,6 @@ the pure rules (path checks, the CORS decision) directly."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import urllib.error
@@ -196,7 +194,7 @@ async def test_fallback_page_without_a_build_then_the_build_once_written(tmp_pat
 
 
 def test_fallback_page_escapes_the_symbol():
-    page = ui.fallback_page("<A&B>/\"x", "ws://h:1/ws")
+    page = ui.fallback_page('<A&B>/"x', "ws://h:1/ws")
     assert "<A&B>" not in page and 'href="book/%3CA%26B%3E%2F%22x?depth=10"' in page
 
 
@@ -264,9 +262,14 @@ async def test_cors_preflight():
     async with serve_in_process(test_settings(cors_origins=(PAGE,))) as srv:
         for path in HTTP_PATHS:
             status, headers, body = await http(
-                srv.port, path, "OPTIONS",
-                {"Origin": PAGE, "Access-Control-Request-Method": "GET",
-                 "Access-Control-Request-Headers": "X-Request-Id, content-type"},
+                srv.port,
+                path,
+                "OPTIONS",
+                {
+                    "Origin": PAGE,
+                    "Access-Control-Request-Method": "GET",
+                    "Access-Control-Request-Headers": "X-Request-Id, content-type",
+                },
             )
             assert (status, body) == (204, b""), path
             assert cors_headers(headers) == {

@@ -49,8 +49,7 @@ units = st.one_of(
         (7, 3, 7000),
         (-7, 0, -7),
         # Wider than a float's 17 significant digits: must stay exact.
-        ("123456789012345678901234567890.123456789012345678", 18,
-         123456789012345678901234567890123456789012345678),
+        ("123456789012345678901234567890.123456789012345678", 18, 123456789012345678901234567890123456789012345678),
     ],
 )
 def test_to_units_examples(value, scale, expected):
@@ -94,8 +93,25 @@ def test_too_many_decimals(value, scale):
 
 @pytest.mark.parametrize(
     "value",
-    ["", "   ", "abc", "1.2.3", "1 .5", "1,5", "--1", "0x10", "1e", "NaN", "nan", "sNaN",
-     "Infinity", "-inf", Decimal("NaN"), Decimal("Infinity"), None],
+    [
+        "",
+        "   ",
+        "abc",
+        "1.2.3",
+        "1 .5",
+        "1,5",
+        "--1",
+        "0x10",
+        "1e",
+        "NaN",
+        "nan",
+        "sNaN",
+        "Infinity",
+        "-inf",
+        Decimal("NaN"),
+        Decimal("Infinity"),
+        None,
+    ],
 )
 def test_garbage_refused(value):
     with pytest.raises(InexactValue):
@@ -125,8 +141,7 @@ def test_units_round_trip(u, scale):
 @given(st.data(), st.integers(min_value=0, max_value=12))
 def test_decimal_with_fewer_places_is_exact(data, places):
     d = data.draw(
-        st.decimals(allow_nan=False, allow_infinity=False, places=places,
-                    min_value=-(10**15), max_value=10**15)
+        st.decimals(allow_nan=False, allow_infinity=False, places=places, min_value=-(10**15), max_value=10**15)
     )
     scale = data.draw(st.integers(min_value=places, max_value=MAX_SCALE))
     u = to_units(d, scale)

@@ -58,7 +58,9 @@ def test_a_short_side_must_be_the_whole_side():
 def test_report_counts_and_rejections():
     inst = Instrument("X", 0, 0)
     records = [
-        Record(1, (inst,), (BookUpdate("X", ((99, 5),), ((101, 3),), replace=True),), (BestPrices("X", (99, 5), (101, 3)),)),
+        Record(
+            1, (inst,), (BookUpdate("X", ((99, 5),), ((101, 3),), replace=True),), (BestPrices("X", (99, 5), (101, 3)),)
+        ),
         Record(2, (), (BookUpdate("X", ((99, 0),)),), (BestPrices("X", (99, 5), (101, 3)),)),
         Record(3, (), (BookUpdate("X", ((98, -1),)),)),  # the server would refuse a negative size
     ]

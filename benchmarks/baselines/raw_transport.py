@@ -105,7 +105,8 @@ class Client(asyncio.Protocol):
         body = json.dumps(await self.server.control(path)).encode()
         self.transport.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         self.transport.close()
 

@@ -25,7 +25,7 @@ class Backoff:
     True
     """
 
-    __slots__ = ("base", "cap", "factor", "attempt", "_rng")
+    __slots__ = ("_rng", "attempt", "base", "cap", "factor")
 
     def __init__(
         self,
@@ -67,7 +67,4 @@ class Backoff:
         self.attempt = 0
 
     def __repr__(self) -> str:
-        return (
-            f"Backoff(base={self.base}, cap={self.cap}, factor={self.factor}, "
-            f"attempt={self.attempt})"
-        )
+        return f"Backoff(base={self.base}, cap={self.cap}, factor={self.factor}, attempt={self.attempt})"

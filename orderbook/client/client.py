@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -101,13 +101,9 @@ _PERMANENT_REFUSALS = frozenset(
 
 # The Start enum, read from the message descriptor (the codec is the only
 # module importing generated code; values are never renumbered).
-_START_ENUM = (
-    ServerMessage.DESCRIPTOR.fields_by_name["subscribed"].message_type.fields_by_name["start"].enum_type
-)
+_START_ENUM = ServerMessage.DESCRIPTOR.fields_by_name["subscribed"].message_type.fields_by_name["start"].enum_type
 _START_RESUMED = _START_ENUM.values_by_name["START_RESUMED"].number
-_REASON_ENUM = (
-    ServerMessage.DESCRIPTOR.fields_by_name["subscribed"].message_type.fields_by_name["reason"].enum_type
-)
+_REASON_ENUM = ServerMessage.DESCRIPTOR.fields_by_name["subscribed"].message_type.fields_by_name["reason"].enum_type
 
 
 # ----------------------------------------------------------------------------- errors
@@ -250,7 +246,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     delay = when.timestamp() - (time.time() if now is None else now)
     if not math.isfinite(delay):
         return None
@@ -558,7 +554,7 @@ class OrderbookClient:
     async def _wait(self, ready: Callable[[], bool], timeout: float | None) -> None:
         if ready():
             return
-        if self._ended or self._closing and not self._running:
+        if self._ended or (self._closing and not self._running):
             raise self._end_exc or ClientClosed("the client is closed")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(ready, fut)
@@ -641,9 +637,7 @@ class OrderbookClient:
             self.stats.connect_failures += 1
             self.last_errors.append(exc)
             delay = self.backoff.next_delay()
-            log.warning(
-                "cannot connect to %s (%s); retrying in %.2f s", url, str(exc) or type(exc).__name__, delay
-            )
+            log.warning("cannot connect to %s (%s); retrying in %.2f s", url, str(exc) or type(exc).__name__, delay)
             return delay
         if self._closing:
             await ws.close(1000, "client closing")
@@ -856,8 +850,10 @@ class OrderbookClient:
                 problem = "resumed without a matching resume point"
             elif (m.epoch, m.seq) != (r.epoch, r.seq):
                 problem = f"resumed at ({m.epoch}, {m.seq}), asked ({r.epoch}, {r.seq})"
-            elif instrument is not None and follower.instrument is not None and not (
-                follower.instrument.same_terms(instrument)
+            elif (
+                instrument is not None
+                and follower.instrument is not None
+                and not (follower.instrument.same_terms(instrument))
             ):
                 problem = "instrument scales changed"
             if problem is not None:

@@ -90,7 +90,13 @@ async def watch(
         dirty = True
 
     client = OrderbookClient(
-        url, symbols, depth=depth, interval_ms=interval_ms, encoding=encoding, token=token, origin=origin,
+        url,
+        symbols,
+        depth=depth,
+        interval_ms=interval_ms,
+        encoding=encoding,
+        token=token,
+        origin=origin,
         on_update=changed,
     )
     runner = asyncio.create_task(client.run(), name="orderbook-watch")

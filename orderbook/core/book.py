@@ -44,7 +44,7 @@ class _Side:
     `text` is the joined pieces, None once the best levels changed.
     """
 
-    __slots__ = ("sizes", "keys", "negate", "top", "exact", "edge", "text")
+    __slots__ = ("edge", "exact", "keys", "negate", "sizes", "text", "top")
 
     def __init__(self, negate: bool, sizes: dict[int, int] | None = None) -> None:
         self.sizes: dict[int, int] = {} if sizes is None else sizes  # key -> size
@@ -186,7 +186,7 @@ class Book:
     []
     """
 
-    __slots__ = ("_bid", "_ask", "_ask_crc", "_checksum")
+    __slots__ = ("_ask", "_ask_crc", "_bid", "_checksum")
 
     def __init__(self) -> None:
         self._bid = _Side(negate=True)

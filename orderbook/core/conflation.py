@@ -17,7 +17,7 @@ from .events import Delta
 class Conflator:
     """Accumulates deltas until `take()`; pure, no clock."""
 
-    __slots__ = ("symbol", "_bids", "_asks", "_first", "_last", "count")
+    __slots__ = ("_asks", "_bids", "_first", "_last", "count", "symbol")
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol

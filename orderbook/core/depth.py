@@ -14,7 +14,7 @@ from .events import Delta, Snapshot
 
 
 class TopNView:
-    __slots__ = ("depth", "seq", "_bids", "_asks", "_bid_worst", "_ask_worst")
+    __slots__ = ("_ask_worst", "_asks", "_bid_worst", "_bids", "depth", "seq")
 
     def __init__(self, depth: int, book: Book, seq: int) -> None:
         if depth <= 0:

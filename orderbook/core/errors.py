@@ -39,9 +39,7 @@ class SourceConflict(InvalidInput):
     """An update is for a symbol that another source owns (one source per book)."""
 
     def __init__(self, symbol: str, owner: str, source: str, message: str = "") -> None:
-        super().__init__(
-            message or f"{symbol} is owned by the source {owner!r}; {source!r} may not update it"
-        )
+        super().__init__(message or f"{symbol} is owned by the source {owner!r}; {source!r} may not update it")
         self.symbol, self.owner, self.source = symbol, owner, source
 
 
@@ -87,9 +85,7 @@ class EpochMismatch(StreamError):
 
 class ChecksumMismatch(StreamError):
     def __init__(self, symbol: str, seq: int, expected: int, computed: int) -> None:
-        super().__init__(
-            f"{symbol}: checksum at seq {seq} is {computed:#010x}, server says {expected:#010x}"
-        )
+        super().__init__(f"{symbol}: checksum at seq {seq} is {computed:#010x}, server says {expected:#010x}")
         self.symbol, self.seq, self.expected, self.computed = symbol, seq, expected, computed
 
 

@@ -19,7 +19,7 @@ class BookFollower:
     """One symbol's local book. Any `StreamError` leaves it unsynced: the
     caller must resynchronise (a fresh snapshot) before applying more."""
 
-    __slots__ = ("symbol", "instrument", "book", "epoch", "seq", "depth", "synced")
+    __slots__ = ("book", "depth", "epoch", "instrument", "seq", "symbol", "synced")
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol

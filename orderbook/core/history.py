@@ -36,7 +36,7 @@ class History(Generic[T]):
     (['d2', 'd3'], None, [])
     """
 
-    __slots__ = ("_limits", "_entries", "_bytes", "_base_seq", "_head_seq")
+    __slots__ = ("_base_seq", "_bytes", "_entries", "_head_seq", "_limits")
 
     def __init__(self, limits: HistoryLimits, start_seq: int) -> None:
         self._limits = limits
@@ -64,9 +64,7 @@ class History(Generic[T]):
 
     def append(self, seq: int, prev_seq: int, item: T, nbytes: int) -> None:
         if prev_seq != self._head_seq or seq <= prev_seq:
-            raise InvariantViolation(
-                f"history chain broken: head {self._head_seq}, got {prev_seq}->{seq}"
-            )
+            raise InvariantViolation(f"history chain broken: head {self._head_seq}, got {prev_seq}->{seq}")
         self._entries.append((seq, prev_seq, item, nbytes))
         self._bytes += nbytes
         self._head_seq = seq

@@ -150,7 +150,8 @@ class Market:
                 total += len(u.bids) + len(u.asks)
             if total > cap:
                 raise LimitExceeded(
-                    "max_batch_levels", cap,
+                    "max_batch_levels",
+                    cap,
                     f"batch has {total} levels across its updates; the limit is {cap} per batch "
                     "(max_batch_levels): split it into smaller batches",
                 )
@@ -160,7 +161,8 @@ class Market:
             new = {i.symbol for i in batch.instruments if i.symbol not in books}
             if len(books) + len(new) > cap:
                 raise LimitExceeded(
-                    "max_symbols", cap,
+                    "max_symbols",
+                    cap,
                     f"batch defines {len(new)} new symbols; this node holds {len(books)} and its limit "
                     f"is {cap} symbols (max_symbols)",
                 )
@@ -221,7 +223,8 @@ class Market:
             if count > allowed:
                 side = "bid" if is_bid else "ask"
                 raise LimitExceeded(
-                    "max_levels_per_side", cap,
+                    "max_levels_per_side",
+                    cap,
                     f"{symbol}: the batch would leave {count} {side} levels; the limit is {cap} "
                     "levels per book side (max_levels_per_side)",
                     symbol,
@@ -241,14 +244,18 @@ class Market:
                 continue
             if not takeover:
                 raise SourceConflict(
-                    symbol, owner, source,
+                    symbol,
+                    owner,
+                    source,
                     f"{symbol} is served from another source ({owner}); {source} may not update it "
                     "(publish it under another symbol, serve it from a node without that source, "
                     "or start the node with --allow-takeover)",
                 )
             if not update.replace:
                 raise SourceConflict(
-                    symbol, owner, source,
+                    symbol,
+                    owner,
+                    source,
                     f"{symbol} is served from another source ({owner}); to take it over, the batch's "
                     "first update of it must replace the whole book (replace = true)",
                 )

@@ -22,7 +22,7 @@ class TokenBucket:
     "unlimited": callers that want no limit skip it (e.g. a limit set to 0).
     """
 
-    __slots__ = ("rate", "burst", "_tokens", "_last")
+    __slots__ = ("_last", "_tokens", "burst", "rate")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         if rate < 0 or not math.isfinite(rate):
@@ -74,7 +74,7 @@ class KeyedBuckets:
     use; full buckets are dropped now and then so memory stays bounded by the
     keys active within the last `burst / rate` seconds."""
 
-    __slots__ = ("rate", "burst", "_buckets", "_next_sweep", "max_keys")
+    __slots__ = ("_buckets", "_next_sweep", "burst", "max_keys", "rate")
 
     def __init__(self, rate: float, burst: float, max_keys: int = 100_000) -> None:
         TokenBucket(rate, burst, 0.0)  # validate the parameters

@@ -1,11 +1,11 @@
 """The resume rules: given what a client holds, resume it or send a snapshot.
 
-    no resume point                    -> snapshot (NEW)
-    resume epoch != current epoch      -> snapshot (STALE_EPOCH)
-    depth-limited subscription         -> snapshot (UNSUPPORTED)
-    resume seq > current seq           -> snapshot (AHEAD)
-    history holds every change after it -> resumed with exactly those changes
-    otherwise                          -> snapshot (HISTORY_EXHAUSTED)
+no resume point                    -> snapshot (NEW)
+resume epoch != current epoch      -> snapshot (STALE_EPOCH)
+depth-limited subscription         -> snapshot (UNSUPPORTED)
+resume seq > current seq           -> snapshot (AHEAD)
+history holds every change after it -> resumed with exactly those changes
+otherwise                          -> snapshot (HISTORY_EXHAUSTED)
 """
 
 from __future__ import annotations

@@ -15,14 +15,13 @@ from .errors import ChecksumMismatch, EpochMismatch, InvalidUpdate, SequenceGap
 from .events import BookUpdate, Delta, Snapshot
 from .instrument import Instrument
 
-
 # Sizes travel as uint64; a value past int64 is what a negative number
 # written into that field looks like, and no real book holds it.
 MAX_SIZE = 2**63 - 1
 
 
 class SequencedBook:
-    __slots__ = ("instrument", "book", "epoch", "seq")
+    __slots__ = ("book", "epoch", "instrument", "seq")
 
     def __init__(self, instrument: Instrument, epoch: int, seq: int = 0) -> None:
         self.instrument = instrument
@@ -146,13 +145,9 @@ def _reject(update: BookUpdate, pinc: int, sinc: int) -> NoReturn:
             if size < 0 or size > MAX_SIZE:
                 raise InvalidUpdate(update.symbol, f"{side} {price}: size {size} out of range")
             if pinc > 1 and price % pinc:
-                raise InvalidUpdate(
-                    update.symbol, f"{side} price {price} is not a multiple of {pinc} ticks"
-                )
+                raise InvalidUpdate(update.symbol, f"{side} price {price} is not a multiple of {pinc} ticks")
             if sinc > 1 and size % sinc:
-                raise InvalidUpdate(
-                    update.symbol, f"{side} {price}: size {size} not a multiple of {sinc} lots"
-                )
+                raise InvalidUpdate(update.symbol, f"{side} {price}: size {size} not a multiple of {sinc} lots")
     raise AssertionError("_reject found no invalid level")
 
 

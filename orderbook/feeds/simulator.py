@@ -33,17 +33,32 @@ VENUE: Final = "simulator"
 DEFAULT_INSTRUMENTS: tuple[Instrument, ...] = (
     Instrument("BTC-USD", price_scale=2, size_scale=8, base="BTC", quote="USD", venue=VENUE),
     Instrument(
-        "ETH-USD", price_scale=2, size_scale=8, size_increment=1000,
-        base="ETH", quote="USD", venue=VENUE,
+        "ETH-USD",
+        price_scale=2,
+        size_scale=8,
+        size_increment=1000,
+        base="ETH",
+        quote="USD",
+        venue=VENUE,
     ),
     Instrument("AAPL", price_scale=2, size_scale=0, base="AAPL", quote="USD", venue=VENUE),
     Instrument(
-        "EUR-USD", price_scale=5, size_scale=0, size_increment=1000,
-        base="EUR", quote="USD", venue=VENUE,
+        "EUR-USD",
+        price_scale=5,
+        size_scale=0,
+        size_increment=1000,
+        base="EUR",
+        quote="USD",
+        venue=VENUE,
     ),
     Instrument(
-        "ESZ6", price_scale=2, size_scale=0, price_increment=25,
-        base="ES", quote="USD", venue=VENUE,
+        "ESZ6",
+        price_scale=2,
+        size_scale=0,
+        price_increment=25,
+        base="ES",
+        quote="USD",
+        venue=VENUE,
     ),
 )
 
@@ -109,8 +124,17 @@ class _SymbolModel:
     """
 
     __slots__ = (
-        "instrument", "pinc", "sinc", "gap", "walk", "lot", "anchor", "band", "fair",
-        "depth", "book",
+        "anchor",
+        "band",
+        "book",
+        "depth",
+        "fair",
+        "gap",
+        "instrument",
+        "lot",
+        "pinc",
+        "sinc",
+        "walk",
     )
 
     def __init__(self, instrument: Instrument, depth: int) -> None:
@@ -215,7 +239,7 @@ class _Edit:
     """The levels one update touches; applied to the model as they are made so
     later steps of the same event see the new book."""
 
-    __slots__ = ("model", "bids", "asks")
+    __slots__ = ("asks", "bids", "model")
 
     def __init__(self, model: _SymbolModel) -> None:
         self.model = model
@@ -343,7 +367,12 @@ def _fill(m: _SymbolModel, rng: random.Random, ed: _Edit, bid: bool) -> None:
 
 
 _EVENTS: Final[tuple[Callable[[_SymbolModel, random.Random, _Edit, bool], None], ...]] = (
-    _add, _partial_cancel, _full_cancel, _trade, _deep, _improve,
+    _add,
+    _partial_cancel,
+    _full_cancel,
+    _trade,
+    _deep,
+    _improve,
 )
 
 
@@ -356,7 +385,7 @@ class MarketSimulator:
     Output depends only on the `rng` state and the arguments.
     """
 
-    __slots__ = ("_rng", "_instruments", "_models", "_symbols", "_batch_id")
+    __slots__ = ("_batch_id", "_instruments", "_models", "_rng", "_symbols")
 
     def __init__(
         self,

@@ -82,7 +82,7 @@ class _Watcher:
                 raise TimeoutError(what)
             try:
                 await asyncio.wait_for(self.changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def expect(self, index: int, record: Record, positions: dict[str, int]) -> None:
@@ -107,7 +107,9 @@ class _Watcher:
     def give_up(self) -> None:
         for symbol, queue in self.expected.items():
             for e in queue:
-                self.report.note_check(e.index, e.time_ns, e.ref, self.broken.get(symbol, "the subscriber never got there"))
+                self.report.note_check(
+                    e.index, e.time_ns, e.ref, self.broken.get(symbol, "the subscriber never got there")
+                )
             queue.clear()
 
     async def close(self) -> None:

@@ -62,7 +62,7 @@ class Pacer:
 
 
 def parse_speed(text: str) -> float:
-    """"10", "10x", "0.5" -> factor; "max" (or 0) -> as fast as possible."""
+    """ "10", "10x", "0.5" -> factor; "max" (or 0) -> as fast as possible."""
     t = text.strip().lower()
     if t in ("max", "0", "0x", "inf"):
         return 0.0

@@ -135,7 +135,9 @@ async def play(
     return stats
 
 
-async def _flush(sink: Sink, records: list[Record], batch_id: int, defined: dict[str, Instrument], stats: PlayStats) -> None:
+async def _flush(
+    sink: Sink, records: list[Record], batch_id: int, defined: dict[str, Instrument], stats: PlayStats
+) -> None:
     instruments: list[Instrument] = []
     updates: list[BookUpdate] = []
     for rec in records:

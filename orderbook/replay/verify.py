@@ -210,7 +210,5 @@ def with_rebuilt_references(records: Iterable[Record]) -> Iterator[Record]:
     for record in records:
         v.feed(record)
         symbols = dict.fromkeys(u.symbol for u in record.updates if u.symbol in v.market)
-        refs = tuple(
-            TopLevels(s, tuple(v.book(s).bids()), tuple(v.book(s).asks())) for s in symbols
-        )
+        refs = tuple(TopLevels(s, tuple(v.book(s).bids()), tuple(v.book(s).asks())) for s in symbols)
         yield replace(record, checks=record.checks + refs)

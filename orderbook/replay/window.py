@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from orderbook.core.events import BookUpdate, FeedBatch
@@ -34,7 +34,7 @@ _UNIT_NS = {"ms": 1_000_000, "s": NS, "m": 60 * NS, "h": 3600 * NS, None: NS}
 
 
 def parse_time(text: str) -> TimePoint:
-    """"+30s", "+1.5m", "90" (seconds after the first record) or an ISO-8601
+    """ "+30s", "+1.5m", "90" (seconds after the first record) or an ISO-8601
     time ("2021-04-17T16:49:00Z"; no zone = UTC)."""
     t = text.strip()
     m = _RELATIVE.match(t)
@@ -48,8 +48,8 @@ def parse_time(text: str) -> TimePoint:
     except ValueError:
         raise ValueError(f"not a time: {text!r} (use +SECONDS, +30s, +2m or an ISO-8601 time)") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
     return TimePoint((delta.days * 86_400 + delta.seconds) * NS + delta.microseconds * 1000, False)
 
 

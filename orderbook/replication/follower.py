@@ -75,7 +75,11 @@ class LogFollower:
                 self.reset.set()
                 return
             if entries and entries[0].position != self.position + 1:
-                log.warning("log entries %d..%d were trimmed before this node read them", self.position + 1, entries[0].position - 1)
+                log.warning(
+                    "log entries %d..%d were trimmed before this node read them",
+                    self.position + 1,
+                    entries[0].position - 1,
+                )
                 self.reset.set()
                 return
             for e in entries:

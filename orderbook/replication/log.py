@@ -201,7 +201,9 @@ class RedisLog:
         k = self.keys
         try:
             return int(
-                await self._snapshot(keys=[k.lease, k.epoch, k.snapshot, k.log], args=[token, str(epoch), data, max(keep_from, 1)])
+                await self._snapshot(
+                    keys=[k.lease, k.epoch, k.snapshot, k.log], args=[token, str(epoch), data, max(keep_from, 1)]
+                )
             )
         except ResponseError as exc:
             if "FENCED" in str(exc):

@@ -26,7 +26,7 @@ DEFAULT_PER_TURN = 16
 class AcceptPacer:
     """The per-turn quota and the parked connections of one server."""
 
-    __slots__ = ("per_turn", "_used", "_parked", "_turn_scheduled", "_loop")
+    __slots__ = ("_loop", "_parked", "_turn_scheduled", "_used", "per_turn")
 
     def __init__(self, per_turn: int = DEFAULT_PER_TURN) -> None:
         self.per_turn = max(1, per_turn)
@@ -90,7 +90,7 @@ class PacedProtocol(WebSocketProtocol):
     connections are accepted over several turns, then their requests arrive
     together and would all be parsed in one.)"""
 
-    __slots__ = ("_paced", "_address")  # Sanic's protocols have slots
+    __slots__ = ("_address", "_paced")  # Sanic's protocols have slots
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -112,7 +112,7 @@ def origin_allowed(origin: str | None, host_header: str, allowed: tuple[str, ...
 def token_matches(expected: str | None, offered: list[str], query_token: str | None) -> bool:
     if expected is None:
         return True
-    candidates = [p[len(BEARER_PREFIX):] for p in offered if p.startswith(BEARER_PREFIX)]
+    candidates = [p[len(BEARER_PREFIX) :] for p in offered if p.startswith(BEARER_PREFIX)]
     if query_token is not None:
         candidates.append(query_token)
     want = expected.encode()

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 from sanic import Sanic
 
-from .accept_pacing import AcceptPacer, PacedProtocol
 from . import background, cors, handshake_limits, http_api, ui
-from .feed_ws import feed_endpoint
+from .accept_pacing import AcceptPacer, PacedProtocol
 from .cluster import Cluster
+from .feed_ws import feed_endpoint
 from .hub import Hub
 from .settings import Settings
 from .subscriber_ws import subscriber_endpoint

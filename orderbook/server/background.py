@@ -93,8 +93,13 @@ async def simulate(hub: Hub, rate: float, seed: int | None) -> None:
 async def replay(hub: Hub, plan: ReplayPlan) -> None:
     """Feed the hub from a recording (serve --replay); a bad file stops the
     replay, never the server."""
-    log.info("replaying %s (%s) at %s%s", plan.source.path, plan.source.format,
-             "full speed" if not plan.speed else f"{plan.speed}x", ", looping" if plan.loop else "")
+    log.info(
+        "replaying %s (%s) at %s%s",
+        plan.source.path,
+        plan.source.format,
+        "full speed" if not plan.speed else f"{plan.speed}x",
+        ", looping" if plan.loop else "",
+    )
     market = hub.market
 
     def ingest(batch):
@@ -102,8 +107,9 @@ async def replay(hub: Hub, plan: ReplayPlan) -> None:
         return hub.ingest(market.keep_own(batch, REPLAY), REPLAY)
 
     try:
-        stats = await play(plan.source.records, HubSink(ingest), speed=plan.speed, loop=plan.loop,
-                           start=plan.start, end=plan.end)
+        stats = await play(
+            plan.source.records, HubSink(ingest), speed=plan.speed, loop=plan.loop, start=plan.start, end=plan.end
+        )
     except InvalidInput as exc:
         log.error("replay of %s stopped: %s", plan.source.path, exc)
         return

@@ -31,7 +31,15 @@ class ConflationGroup:
     wait up to a whole interval."""
 
     __slots__ = (
-        "interval_ms", "interval", "depth", "conflator", "subs", "joining", "sent_seq", "last_sent", "last_delta",
+        "conflator",
+        "depth",
+        "interval",
+        "interval_ms",
+        "joining",
+        "last_delta",
+        "last_sent",
+        "sent_seq",
+        "subs",
         "timer",
     )
 
@@ -66,7 +74,7 @@ class ConflationGroup:
 class DepthGroup:
     """The subscribers of one depth; they share the view and its encoded deltas."""
 
-    __slots__ = ("view", "subs", "last_sent", "conflated")
+    __slots__ = ("conflated", "last_sent", "subs", "view")
 
     def __init__(self, view: TopNView, now: float) -> None:
         self.view = view
@@ -76,7 +84,7 @@ class DepthGroup:
 
 
 class Channel:
-    __slots__ = ("seqbook", "history", "full", "groups", "last_sent", "conflated", "snapshots")
+    __slots__ = ("conflated", "full", "groups", "history", "last_sent", "seqbook", "snapshots")
 
     def __init__(self, seqbook: SequencedBook, limits: HistoryLimits, now: float, start_seq: int) -> None:
         self.seqbook = seqbook

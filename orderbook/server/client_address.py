@@ -47,8 +47,9 @@ def parse_network(text: str) -> Network:
 
 
 def parse_networks(texts: Iterable[str | Network]) -> tuple[Network, ...]:
-    return tuple(t if isinstance(t, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else parse_network(t)
-                 for t in texts)
+    return tuple(
+        t if isinstance(t, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else parse_network(t) for t in texts
+    )
 
 
 def _address(text: str) -> Address | None:

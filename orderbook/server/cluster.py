@@ -99,7 +99,7 @@ class Cluster:
                 epoch = await self.log.epoch(candidate=time.time_ns())
                 assert epoch is not None
                 return epoch
-            except Exception as exc:  # noqa: BLE001  Redis still away: wait for it
+            except Exception as exc:
                 log.warning("waiting for redis: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -108,6 +108,6 @@ class Cluster:
         # Hand the lease over at once on a clean stop rather than after it lapses.
         try:
             await self.log.release(self.sequencer.token)
-        except Exception as exc:  # noqa: BLE001  best effort: the lease lapses anyway
+        except Exception as exc:
             log.warning("could not release the lease: %s", exc)
         await self._client.aclose()

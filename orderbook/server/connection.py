@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 class Subscription:
-    __slots__ = ("conn", "channel", "depth", "interval_ms", "lagging", "degraded", "cgroup")
+    __slots__ = ("cgroup", "channel", "conn", "degraded", "depth", "interval_ms", "lagging")
 
     def __init__(self, conn: Connection, channel: Channel, depth: int, interval_ms: int = 0) -> None:
         self.conn = conn
@@ -44,26 +44,26 @@ class Subscription:
 
 class Connection:
     __slots__ = (
-        "transport",
-        "encoding",
+        "_backlog",
         "_json",
-        "subs",
+        "_limit",
+        "_on_lag",
         "_pending",
         "_pending_bytes",
-        "_backlog",
-        "_limit",
-        "_soft",
-        "degraded",
         "_schedule",
         "_scheduled",
-        "lagging_since",
-        "_on_lag",
-        "errors",
-        "peer",
-        "closed",
-        "ws",
-        "input_stalled",
+        "_soft",
         "churn",
+        "closed",
+        "degraded",
+        "encoding",
+        "errors",
+        "input_stalled",
+        "lagging_since",
+        "peer",
+        "subs",
+        "transport",
+        "ws",
     )
 
     def __init__(

@@ -93,8 +93,13 @@ def install(app: Sanic, allowed: tuple[str, ...], uris: Iterable[str]) -> None:
 
     async def options(request: Request, **_):
         h = request.headers
-        d = decide(allowed, h.get("origin"), "OPTIONS", h.get("access-control-request-method"),
-                   h.get("access-control-request-headers"))
+        d = decide(
+            allowed,
+            h.get("origin"),
+            "OPTIONS",
+            h.get("access-control-request-method"),
+            h.get("access-control-request-headers"),
+        )
         if d.body:
             return response.text(d.body, status=d.status or 200, headers=dict(d.headers))
         return response.empty(status=d.status or 204, headers=dict(d.headers))

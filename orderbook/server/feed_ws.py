@@ -3,9 +3,9 @@ binary message is a FeedMessage answered by one FeedReply."""
 
 from __future__ import annotations
 
+from redis.exceptions import RedisError
 from sanic import Request, response
 from sanic.exceptions import WebsocketClosed
-from redis.exceptions import RedisError
 from websockets.exceptions import ConnectionClosed
 
 from orderbook.core.errors import InvalidInput, LimitExceeded, UnknownSymbol
@@ -93,7 +93,9 @@ async def _publisher(ws, state, peer: str = "") -> None:
                     for symbol in [s for s in queued if s in hub.market]:
                         del queued[symbol]
                     hub.market.validate(
-                        FeedBatch(batch.batch_id, (*cluster.queued_instruments.values(), *batch.instruments), batch.updates)
+                        FeedBatch(
+                            batch.batch_id, (*cluster.queued_instruments.values(), *batch.instruments), batch.updates
+                        )
                     )
                     try:
                         await cluster.log.submit(bytes(data))
@@ -110,9 +112,7 @@ async def _publisher(ws, state, peer: str = "") -> None:
                     handshake_limits.throttled.warning(
                         "feed_" + exc.limit, "refused feed batch %d from %s: %s", batch_id, peer, exc
                     )
-                reply = codec.feed_error(
-                    _feed_error_code(exc), str(exc), getattr(exc, "symbol", ""), batch_id
-                )
+                reply = codec.feed_error(_feed_error_code(exc), str(exc), getattr(exc, "symbol", ""), batch_id)
             # Awaiting here paces this publisher alone by its own socket.
             await ws.send(reply)
     except (ConnectionClosed, WebsocketClosed):

@@ -33,8 +33,9 @@ class LogThrottle:
     """At most one log line per `interval` seconds per key; the next line says
     how many were held back."""
 
-    def __init__(self, logger: logging.Logger, interval: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, logger: logging.Logger, interval: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._log = logger
         self._interval = interval
         self._clock = clock
@@ -74,7 +75,8 @@ class Gate:
         self._per_ip = KeyedBuckets(s.handshake_rate, max(s.handshake_burst, 1.0)) if s.handshake_rate > 0 else None
         self._global = (
             TokenBucket(s.global_handshake_rate, max(s.global_handshake_burst, 1.0), now)
-            if s.global_handshake_rate > 0 else None
+            if s.global_handshake_rate > 0
+            else None
         )
         self._open: dict[str, set[object]] = {}
         self._addresses = ClientAddresses(s.trusted_proxies)
@@ -92,8 +94,14 @@ class Gate:
         """None, or the 429 for a handshake from `ip` now."""
         now = self._clock()
         if self.max_per_ip and self.connections(ip) >= self.max_per_ip:
-            throttled.warning("conns_per_ip", "refused %s handshake from %s: %d connections open "
-                              "(--max-connections-per-ip %d)", endpoint, ip, self.connections(ip), self.max_per_ip)
+            throttled.warning(
+                "conns_per_ip",
+                "refused %s handshake from %s: %d connections open (--max-connections-per-ip %d)",
+                endpoint,
+                ip,
+                self.connections(ip),
+                self.max_per_ip,
+            )
             return Refusal(
                 429,
                 f"too many connections from your address ({self.max_per_ip}, max_connections_per_ip); "
@@ -103,8 +111,13 @@ class Gate:
         per_ip = self._per_ip
         if per_ip is not None and not per_ip.take(ip, now):
             wait = per_ip.wait_time(ip, now)
-            throttled.warning("handshake_rate", "refused %s handshake from %s: over %g handshakes/s "
-                              "(--handshake-rate)", endpoint, ip, per_ip.rate)
+            throttled.warning(
+                "handshake_rate",
+                "refused %s handshake from %s: over %g handshakes/s (--handshake-rate)",
+                endpoint,
+                ip,
+                per_ip.rate,
+            )
             return Refusal(
                 429,
                 f"too many handshakes from your address (handshake_rate {per_ip.rate:g}/s, "
@@ -113,8 +126,13 @@ class Gate:
             )
         glob = self._global
         if glob is not None and not glob.take(now):
-            throttled.warning("global_handshake_rate", "refused %s handshake from %s: over %g handshakes/s "
-                              "from everyone (--global-handshake-rate)", endpoint, ip, glob.rate)
+            throttled.warning(
+                "global_handshake_rate",
+                "refused %s handshake from %s: over %g handshakes/s from everyone (--global-handshake-rate)",
+                endpoint,
+                ip,
+                glob.rate,
+            )
             return Refusal(
                 429,
                 f"too many handshakes on this node (global_handshake_rate {glob.rate:g}/s); retry later\n",

@@ -65,8 +65,9 @@ def _unauthorized(request: Request) -> response.HTTPResponse | None:
     want = expected.encode()
     if any(hmac.compare_digest(t.encode(), want) for t in offered):
         return None
-    throttled.warning("http_token", "refused %s %s from %s: missing or wrong HTTP token",
-                      request.method, request.path, request.ip)
+    throttled.warning(
+        "http_token", "refused %s %s from %s: missing or wrong HTTP token", request.method, request.path, request.ip
+    )
     return response.json(
         {"error": "missing or wrong token: send Authorization: Bearer <token> or ?token=<token>"},
         status=401,
@@ -118,14 +119,20 @@ async def book(request: Request, symbol: str):
         return response.json({"error": f"depth must be an integer >= 0 (0 = all), got {raw!r}"}, status=400)
     sb = ch.seqbook
     if cap and depth > cap:
-        throttled.warning("http_max_depth", "refused GET /book depth=%d from %s (--http-max-depth %d)",
-                          depth, request.ip, cap)
+        throttled.warning(
+            "http_max_depth", "refused GET /book depth=%d from %s (--http-max-depth %d)", depth, request.ip, cap
+        )
         return response.json(
             {"error": f"depth {depth} is over this node's limit of {cap} levels (http_max_depth)"}, status=400
         )
     if cap and depth == 0 and max(sb.book.bid_count(), sb.book.ask_count()) > cap:
-        throttled.warning("http_max_depth", "refused GET /book depth=0 of %s from %s: a side is over "
-                          "--http-max-depth %d", symbol, request.ip, cap)
+        throttled.warning(
+            "http_max_depth",
+            "refused GET /book depth=0 of %s from %s: a side is over --http-max-depth %d",
+            symbol,
+            request.ip,
+            cap,
+        )
         return response.json(
             {
                 "error": f"{symbol} has more than {cap} levels on a side, this node's limit for GET /book "

@@ -262,7 +262,14 @@ class Hub:
             conn.send(
                 Outgoing(
                     codec.subscribed_message(
-                        req.symbol, req.request_id, True, None, sb.epoch, req.resume.seq, 0, sb.instrument,
+                        req.symbol,
+                        req.request_id,
+                        True,
+                        None,
+                        sb.epoch,
+                        req.resume.seq,
+                        0,
+                        sb.instrument,
                         req.interval_ms,
                     )
                 )

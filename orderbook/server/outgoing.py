@@ -11,7 +11,7 @@ from orderbook.wire.framing import OP_BINARY, OP_TEXT, frame
 
 
 class Outgoing:
-    __slots__ = ("_msg", "payload", "_proto_frame", "_json_frame")
+    __slots__ = ("_json_frame", "_msg", "_proto_frame", "payload")
 
     def __init__(self, msg: ServerMessage | None = None, payload: bytes | None = None) -> None:
         if payload is None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from websockets.protocol import State
 
+from orderbook.core.ratelimit import TokenBucket
 from orderbook.wire.framing import (
     OP_BINARY,
     OP_CLOSE,
@@ -31,8 +32,6 @@ from orderbook.wire.framing import (
     close_payload_error,
     control_frame,
 )
-
-from orderbook.core.ratelimit import TokenBucket
 
 log = logging.getLogger("orderbook.ws")
 
@@ -56,24 +55,24 @@ def _peer(transport: asyncio.BaseTransport) -> str:
 
 class SubscriberSocket:
     __slots__ = (
-        "transport",
-        "loop",
-        "state",
-        "_parser",
-        "_on_message",
-        "_before_close",
-        "done",
-        "ping_sent_at",
-        "_ping_payload",
         "_abort_handle",
-        "close_code",
-        "_on_lost",
-        "_gate",
-        "_send_frame",
+        "_before_close",
         "_bucket",
-        "_work_handle",
+        "_gate",
+        "_on_lost",
+        "_on_message",
+        "_parser",
         "_paused",
+        "_ping_payload",
         "_read_high",
+        "_send_frame",
+        "_work_handle",
+        "close_code",
+        "done",
+        "loop",
+        "ping_sent_at",
+        "state",
+        "transport",
     )
 
     def __init__(

@@ -50,9 +50,7 @@ async def subscriber_endpoint(request: Request):
     if not admission.origin_allowed(headers.get("origin"), headers.get("host", ""), settings.allowed_origins):
         return response.text(f"origin {headers.get('origin')!r} is not allowed\n", status=403)
     if not admission.token_matches(settings.subscriber_token, offered, request.args.get("token")):
-        return response.text(
-            "missing or wrong token: pass ?token=... or the subprotocol bearer.<token>\n", status=401
-        )
+        return response.text("missing or wrong token: pass ?token=... or the subprotocol bearer.<token>\n", status=401)
     if len(hub.connections) >= settings.max_connections:
         return response.text(
             f"server full ({settings.max_connections} connections); retry later\n",
@@ -72,10 +70,17 @@ async def subscriber_endpoint(request: Request):
         _receive(data, conn, hub, settings)
 
     sock = SubscriberSocket(
-        transport, loop, settings.max_message_bytes, on_message, lambda: _stop_sending(conn),
+        transport,
+        loop,
+        settings.max_message_bytes,
+        on_message,
+        lambda: _stop_sending(conn),
         on_lost=lambda: (gate.closed(ip, conn), hub.drop_connection(conn)),
-        gate=conn.accepts_input, send_frame=conn.send_frame,
-        rate=settings.client_rate, burst=settings.client_burst, max_fragments=settings.max_fragments,
+        gate=conn.accepts_input,
+        send_frame=conn.send_frame,
+        rate=settings.client_rate,
+        burst=settings.client_burst,
+        max_fragments=settings.max_fragments,
     )
     if settings.churn_rate > 0:
         conn.churn = TokenBucket(settings.churn_rate, max(settings.churn_burst, 1.0), time.monotonic())

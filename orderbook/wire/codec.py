@@ -181,9 +181,7 @@ def unsubscribed_message(symbol: str, request_id: int) -> stream_pb2.ServerMessa
     return msg
 
 
-def heartbeat_message(
-    symbol: str, epoch: int, seq: int, time_ns: int, stale: bool = False
-) -> stream_pb2.ServerMessage:
+def heartbeat_message(symbol: str, epoch: int, seq: int, time_ns: int, stale: bool = False) -> stream_pb2.ServerMessage:
     msg = ServerMessage()
     hb = msg.heartbeat
     hb.symbol = symbol

@@ -92,8 +92,16 @@ class FrameParser:
     `buffered` the bytes not parsed yet. Each frame costs O(1) plus its payload.
     """
 
-    __slots__ = ("max_size", "max_fragments", "_buf", "_pos", "_fragments", "_fragment_op", "_fragment_size",
-                 "frames")
+    __slots__ = (
+        "_buf",
+        "_fragment_op",
+        "_fragment_size",
+        "_fragments",
+        "_pos",
+        "frames",
+        "max_fragments",
+        "max_size",
+    )
 
     def __init__(self, max_size: int, max_fragments: int = 0) -> None:
         self.max_size = max_size

@@ -179,8 +179,9 @@ class RecordingWriter:
     it does not close `out`.
     """
 
-    def __init__(self, out: BinaryIO, *, gzip: bool = False, compresslevel: int = 6,
-                 flush_bytes: int | None = 1 << 20) -> None:
+    def __init__(
+        self, out: BinaryIO, *, gzip: bool = False, compresslevel: int = 6, flush_bytes: int | None = 1 << 20
+    ) -> None:
         self._sink = _CountingSink(out)
         self._gzip = _gzip.GzipFile(fileobj=self._sink, mode="wb", compresslevel=compresslevel) if gzip else None
         self._stream: _gzip.GzipFile | _CountingSink = self._gzip or self._sink
@@ -375,8 +376,10 @@ def decode(chunks: Iterable[bytes]) -> Iterator[Entry]:
         prefix = _read_varint(buf, pos, len(buf))
         want = f"{prefix[0]}-byte entry" if prefix else "entry length"
         raise RecordingTruncated(
-            base + pos, f"the recording ends inside a {want} ({have} bytes present; "
-            f"the recorder was probably stopped while writing)", count,
+            base + pos,
+            f"the recording ends inside a {want} ({have} bytes present; "
+            f"the recorder was probably stopped while writing)",
+            count,
         )
     if not source.complete:
         raise RecordingTruncated(
@@ -410,9 +413,11 @@ def _entry(body: bytes, offset: int, index: int) -> Entry:
         return Entry(offset, t, header=_header(pb.header, offset))
     if kind == "connection":
         c = pb.connection
-        return Entry(offset, t, connection=ConnectionEvent(
-            c.change == recording_pb2.CONNECTION_CHANGE_OPENED, c.close_code, c.detail
-        ))
+        return Entry(
+            offset,
+            t,
+            connection=ConnectionEvent(c.change == recording_pb2.CONNECTION_CHANGE_OPENED, c.close_code, c.detail),
+        )
     return Entry(offset, t)  # written by a newer recorder: skipped
 
 

@@ -80,7 +80,7 @@ def parse_filename(name: str) -> tuple[str, Date, int]:
 class _Clock:
     """Wall-clock nanoseconds after midnight -> nanoseconds since the Unix epoch."""
 
-    __slots__ = ("_day", "_zone", "_offsets")
+    __slots__ = ("_day", "_offsets", "_zone")
 
     def __init__(self, day: Date | str | None) -> None:
         if isinstance(day, str):
@@ -255,7 +255,7 @@ def _lockstep(messages: Iterator[Message], rows: Iterator[tuple[Row, int]]) -> I
 class _Side:
     """One side of the reader's book, with the sizes it had before this message."""
 
-    __slots__ = ("book", "is_bid", "before")
+    __slots__ = ("before", "book", "is_bid")
 
     def __init__(self, book: Book, is_bid: bool) -> None:
         self.book = book

@@ -189,7 +189,8 @@ class _Reader:
             return
         if d.epoch != s.epoch or d.prev_seq != s.seq or d.seq <= s.seq:
             yield from self.broken(
-                entry, d.symbol,
+                entry,
+                d.symbol,
                 f"delta {d.seq} of epoch {d.epoch} continues from seq {d.prev_seq}, "
                 f"but the recording holds seq {s.seq} of epoch {s.epoch}",
             )
@@ -210,7 +211,8 @@ class _Reader:
             return
         if (hb.epoch, hb.seq) != (s.epoch, s.seq):
             yield from self.broken(
-                entry, hb.symbol,
+                entry,
+                hb.symbol,
                 f"heartbeat at seq {hb.seq} of epoch {hb.epoch}, "
                 f"but the recording holds seq {s.seq} of epoch {s.epoch}",
             )
