@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-js web proto bench clean
+.PHONY: install run test test-js lint web proto bench clean
 
 # The browser client and the trading page need Node.js >= 20 and npm. Without
 # them every target still works: the page and the JS tests are skipped, and
@@ -66,6 +66,14 @@ run: $(STAMP) web
 ## (The browser tests in tests/ need the built page and Debian's chromium.)
 test: $(STAMP) web test-js
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## The lint and type gate (CI runs it before the tests): ruff's rules and
+## formatting, mypy (strict on the pure layers), the import contracts.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## Regenerate the Python code and type stubs from proto/.
 proto: $(STAMP)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sanic import Sanic
+from sanic.server.async_server import AsyncioServer
 
 from orderbook.core.events import BookUpdate, FeedBatch
 from orderbook.core.instrument import Instrument
@@ -78,6 +79,7 @@ class Endpoints:
 class InProcessServer(Endpoints):
     app: Sanic
     port: int
+    server: AsyncioServer  # Sanic's server: its `connections` are the ones it tracks
 
     @property
     def hub(self) -> Hub:
@@ -101,7 +103,7 @@ async def serve_in_process(settings: Settings | None = None) -> AsyncIterator[In
     await server.before_start()
     await server.after_start()
     try:
-        yield InProcessServer(app, port)
+        yield InProcessServer(app, port, server)
     finally:
         await server.before_stop()
         for conn in list(server.connections):

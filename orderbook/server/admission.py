@@ -10,6 +10,8 @@ import hmac
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from sanic.compat import Header as Headers
+
 from orderbook.wire.codec import SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO, Encoding
 
 BEARER_PREFIX = "bearer."
@@ -36,7 +38,7 @@ def offered_subprotocols(header_values: list[str]) -> list[str]:
     return out
 
 
-def is_upgrade(headers) -> bool:
+def is_upgrade(headers: Headers) -> bool:
     upgrade = headers.get("upgrade", "")
     connection = headers.get("connection", "")
     return upgrade.lower() == "websocket" and "upgrade" in connection.lower()
@@ -45,7 +47,7 @@ def is_upgrade(headers) -> bool:
 WEBSOCKET_VERSION = "13"
 
 
-def handshake_refusal(headers) -> Refusal | None:
+def handshake_refusal(headers: Headers) -> Refusal | None:
     """RFC 6455 4.2.1/4.4 on an upgrade request: a `Sec-WebSocket-Version`
     other than 13 (or none) gets 426 with `Sec-WebSocket-Version: 13`, the
     version the server speaks; a missing or malformed `Sec-WebSocket-Key`

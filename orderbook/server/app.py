@@ -5,50 +5,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from sanic import Sanic
+from sanic.response import HTTPResponse
 
-from . import background, cors, handshake_limits, http_api, ui
-from .accept_pacing import AcceptPacer, PacedProtocol
+from . import background, cors, handshake_limits, http_api, sanic_seam, ui
+from .accept_pacing import AcceptPacer
 from .cluster import Cluster
 from .feed_ws import feed_endpoint
 from .hub import Hub
 from .settings import Settings
+from .state import ServerState
 from .subscriber_ws import subscriber_endpoint
 
 log = logging.getLogger("orderbook.server")
 
 
-@dataclass
-class ServerState:
-    settings: Settings
-    hub: Hub
-    ready: bool = False
-    tasks: list[asyncio.Task] = field(default_factory=list)
-    cluster: Cluster | None = None
-    gate: handshake_limits.Gate | None = None  # handshake and per-IP limits (set at start)
-
-    @property
-    def serving(self) -> bool:
-        """Ready to take subscribers: started, and in a cluster caught up."""
-        return self.ready and (self.cluster is None or self.cluster.ready)
-
-
-def _report_crash(task: asyncio.Task) -> None:
+def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s failed", task.get_coro(), exc_info=task.exception())
 
 
 # The protocol class to serve the app with (app.run / create_server(protocol=)).
-PROTOCOL = PacedProtocol
+PROTOCOL = sanic_seam.PacedProtocol
 
 
 def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
+    sanic_seam.check()  # an incompatible Sanic fails here, by name
     app = Sanic(name)
     cfg = app.config
-    cfg.WEBSOCKET_PING_INTERVAL = settings.ping_interval
-    cfg.WEBSOCKET_PING_TIMEOUT = settings.ping_timeout
+    # (Sanic annotates these int; it takes seconds as float.)
+    cfg.WEBSOCKET_PING_INTERVAL = settings.ping_interval  # type: ignore[assignment]
+    cfg.WEBSOCKET_PING_TIMEOUT = settings.ping_timeout  # type: ignore[assignment]
     cfg.WEBSOCKET_MAX_SIZE = max(settings.max_message_bytes, settings.max_feed_message_bytes)
     cfg.GRACEFUL_SHUTDOWN_TIMEOUT = 2.0
     cfg.CORS = False
@@ -58,7 +48,7 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
 
     app.add_route(subscriber_endpoint, "/ws", methods=["GET"])
     app.add_route(feed_endpoint, "/feed", methods=["GET"])
-    http_routes = {
+    http_routes: dict[str, Callable[..., Coroutine[Any, Any, HTTPResponse | None]]] = {
         "/healthz": http_api.healthz,
         "/readyz": http_api.readyz,
         "/symbols": http_api.symbols,
@@ -80,7 +70,7 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
             epoch = cluster.epoch
         else:
             epoch = settings.epoch if settings.epoch is not None else time.time_ns()
-        state = ServerState(settings, Hub(settings, epoch, loop), cluster=cluster, gate=handshake_limits.Gate(settings))
+        state = ServerState(settings, Hub(settings, epoch, loop), handshake_limits.Gate(settings), cluster=cluster)
         app.ctx.state = state
         hub = state.hub
         tick = max(settings.symbol_heartbeat / 4, 0.01)

@@ -54,11 +54,12 @@ async def keepalive(current: Callable[[], Hub], interval: float, timeout: float)
             if now >= due:
                 ws.ping(now)
                 next_ping[ws] = now + interval
-        for ws in [w for w in next_ping if w not in seen]:
-            del next_ping[ws]
+        for gone in [w for w in next_ping if w not in seen]:
+            del next_ping[gone]
 
 
 async def lag_sweeper(current: Callable[[], Hub]) -> None:
+    closing: set[asyncio.Task[None]] = set()  # referenced until done, so none is collected mid-close
     while True:
         await asyncio.sleep(SWEEP_INTERVAL)
         hub = current()
@@ -66,7 +67,9 @@ async def lag_sweeper(current: Callable[[], Hub]) -> None:
             hub.stats_slow_closed += 1
             log.warning("closing slow client %s: over its buffer limit too long", conn.peer)
             if conn.ws is not None:
-                asyncio.ensure_future(close(conn.ws, conn, CLOSE_TRY_AGAIN_LATER, "client too slow"))
+                task = asyncio.ensure_future(close(conn.ws, conn, CLOSE_TRY_AGAIN_LATER, "client too slow"))
+                closing.add(task)
+                task.add_done_callback(closing.discard)
             hub.drop_connection(conn)
 
 

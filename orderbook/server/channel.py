@@ -1,9 +1,15 @@
 """One symbol's broadcast state: its sequenced book, the history kept for
 resume, and the subscribers grouped by what they receive: the full book or
 one depth-limited view per depth, each either live (every change) or
-conflated (one merged delta per interval, per interval)."""
+conflated (one merged delta per interval, per interval). A Subscription is a
+connection's membership of one channel; the connection is known here only by
+what the fan-out calls on it (`Subscriber`), so this module does not import
+the connection's."""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Protocol
 
 from orderbook.core.conflation import Conflator
 from orderbook.core.depth import TopNView
@@ -12,8 +18,27 @@ from orderbook.core.history import History, HistoryLimits
 from orderbook.core.sequencer import SequencedBook
 from orderbook.wire import codec
 
-from .connection import Subscription
 from .outgoing import Outgoing
+
+
+class Subscriber(Protocol):
+    """What the fan-out needs of a subscriber's connection
+    (orderbook/server/connection.py's Connection)."""
+
+    def push(self, sub: Subscription, out: Outgoing, now: float) -> None: ...
+
+
+class Subscription:
+    __slots__ = ("cgroup", "channel", "conn", "degraded", "depth", "interval_ms", "lagging")
+
+    def __init__(self, conn: Subscriber, channel: Channel, depth: int, interval_ms: int = 0) -> None:
+        self.conn = conn
+        self.channel = channel
+        self.depth = depth
+        self.interval_ms = interval_ms  # as asked; 0 = every change
+        self.lagging = False  # over the buffer limit: gets nothing until resynced
+        self.degraded = False  # moved to conflated updates because its client fell behind
+        self.cgroup: ConflationGroup | None = None
 
 
 class ConflationGroup:
@@ -53,7 +78,7 @@ class ConflationGroup:
         self.sent_seq = seq
         self.last_sent = now
         self.last_delta = float("-inf")  # no delta yet: the first change goes out at once
-        self.timer = None  # the pending flush, if changes are waiting
+        self.timer: asyncio.TimerHandle | None = None  # the pending flush, if changes are waiting
 
     def join(self, sub: Subscription, held: int) -> None:
         sub.cgroup = self

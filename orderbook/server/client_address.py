@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
-from typing import Union
+from typing import TYPE_CHECKING
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+if TYPE_CHECKING:
+    from sanic import Request
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def parse_network(text: str) -> Network:
@@ -96,7 +99,7 @@ class ClientAddresses:
     def __init__(self, trusted: Iterable[str | Network] = ()) -> None:
         self.trusted = parse_networks(trusted)
 
-    def of(self, request) -> str:
+    def of(self, request: Request) -> str:
         peer = request.ip or ""
         if not self.trusted:
             return peer

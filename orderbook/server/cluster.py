@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Protocol
 
 import redis.asyncio as aioredis
 
@@ -20,6 +21,12 @@ from .settings import Settings
 log = logging.getLogger("orderbook.cluster")
 
 CLOSE_SERVICE_RESTART = 1012
+
+
+class HoldsHub(Protocol):
+    """The node state whose hub a new epoch replaces (orderbook/server/state.py)."""
+
+    hub: Hub
 
 
 class Cluster:
@@ -43,6 +50,8 @@ class Cluster:
 
     @classmethod
     async def connect(cls, settings: Settings, loop: asyncio.AbstractEventLoop) -> Cluster:
+        if settings.redis_url is None:
+            raise ValueError("a cluster node needs a Redis URL")
         client = aioredis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         rlog = RedisLog(client, Keys(settings.redis_prefix))
         epoch = await rlog.epoch(candidate=time.time_ns())
@@ -68,7 +77,7 @@ class Cluster:
             "lag_ms": round(f.lag_ms, 3) if f else None,
         }
 
-    async def run(self, state) -> None:
+    async def run(self, state: HoldsHub) -> None:
         seq_task = asyncio.ensure_future(self.sequencer.run())
         try:
             while True:

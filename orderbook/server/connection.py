@@ -18,28 +18,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from orderbook.core.ratelimit import TokenBucket
 from orderbook.wire.codec import Encoding
 
+from .channel import Subscription
 from .outgoing import Outgoing
 
-if TYPE_CHECKING:
-    from .channel import Channel, ConflationGroup
 
+class Socket(Protocol):
+    """What the server's loops call on a connection's WebSocket
+    (orderbook/server/subscriber_socket.py's SubscriberSocket)."""
 
-class Subscription:
-    __slots__ = ("cgroup", "channel", "conn", "degraded", "depth", "interval_ms", "lagging")
+    def end_connection(self, code: int = 1001, reason: str = "") -> None: ...
 
-    def __init__(self, conn: Connection, channel: Channel, depth: int, interval_ms: int = 0) -> None:
-        self.conn = conn
-        self.channel = channel
-        self.depth = depth
-        self.interval_ms = interval_ms  # as asked; 0 = every change
-        self.lagging = False  # over the buffer limit: gets nothing until resynced
-        self.degraded = False  # moved to conflated updates because its client fell behind
-        self.cgroup: ConflationGroup | None = None
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 
 class Connection:
@@ -92,7 +86,7 @@ class Connection:
         self.errors = 0
         self.peer = peer
         self.closed = False
-        self.ws: object = None  # the edge's WebSocket object, for closing
+        self.ws: Socket | None = None  # the edge's WebSocket object, for closing
         self.input_stalled = False  # its own replies filled its budget: its input waits
         self.churn: TokenBucket | None = None  # subscribe/unsubscribe rate (--churn-rate)
 

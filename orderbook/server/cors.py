@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sanic import Request, Sanic, response
+from sanic.response import HTTPResponse
 
 from .admission import origin_listed
 
@@ -64,14 +65,14 @@ def decide(
     # The Origin as sent (a parser has trimmed it already; trim anyway: a header value).
     allow_origin = ("Access-Control-Allow-Origin", "*" if "*" in allowed else origin.strip())
     if options and request_method is not None:  # a preflight
-        headers = [allow_origin, ("Access-Control-Allow-Methods", ALLOW)]
+        headers: list[tuple[str, str]] = [allow_origin, ("Access-Control-Allow-Methods", ALLOW)]
         names = requested_headers(request_headers)
         if names:
             headers.append(("Access-Control-Allow-Headers", names))
         headers += [("Access-Control-Max-Age", MAX_AGE), *vary]
         return Decision(204, (*allow, *headers))
-    headers = (allow_origin, ("Access-Control-Expose-Headers", EXPOSE), *vary)
-    return Decision(204 if options else None, allow + headers)
+    exposed = (allow_origin, ("Access-Control-Expose-Headers", EXPOSE), *vary)
+    return Decision(204 if options else None, (*allow, *exposed))
 
 
 def requested_headers(value: str | None) -> str:
@@ -91,7 +92,7 @@ def install(app: Sanic, allowed: tuple[str, ...], uris: Iterable[str]) -> None:
     headers to every answer of a route registered with `ctx_cors=True`."""
     allowed = tuple(allowed)
 
-    async def options(request: Request, **_):
+    async def options(request: Request, **_: str) -> HTTPResponse:
         h = request.headers
         d = decide(
             allowed,
@@ -111,7 +112,7 @@ def install(app: Sanic, allowed: tuple[str, ...], uris: Iterable[str]) -> None:
         return
 
     @app.on_response
-    async def add_cors_headers(request: Request, resp) -> None:
+    async def add_cors_headers(request: Request, resp: HTTPResponse) -> None:
         route = request.route
         if route is None or not getattr(route.ctx, "cors", False):
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 from redis.exceptions import RedisError
 from sanic import Request, response
 from sanic.exceptions import WebsocketClosed
+from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.exceptions import ConnectionClosed
 
 from orderbook.core.errors import InvalidInput, LimitExceeded, UnknownSymbol
@@ -15,9 +16,10 @@ from orderbook.wire import codec
 
 from . import admission, handshake_limits
 from .hub import Hub
+from .sanic_seam import feed_upgrade, run_tracked, upgrading
 from .settings import Settings
+from .state import ServerState
 from .subscriber_ws import CLOSE_UNSUPPORTED_DATA
-from .upgrade import run_tracked, upgrade
 
 
 def _bearer(request: Request) -> str | None:
@@ -27,8 +29,9 @@ def _bearer(request: Request) -> str | None:
     return request.args.get("token")
 
 
-async def feed_endpoint(request: Request):
-    state = request.app.ctx.state
+@upgrading
+async def feed_endpoint(request: Request) -> response.HTTPResponse | None:
+    state: ServerState = request.app.ctx.state
     settings: Settings = state.settings
     if not admission.is_upgrade(request.headers):
         return response.text(admission.NOT_WEBSOCKET, status=426, headers={"Upgrade": "websocket"})
@@ -42,15 +45,13 @@ async def feed_endpoint(request: Request):
     offered = admission.offered_subprotocols(request.headers.getall("sec-websocket-protocol", []))
     if not admission.token_matches(settings.feed_token, offered, _bearer(request)):
         return response.text("missing or wrong feed token (Authorization: Bearer <token>)\n", status=401)
-    ws = await upgrade(request, None, settings.max_feed_message_bytes)
+    ws = await feed_upgrade(request, settings.max_feed_message_bytes)
     gate.opened(ip, ws)
     try:
         await run_tracked(request, ws, lambda: _publisher(ws, state, ip))
     finally:
         gate.closed(ip, ws)
-
-
-feed_endpoint.is_websocket = True  # type: ignore[attr-defined]
+    return None
 
 
 def _feed_error_code(exc: InvalidInput) -> int:
@@ -60,7 +61,7 @@ def _feed_error_code(exc: InvalidInput) -> int:
     return codec.error_code_for(exc)
 
 
-async def _publisher(ws, state, peer: str = "") -> None:
+async def _publisher(ws: WebsocketImplProtocol, state: ServerState, peer: str = "") -> None:
     try:
         while True:
             data = await ws.recv()

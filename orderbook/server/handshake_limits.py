@@ -20,6 +20,8 @@ import math
 import time
 from collections.abc import Callable
 
+from sanic import Request
+
 from orderbook.core.ratelimit import KeyedBuckets, TokenBucket
 
 from .admission import Refusal
@@ -81,7 +83,7 @@ class Gate:
         self._open: dict[str, set[object]] = {}
         self._addresses = ClientAddresses(s.trusted_proxies)
 
-    def source(self, request) -> str:
+    def source(self, request: Request) -> str:
         """The address a request counts as: its TCP peer, or behind a trusted
         proxy the client that X-Forwarded-For names."""
         return self._addresses.of(request)

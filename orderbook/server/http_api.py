@@ -12,13 +12,13 @@ from orderbook.core.instrument import Instrument
 from .handshake_limits import throttled
 
 
-async def healthz(request: Request):
+async def healthz(request: Request) -> response.HTTPResponse:
     """Up: the process serves HTTP. Says nothing about capacity."""
     state = request.app.ctx.state
     return response.json({"status": "up", "epoch": str(state.hub.epoch)})
 
 
-async def readyz(request: Request):
+async def readyz(request: Request) -> response.HTTPResponse:
     """Ready to take subscribers: 200 "ready"; 503 "starting" or "full"."""
     state = request.app.ctx.state
     hub, s = state.hub, state.settings
@@ -75,7 +75,7 @@ def _unauthorized(request: Request) -> response.HTTPResponse | None:
     )
 
 
-async def symbols(request: Request):
+async def symbols(request: Request) -> response.HTTPResponse:
     refused = _unauthorized(request)
     if refused is not None:
         return refused
@@ -95,7 +95,7 @@ async def symbols(request: Request):
     return response.json({"symbols": out})
 
 
-async def book(request: Request, symbol: str):
+async def book(request: Request, symbol: str) -> response.HTTPResponse:
     """The book with exact decimal strings; `depth` levels per side (0 = all),
     at most --http-max-depth (a whole book longer than that: the WebSocket)."""
     refused = _unauthorized(request)

@@ -20,8 +20,8 @@ from orderbook.core.resume import decide
 from orderbook.wire import codec
 from orderbook.wire.codec import Encoding, ErrorCode, SubscribeRequest
 
-from .channel import Channel, ConflationGroup
-from .connection import Connection, Subscription
+from .channel import Channel, ConflationGroup, Subscription
+from .connection import Connection
 from .outgoing import Outgoing
 from .settings import Settings
 
@@ -65,7 +65,7 @@ class Hub:
         return self.market.epoch
 
     # Connections ---------------------------------------------------------------
-    def new_connection(self, transport, encoding, peer: str = "") -> Connection:
+    def new_connection(self, transport: asyncio.Transport, encoding: Encoding, peer: str = "") -> Connection:
         conn = Connection(
             transport, encoding, self.settings.client_buffer_limit, self._schedule, self._lagging.add, peer
         )

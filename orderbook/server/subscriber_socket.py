@@ -53,7 +53,7 @@ def _peer(transport: asyncio.BaseTransport) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
 
 
-class SubscriberSocket:
+class SubscriberSocket(asyncio.Protocol):
     __slots__ = (
         "_abort_handle",
         "_before_close",
@@ -169,7 +169,7 @@ class SubscriberSocket:
             except FrameError as exc:
                 for opcode, payload in exc.messages:
                     self._dispatch(opcode, payload)
-                if self.state is not State.CLOSED:
+                if not self._is_closed():
                     log.info("closing %s: %s (%d)", _peer(self.transport), exc.reason, exc.code)
                 self.fail(exc.code, exc.reason)
                 return
@@ -179,7 +179,7 @@ class SubscriberSocket:
             frames -= used
             for opcode, payload in messages:
                 self._dispatch(opcode, payload)
-                if self.state is State.CLOSED:
+                if self._is_closed():  # a message may close it
                     return
             now = loop.time()
         self._flow()
@@ -260,6 +260,9 @@ class SubscriberSocket:
 
     def resume_writing(self) -> None:
         return None
+
+    def _is_closed(self) -> bool:
+        return self.state is State.CLOSED
 
     def end_connection(self, code: int = 1001, reason: str = "") -> None:
         """Send a close frame now and drop the connection if the client does

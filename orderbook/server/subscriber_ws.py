@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import cast
 
 from sanic import Request, response
 from websockets import http11
@@ -19,10 +20,12 @@ from orderbook.wire import codec
 from orderbook.wire.codec import Encoding, ErrorCode, PingRequest, SubscribeRequest, UnsubscribeRequest
 
 from . import admission
-from .connection import Connection
+from .connection import Connection, Socket
 from .hub import Hub, SubscribeRejected
 from .outgoing import Outgoing
+from .sanic_seam import take_over, upgrading
 from .settings import Settings
+from .state import ServerState
 from .subscriber_socket import SubscriberSocket
 
 log = logging.getLogger("orderbook.ws")
@@ -32,8 +35,9 @@ CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
-async def subscriber_endpoint(request: Request):
-    state = request.app.ctx.state
+@upgrading
+async def subscriber_endpoint(request: Request) -> response.HTTPResponse | None:
+    state: ServerState = request.app.ctx.state
     settings: Settings = state.settings
     hub: Hub = state.hub
     headers = request.headers
@@ -62,12 +66,17 @@ async def subscriber_endpoint(request: Request):
     if isinstance(accepted, response.HTTPResponse):
         return accepted
     hub = state.hub
-    transport = request.transport
+    # Sanic types it as its own protocol; it is the event loop's transport.
+    transport = cast(asyncio.Transport, request.transport)
     conn = hub.new_connection(transport, adm.encoding, peer=ip)
     loop = asyncio.get_running_loop()
 
     def on_message(data: bytes | str) -> None:
         _receive(data, conn, hub, settings)
+
+    def lost() -> None:
+        gate.closed(ip, conn)
+        hub.drop_connection(conn)
 
     sock = SubscriberSocket(
         transport,
@@ -75,7 +84,7 @@ async def subscriber_endpoint(request: Request):
         settings.max_message_bytes,
         on_message,
         lambda: _stop_sending(conn),
-        on_lost=lambda: (gate.closed(ip, conn), hub.drop_connection(conn)),
+        on_lost=lost,
         gate=conn.accepts_input,
         send_frame=conn.send_frame,
         rate=settings.client_rate,
@@ -88,28 +97,10 @@ async def subscriber_endpoint(request: Request):
     gate.opened(ip, conn)
     # The 101 and the switch of the connection's reader happen with no await
     # in between, so no frame can reach Sanic's HTTP parser. From here the
-    # connection is ours: Sanic's protocol, request and handler task are
-    # released (they would cost several kilobytes per idle subscriber).
+    # connection is ours.
     transport.write(accepted)
-    sanic_protocol = transport.get_protocol()
-    transport.set_protocol(sock)
-    sanic_protocol.websocket = _RELEASED
-    sanic_protocol.connections.discard(sanic_protocol)
+    take_over(transport, sock)
     return None
-
-
-class _Released:
-    """Stands in for the WebSocket on the Sanic protocol we left: its own
-    end-of-request cleanup must not touch the connection."""
-
-    def end_connection(self, code: int = 1001, reason: str = "") -> None:
-        return None
-
-
-_RELEASED = _Released()
-
-
-subscriber_endpoint.is_websocket = True  # type: ignore[attr-defined]  # Sanic: no HTTP response after
 
 
 def _accept(request: Request, subprotocol: str | None) -> bytes | response.HTTPResponse:
@@ -128,17 +119,18 @@ def _stop_sending(conn: Connection) -> None:
 
 
 def _receive(data: bytes | str, conn: Connection, hub: Hub, settings: Settings) -> None:
-    if conn.closed:
+    ws = conn.ws
+    if conn.closed or ws is None:
         return
     expected_type = str if conn.encoding is Encoding.JSON else bytes
     if not isinstance(data, expected_type):
         kind = "text" if isinstance(data, str) else "binary"
-        conn.ws.end_connection(CLOSE_UNSUPPORTED_DATA, f"{kind} frame not allowed with {conn.encoding.value}")
+        ws.end_connection(CLOSE_UNSUPPORTED_DATA, f"{kind} frame not allowed with {conn.encoding.value}")
         return
     _handle(data, conn, hub)
     if conn.errors >= settings.max_client_errors:
         log.info("closing %s: %d bad messages in a row", conn.peer, conn.errors)
-        conn.ws.end_connection(CLOSE_POLICY, f"{conn.errors} bad messages in a row")
+        ws.end_connection(CLOSE_POLICY, f"{conn.errors} bad messages in a row")
 
 
 def _handle(data: bytes | str, conn: Connection, hub: Hub) -> None:
@@ -176,7 +168,7 @@ def _churn(conn: Connection) -> None:
         )
 
 
-async def close(ws, conn: Connection, code: int, reason: str) -> None:
+async def close(ws: Socket, conn: Connection, code: int, reason: str) -> None:
     """Send what is queued, then the close frame."""
     if isinstance(ws, SubscriberSocket):
         await ws.close(code, reason[:120])

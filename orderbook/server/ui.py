@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from sanic import Request, Sanic, response
+from sanic.response import HTTPResponse
 
 INDEX = "index.html"
 
@@ -118,14 +119,14 @@ code {{ background: #f2f2f2; padding: 0 .25em; border-radius: 3px; }}
 """
 
 
-def _not_found(message: str = "not found"):
+def _not_found(message: str = "not found") -> HTTPResponse:
     return response.json({"error": message}, status=404)
 
 
 def install(app: Sanic, ui_dir: Path | None) -> None:
     """`GET /` and `GET /<file>`; the router prefers any more specific route."""
 
-    async def index(request: Request):
+    async def index(request: Request) -> HTTPResponse:
         if ui_dir is None:
             return _not_found("this node serves no page (--no-ui)")
         path = await asyncio.to_thread(locate, ui_dir, (INDEX,))
@@ -136,7 +137,7 @@ def install(app: Sanic, ui_dir: Path | None) -> None:
         ws = ("wss" if request.scheme == "https" else "ws") + f"://{request.host}/ws"
         return response.html(fallback_page(first, ws), headers={"Cache-Control": "no-cache"})
 
-    async def asset(request: Request, path: str):
+    async def asset(request: Request, path: str) -> HTTPResponse:
         if ui_dir is None:
             return _not_found()
         parts = asset_parts(path)

@@ -1,0 +1,30 @@
+"""What one node holds while it serves, reachable from every handler as
+`request.app.ctx.state`: set when the server starts, per app."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .handshake_limits import Gate
+from .hub import Hub
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    hub: Hub
+    gate: Gate  # handshake and per-IP limits
+    cluster: Cluster | None = None
+    ready: bool = False
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def serving(self) -> bool:
+        """Ready to take subscribers: started, and in a cluster caught up."""
+        return self.ready and (self.cluster is None or self.cluster.ready)
