@@ -6,13 +6,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import resource
 import sys
+import types
+import typing
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from orderbook.core.errors import InvalidInput
 from orderbook.core.history import HistoryLimits
+
+if TYPE_CHECKING:
+    from orderbook.replay.files import Source
+    from orderbook.replay.player import ReplayPlan
+    from orderbook.replay.window import TimePoint
+    from orderbook.server.client_address import Network
+    from orderbook.server.settings import Option, Settings
 
 
 def _raise_fd_limit() -> tuple[int, int]:
@@ -45,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     replay_plan = None
     if args.replay:
-        if args.redis:
+        if args.redis_url:
             print(
                 "orderbook serve: --replay serves one node; to replay into a cluster, run "
                 "`orderbook replay FILE --url <any node>`",
@@ -86,12 +98,37 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_settings(args: argparse.Namespace, replay_plan=None):
+def _serve_options() -> dict[str, tuple[Option, type]]:
+    """Field name -> (its option, the kind of its value) for every Settings
+    field that `serve` sets; the kind is int, float, str, bool or tuple."""
+    from orderbook.server.settings import OPTION, Settings
+
+    hints = typing.get_type_hints(Settings)
+    options = {}
+    for f in dataclasses.fields(Settings):
+        if OPTION not in f.metadata:
+            continue
+        hint = hints[f.name]
+        if typing.get_origin(hint) in (types.UnionType, typing.Union):  # X | None
+            (hint,) = (a for a in typing.get_args(hint) if a is not type(None))
+        options[f.name] = (f.metadata[OPTION], typing.get_origin(hint) or hint)
+    return options
+
+
+def serve_settings(args: argparse.Namespace, replay_plan: ReplayPlan | None = None) -> Settings:
     """The Settings of `orderbook serve` from its parsed options."""
     from pathlib import Path
 
     from orderbook.server.settings import DEFAULT_UI_DIR, Settings
 
+    values: dict[str, Any] = {}
+    for name, (opt, kind) in _serve_options().items():
+        value = getattr(args, name)
+        if kind is tuple:
+            value = tuple(str(v) for v in value or ())
+        elif opt.scale != 1:
+            value = round(value * opt.scale)
+        values[name] = value
     ui_dir: Path | None = DEFAULT_UI_DIR
     if args.no_ui:
         ui_dir = None
@@ -99,53 +136,16 @@ def serve_settings(args: argparse.Namespace, replay_plan=None):
         ui_dir = Path(args.ui_dir).expanduser().resolve()
         if not ui_dir.is_dir():
             raise ValueError(f"--ui-dir {args.ui_dir} is not a directory")
-    cors_origins = tuple(args.cors_origin or ())
-    for origin in cors_origins:
+    for origin in values["cors_origins"]:
         if not _is_origin(origin):
             raise ValueError(f"--cors-origin {origin!r} is neither '*' nor an origin (scheme://host[:port])")
+    # A cluster's feed is its log, and --replay replaces the simulator.
+    values["simulator"] = values["simulator"] and not args.redis_url and replay_plan is None
     return Settings(
-        host=args.host,
-        port=args.port,
-        allowed_origins=tuple(args.origin or ()),
-        cors_origins=cors_origins,
+        **values,
         ui_dir=ui_dir,
-        subscriber_token=args.token,
-        feed_token=args.feed_token,
-        ping_interval=args.ping_interval,
-        ping_timeout=args.ping_timeout,
-        symbol_heartbeat=args.heartbeat,
         history=HistoryLimits(args.history_entries, args.history_bytes),
-        max_connections=args.max_connections,
-        max_levels_per_side=args.max_levels_per_side,
-        max_symbols=args.max_symbols,
-        max_batch_levels=args.max_batch_levels,
-        http_max_depth=args.http_max_depth,
-        http_token=args.http_token,
-        max_connections_per_ip=args.max_connections_per_ip,
-        handshake_rate=args.handshake_rate,
-        handshake_burst=args.handshake_burst,
-        global_handshake_rate=args.global_handshake_rate,
-        global_handshake_burst=args.global_handshake_burst,
-        accepts_per_turn=args.accepts_per_turn,
-        trusted_proxies=tuple(str(n) for n in args.trust_proxy or ()),
-        client_buffer_limit=args.client_buffer,
-        slow_client_timeout=args.slow_client_timeout,
-        client_rate=args.client_rate,
-        client_burst=args.client_burst,
-        churn_rate=args.churn_rate,
-        churn_burst=args.churn_burst,
-        max_fragments=args.max_fragments,
-        degrade_interval_ms=args.degrade_interval,
-        allow_takeover=args.allow_takeover,
-        simulator=not args.no_simulator and not args.redis and replay_plan is None,
         replay=replay_plan,
-        redis_url=args.redis,
-        redis_prefix=args.redis_prefix,
-        lease_ttl_ms=int(args.lease_ttl * 1000),
-        snapshot_every=args.snapshot_every,
-        log_retention=args.log_retention,
-        simulator_rate=args.simulator_rate,
-        simulator_seed=args.seed,
     )
 
 
@@ -165,11 +165,11 @@ def _is_origin(value: str) -> bool:
 
 
 def _feed_description(args: argparse.Namespace) -> str:
-    if args.redis:
-        return "cluster " + _redact(args.redis)
+    if args.redis_url:
+        return "cluster " + _redact(args.redis_url)
     if args.replay:
         return f"replaying {args.replay}"
-    return "simulator " + ("off" if args.no_simulator else "on")
+    return "simulator " + ("on" if args.simulator else "off")
 
 
 # ----------------------------------------------------------------------------- replay / verify / record
@@ -185,7 +185,7 @@ _FORMAT_OPTIONS = {
 }
 
 
-def _source(args: argparse.Namespace):
+def _source(args: argparse.Namespace) -> Source:
     from pathlib import Path
 
     from orderbook.replay.files import Source, detect_format
@@ -194,7 +194,7 @@ def _source(args: argparse.Namespace):
     fmt = args.format
     if fmt == "auto":
         fmt = detect_format(path)
-    options = {}
+    options: dict[str, Any] = {}
     for name in ("depth", "price_scale", "size_scale", "snapshots", "symbol", "levels", "gaps"):
         value = getattr(args, name, None)
         if value is None:
@@ -205,7 +205,7 @@ def _source(args: argparse.Namespace):
     return Source(path, fmt, tuple(sorted(options.items())))
 
 
-def _window(args: argparse.Namespace):
+def _window(args: argparse.Namespace) -> tuple[TimePoint | None, TimePoint | None]:
     from orderbook.replay.window import parse_time
 
     start = parse_time(args.start) if args.start else None
@@ -213,7 +213,7 @@ def _window(args: argparse.Namespace):
     return start, end
 
 
-def _plan(args: argparse.Namespace):
+def _plan(args: argparse.Namespace) -> ReplayPlan:
     from orderbook.replay.pacing import parse_speed
     from orderbook.replay.player import ReplayPlan
 
@@ -265,8 +265,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from orderbook.replay.files import FORMATS_WITHOUT_REFERENCES
-    from orderbook.replay.formats.recording import TruncatedRecording
     from orderbook.replay.verify import Verifier, with_rebuilt_references
+    from orderbook.wire.recording import RecordingTruncated
 
     try:
         source = _source(args)
@@ -288,7 +288,7 @@ def _verify(args: argparse.Namespace) -> int:
             try:
                 for record in source.records():
                     verifier.feed(record)
-            except TruncatedRecording as exc:
+            except RecordingTruncated as exc:
                 # A killed recorder leaves a cut last entry: check all before it.
                 print(
                     f"orderbook verify: warning: {exc}; the {exc.entries} complete entries are checked", file=sys.stderr
@@ -326,7 +326,7 @@ def _record(args: argparse.Namespace) -> int:
     return _run_async("record", run)
 
 
-def _run_async(name: str, main) -> int:
+def _run_async(name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> int:
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
@@ -344,7 +344,9 @@ def _add_source_arguments(p: argparse.ArgumentParser) -> None:
     from orderbook.replay.files import FORMATS
 
     p.add_argument("file", help="the recording (a folder for LOBSTER or Binance captures)")
-    p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="default: guess from the file")
+    p.add_argument(
+        "--format", default="auto", choices=("auto", *FORMATS), help="the file's format; auto: guess from the file"
+    )
     g = p.add_argument_group("format options")
     g.add_argument("--depth", type=int, help="kraken: the subscribed book depth (default: from the channel name)")
     g.add_argument("--price-scale", type=int, help="tardis, coinbase: decimals of prices (default: from the data)")
@@ -355,15 +357,30 @@ def _add_source_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--gaps",
         choices=("error", "resync"),
-        help="recording: a break in a symbol's sequence is an error (default) or skipped to its next snapshot",
+        help="recording: a break in a symbol's sequence is an error, or with resync skipped to the symbol's "
+        "next snapshot (default: error)",
     )
 
 
 def _add_pacing_arguments(p: argparse.ArgumentParser, loop_help: str = "start again at the end") -> None:
     p.add_argument("--speed", default="1", help="1 = recorded pace, 10 = ten times faster, max = as fast as possible")
     p.add_argument("--loop", action="store_true", help=loop_help)
-    p.add_argument("--start", help="window start: +SECONDS after the first record (+30s, +2m) or an ISO-8601 time")
-    p.add_argument("--end", help="window end, same forms as --start")
+    p.add_argument(
+        "--start",
+        help="window start: +SECONDS after the first record (+30s, +2m) or an ISO-8601 time "
+        "(default: the first record)",
+    )
+    p.add_argument("--end", help="window end, same forms as --start (default: the last record)")
+
+
+def _add_env_argument(
+    p: argparse.ArgumentParser, flag: str, env: str, help: str, fallback: object = None, **kw: Any
+) -> None:
+    """An option whose default is the environment variable `env`, else
+    `fallback`. The help names the variable, never its value: it may be a
+    secret, and --help output ends up in logs and terminals."""
+    shown = "none" if fallback is None else fallback
+    p.add_argument(flag, default=os.environ.get(env, fallback), help=f"{help} (default: ${env}, else {shown})", **kw)
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -391,7 +408,7 @@ def _watch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trusted_network(text: str):
+def _trusted_network(text: str) -> Network:
     from orderbook.server.client_address import parse_network
 
     try:
@@ -400,16 +417,25 @@ def _trusted_network(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="orderbook", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option shows its default: argparse's "(default: ...)" is added
+    unless the help already says the default in words (for a default of
+    None, or one that comes from the environment). A flag's default is
+    being off."""
 
-    s = sub.add_parser("serve", help="run a node (default: built-in market simulator, no Redis)")
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.nargs == 0:
+            return text
+        return super()._get_help_string(action)
+
+
+def _add_serve_arguments(s: argparse.ArgumentParser) -> None:
+    """`serve`'s options: one per Settings field that names one (its flag,
+    help and default come from the field), the page and history options in
+    their fields' places, then those of the process and of --replay."""
     from orderbook.server.settings import Settings
 
-    defaults = Settings()
-    s.add_argument("--host", default=os.environ.get("ORDERBOOK_HOST", "127.0.0.1"))
-    s.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     s.add_argument(
         "--backlog",
         type=int,
@@ -418,218 +444,122 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen backlog: connections the kernel queues before the node accepts them (capped by "
         "net.core.somaxconn)",
     )
-    s.add_argument("--origin", action="append", help="allowed WebSocket Origin (repeatable; '*' = any)")
-    s.add_argument(
-        "--cors-origin",
-        action="append",
-        metavar="ORIGIN",
-        help="pages on ORIGIN may read the HTTP endpoints (CORS; repeatable; '*' = any; default: none)",
-    )
-    ui = s.add_mutually_exclusive_group()
-    ui.add_argument(
-        "--ui-dir",
-        metavar="DIR",
-        help="the built trading page served at / (default: the package's orderbook/server/static)",
-    )
-    ui.add_argument("--no-ui", action="store_true", help="serve no page: GET / answers 404")
-    s.add_argument("--token", default=os.environ.get("ORDERBOOK_TOKEN"), help="subscriber token")
-    s.add_argument("--feed-token", default=os.environ.get("ORDERBOOK_FEED_TOKEN"), help="enables /feed")
-    s.add_argument("--ping-interval", type=float, default=25.0)
-    s.add_argument("--ping-timeout", type=float, default=20.0)
-    s.add_argument("--heartbeat", type=float, default=2.0, help="seconds before a quiet symbol gets a Heartbeat")
-    s.add_argument("--history-entries", type=int, default=HistoryLimits().max_entries)
-    s.add_argument("--history-bytes", type=int, default=HistoryLimits().max_bytes)
-    s.add_argument("--max-connections", type=int, default=10_000)
-    # Limits (docs/operations.md "Limits"); 0 turns one off.
-    s.add_argument(
-        "--max-levels-per-side",
-        type=int,
-        default=100_000,
-        metavar="N",
-        help="levels one book side may hold; a batch beyond is refused whole (0 = no limit)",
-    )
-    s.add_argument(
-        "--max-symbols",
-        type=int,
-        default=10_000,
-        metavar="N",
-        help="symbols this node may define; a batch beyond is refused whole (0 = no limit)",
-    )
-    s.add_argument(
-        "--max-batch-levels",
-        type=int,
-        default=100_000,
-        metavar="N",
-        help="levels across all updates of one feed batch (0 = no limit)",
-    )
-    s.add_argument(
-        "--http-max-depth",
-        type=int,
-        default=1_000,
-        metavar="N",
-        help="largest depth of GET /book; longer sides need the WebSocket (0 = no limit)",
-    )
-    s.add_argument(
-        "--http-token",
-        default=os.environ.get("ORDERBOOK_HTTP_TOKEN"),
-        help="token that /symbols and /book need (Authorization: Bearer or ?token=); may equal --token",
-    )
-    s.add_argument(
-        "--max-connections-per-ip",
-        type=int,
-        default=defaults.max_connections_per_ip,
-        metavar="N",
-        help="WebSocket connections per source IP (429 beyond; 0 = no limit; behind a proxy: "
-        "--trust-proxy, or raise it)",
-    )
-    s.add_argument(
-        "--handshake-rate",
-        type=float,
-        default=defaults.handshake_rate,
-        metavar="PER_S",
-        help="WebSocket handshakes per second per source IP (429 beyond; 0 = no limit)",
-    )
-    s.add_argument(
-        "--handshake-burst",
-        type=float,
-        default=defaults.handshake_burst,
-        metavar="N",
-        help="handshakes one source IP may make at once before --handshake-rate applies",
-    )
-    s.add_argument(
-        "--trust-proxy",
-        action="append",
-        metavar="CIDR",
-        type=_trusted_network,
-        help="a proxy network whose X-Forwarded-For names the client: connections from it count, "
-        "for the per-IP limits and in logs, as the right-most forwarded address outside "
-        "every --trust-proxy network (repeatable; default: none, the TCP peer)",
-    )
-    s.add_argument(
-        "--global-handshake-rate",
-        type=float,
-        default=defaults.global_handshake_rate,
-        metavar="PER_S",
-        help="WebSocket handshakes per second from everyone together (429 beyond; 0 = no limit)",
-    )
-    s.add_argument("--global-handshake-burst", type=float, default=defaults.global_handshake_burst, metavar="N")
-    s.add_argument(
-        "--accepts-per-turn",
-        type=int,
-        default=defaults.accepts_per_turn,
-        metavar="N",
-        help="new connections started per event-loop turn, round-robin by client address; the rest "
-        "wait in a later turn, so a connection storm cannot stall streaming subscribers",
-    )
-    s.add_argument("--client-buffer", type=int, default=4 * 1024 * 1024, help="bytes per slow client")
-    s.add_argument(
-        "--slow-client-timeout",
-        type=float,
-        default=30.0,
-        help="seconds a client may stay over --client-buffer before it is closed (1013)",
-    )
-    s.add_argument(
-        "--client-rate",
-        type=float,
-        default=defaults.client_rate,
-        metavar="PER_S",
-        help="messages per second one subscriber may send; past it (and --client-burst) "
-        "its connection is not read until it may go on (0 = no limit)",
-    )
-    s.add_argument("--client-burst", type=float, default=defaults.client_burst, metavar="N")
-    s.add_argument(
-        "--churn-rate",
-        type=float,
-        default=defaults.churn_rate,
-        metavar="PER_S",
-        help="subscribes + unsubscribes per second per connection; past it (and --churn-burst) "
-        "ERROR_CODE_RATE_LIMITED (0 = no limit)",
-    )
-    s.add_argument("--churn-burst", type=float, default=defaults.churn_burst, metavar="N")
-    s.add_argument(
-        "--max-fragments",
-        type=int,
-        default=defaults.max_fragments,
-        metavar="N",
-        help="frames in one fragmented client message (close 1009 beyond; 0 = no limit)",
-    )
-    s.add_argument(
-        "--degrade-interval",
-        type=int,
-        default=500,
-        metavar="MS",
-        help="a client past half its buffer gets updates conflated over MS ms until it drains",
-    )
-    s.add_argument("--no-simulator", action="store_true", help="serve only what /feed publishes")
-    s.add_argument(
-        "--allow-takeover",
-        action="store_true",
-        help="a /feed batch may take a symbol from the simulator or --replay (it must replace the whole book)",
-    )
-    s.add_argument(
-        "--redis",
-        default=os.environ.get("ORDERBOOK_REDIS"),
-        help="join a cluster through this Redis (redis://host:port/db); the simulator is then off",
-    )
-    s.add_argument("--redis-prefix", default="orderbook", help="key prefix of the cluster in Redis")
-    s.add_argument("--lease-ttl", type=float, default=3.0, help="sequencer lease in seconds (failover time)")
-    s.add_argument("--snapshot-every", type=int, default=1000, help="log entries between cluster snapshots")
-    s.add_argument("--log-retention", type=int, default=10_000, help="log entries kept before the newest snapshot")
-    s.add_argument("--simulator-rate", type=float, default=200.0, help="updates per second")
-    s.add_argument("--seed", type=int, default=None, help="simulator seed")
-    s.add_argument("--access-log", action="store_true")
-    s.add_argument("--replay", metavar="FILE", help="serve a recording instead of the simulator")
-    s.add_argument("--format", default="auto", help="format of --replay's file (default: guess)")
+    options = _serve_options()
+    for f in dataclasses.fields(Settings):
+        if f.name == "ui_dir":
+            ui = s.add_mutually_exclusive_group()
+            ui.add_argument(
+                "--ui-dir",
+                metavar="DIR",
+                help="the built trading page served at / (default: the package's orderbook/server/static)",
+            )
+            ui.add_argument("--no-ui", action="store_true", help="serve no page: GET / answers 404")
+        elif f.name == "history":
+            history = Settings().history
+            s.add_argument(
+                "--history-entries",
+                type=int,
+                default=history.max_entries,
+                metavar="N",
+                help="resume history per symbol: entries",
+            )
+            s.add_argument(
+                "--history-bytes",
+                type=int,
+                default=history.max_bytes,
+                metavar="BYTES",
+                help="resume history per symbol: bytes",
+            )
+        elif f.name in options:
+            _add_settings_option(s, f, *options[f.name])
+    s.add_argument("--access-log", action="store_true", help="log every HTTP request and WebSocket open and close")
+    s.add_argument("--replay", metavar="FILE", help="serve a recording instead of the simulator (default: none)")
+    s.add_argument("--format", default="auto", help="format of --replay's file; auto: guess from the file")
+    # The format options of --replay, as `orderbook replay` documents them.
     for name in ("--depth", "--price-scale", "--size-scale", "--levels"):
         s.add_argument(name, type=int, help=argparse.SUPPRESS)
     for name in ("--snapshots", "--symbol"):
         s.add_argument(name, help=argparse.SUPPRESS)
     _add_pacing_arguments(s, "play --replay's file again and again")
+
+
+def _add_settings_option(s: argparse.ArgumentParser, f: dataclasses.Field[Any], opt: Option, kind: type) -> None:
+    if kind is bool:
+        # The flag turns the field's default around.
+        s.add_argument(opt.flag, dest=f.name, action="store_false" if f.default else "store_true", help=opt.help)
+        return
+    if kind is tuple:
+        value_type: Callable[[str], Any] = _trusted_network if f.name == "trusted_proxies" else str
+        s.add_argument(opt.flag, dest=f.name, action="append", type=value_type, metavar=opt.metavar, help=opt.help)
+        return
+    default: Any = f.default
+    value_type = kind
+    if opt.scale != 1:
+        default, value_type = default / opt.scale, float
+    if opt.env:
+        _add_env_argument(s, opt.flag, opt.env, opt.help, default, dest=f.name, type=value_type, metavar=opt.metavar)
+    else:
+        s.add_argument(opt.flag, dest=f.name, type=value_type, default=default, metavar=opt.metavar, help=opt.help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orderbook", description=__doc__, formatter_class=_HelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
+
+    s = command("serve", "run a node (default: built-in market simulator, no Redis)")
+    _add_serve_arguments(s)
     s.set_defaults(func=_serve, file=None)
 
-    w = sub.add_parser("watch", help="print a live top-of-book")
-    w.add_argument("symbols", nargs="+")
-    w.add_argument("--url", default="ws://127.0.0.1:8000/ws")
-    w.add_argument("--rows", type=int, default=5)
-    w.add_argument("--token", default=os.environ.get("ORDERBOOK_TOKEN"))
+    w = command("watch", "print a live top-of-book")
+    w.add_argument("symbols", nargs="+", help="the symbols to show")
+    w.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="the node's WebSocket endpoint")
+    w.add_argument("--rows", type=int, default=5, help="levels shown per side")
+    _add_env_argument(w, "--token", "ORDERBOOK_TOKEN", "subscriber token")
     w.add_argument("--json", action="store_true", help="use the JSON encoding")
     w.add_argument("--once", action="store_true", help="print one table and exit")
     w.add_argument("--depth", type=int, default=0, help="levels per side to subscribe to (0 = full book)")
-    w.add_argument("--interval", type=int, default=0, metavar="MS", help="conflate: at most one update per MS ms")
+    w.add_argument(
+        "--interval", type=int, default=0, metavar="MS", help="conflate: at most one update per MS ms (0 = every one)"
+    )
     w.set_defaults(func=_watch)
 
-    r = sub.add_parser("replay", help="play recorded market data into a running node through /feed")
+    r = command("replay", "play recorded market data into a running node through /feed")
     _add_source_arguments(r)
     r.add_argument("--url", default="http://127.0.0.1:8000", help="the node (its /feed endpoint)")
-    r.add_argument("--feed-token", default=os.environ.get("ORDERBOOK_FEED_TOKEN"))
+    _add_env_argument(r, "--feed-token", "ORDERBOOK_FEED_TOKEN", "the node's publisher token")
     _add_pacing_arguments(r)
-    r.add_argument("--laps", type=int, default=None, help="with --loop: stop after this many laps")
+    r.add_argument("--laps", type=int, default=None, help="with --loop: stop after this many laps (default: no limit)")
     r.add_argument(
         "--rename",
         action="append",
         metavar="OLD=NEW",
-        help="publish symbol OLD as NEW (repeatable), e.g. beside the node's own OLD",
+        help="publish symbol OLD as NEW (repeatable), e.g. beside the node's own OLD (default: none)",
     )
     r.set_defaults(func=_replay)
 
-    v = sub.add_parser("verify", help="rebuild the books of a recording and check the venue's own references")
+    v = command("verify", "rebuild the books of a recording and check the venue's own references")
     _add_source_arguments(v)
     v.add_argument(
-        "--server", help="check end to end: replay through this node's /feed and compare a subscriber's books"
+        "--server",
+        help="check end to end: replay through this node's /feed and compare a subscriber's books "
+        "(default: none, offline)",
     )
-    v.add_argument("--feed-token", default=os.environ.get("ORDERBOOK_FEED_TOKEN"))
-    v.add_argument("--token", default=os.environ.get("ORDERBOOK_TOKEN"), help="subscriber token")
+    _add_env_argument(v, "--feed-token", "ORDERBOOK_FEED_TOKEN", "the --server node's publisher token")
+    _add_env_argument(v, "--token", "ORDERBOOK_TOKEN", "the --server node's subscriber token")
     v.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server at each step")
     v.set_defaults(func=_verify)
 
-    c = sub.add_parser("record", help="write what a subscriber receives to a file that replay plays back")
-    c.add_argument("symbols", nargs="+")
-    c.add_argument("--url", default="ws://127.0.0.1:8000/ws")
+    c = command("record", "write what a subscriber receives to a file that replay plays back")
+    c.add_argument("symbols", nargs="+", help="the symbols to record")
+    c.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="the node's WebSocket endpoint")
     c.add_argument("--out", required=True, help="the file to write (gzip-compressed if it ends in .gz)")
     c.add_argument("--gzip", action="store_true", help="compress even without a .gz name")
-    c.add_argument("--duration", type=float, help="stop after this many seconds")
-    c.add_argument("--count", type=int, help="stop after this many messages")
-    c.add_argument("--token", default=os.environ.get("ORDERBOOK_TOKEN"))
+    c.add_argument("--duration", type=float, help="stop after this many seconds (default: until stopped)")
+    c.add_argument("--count", type=int, help="stop after this many messages (default: no limit)")
+    _add_env_argument(c, "--token", "ORDERBOOK_TOKEN", "subscriber token")
     c.set_defaults(func=_record)
     return p
 

@@ -10,6 +10,8 @@ import contextlib
 import gzip
 import io
 import random
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +28,14 @@ from orderbook.core.instrument import Instrument
 from orderbook.core.market import Market
 from orderbook.core.sequencer import SequencedBook
 from orderbook.replay.formats import recording
-from orderbook.replay.formats.recording import NOTE_GAP, NOTE_RECONNECT, TruncatedRecording
+from orderbook.replay.formats.recording import NOTE_GAP, NOTE_RECONNECT
 from orderbook.replay.recorder import Recorder, record
 from orderbook.replay.records import Checksum, FormatError, Record, TopLevels
 from orderbook.replay.verify import verify
 from orderbook.v1 import recording_pb2
 from orderbook.wire import codec
 from orderbook.wire import recording as wire
+from orderbook.wire.recording import RecordingTruncated
 
 from .harness import Publisher, eventually, instrument, serve_in_process, test_settings, update
 
@@ -90,7 +93,7 @@ class FixedDelay(Backoff):
 async def recorder(url: str, symbols, out, **kw):
     """A Recorder running in the background; stopped (and its file closed) on exit."""
     stop = asyncio.Event()
-    options = dict(backoff=quick_backoff(), resubscribe_base=0.02, resubscribe_cap=0.1, flush_interval=0.05)
+    options = {"backoff": quick_backoff(), "resubscribe_base": 0.02, "resubscribe_cap": 0.1, "flush_interval": 0.05}
     options.update(kw)
     rec = Recorder(url, symbols, out, stop=stop, **options)
     task = asyncio.create_task(rec.run())
@@ -105,7 +108,7 @@ def churn(rng: random.Random, symbol: str, n: int, event_time: bool = False) -> 
     """Random changes: sets, removals (some of absent levels: no change) and
     now and then a whole-book replace, as a venue snapshot would be."""
     out = []
-    for i in range(n):
+    for _ in range(n):
         t = T0 + rng.randrange(10**9) if event_time else 0
         if rng.random() < 0.04:
             bids = tuple((p, rng.randint(1, 50)) for p in rng.sample(range(900, 1000), 6))
@@ -222,7 +225,7 @@ def test_a_message_entry_is_byte_for_byte_what_protobuf_writes(t, seq, symbol):
 def test_any_chunking_gives_the_same_entries(gz, cuts, data):
     raw, _ = model_stream(40, gz)
     points = sorted({c % (len(raw) + 1) for c in cuts})
-    pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)])]
+    pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
     # Empty chunks, one-byte chunks, entries split anywhere: all the same.
     assert entries_of(pieces) == entries_of([raw])
     tiny = data.draw(st.integers(1, 7))
@@ -239,7 +242,7 @@ def test_the_reader_streams_instead_of_loading_the_file():
             pulled += 1
             yield raw[i : i + 256]
 
-    first = list(zip(range(5), recording.read(chunks())))
+    first = list(zip(range(5), recording.read(chunks()), strict=False))
     assert len(first) == 5
     assert pulled <= 3, "the reader read ahead far beyond the records taken"
     assert len(raw) // 256 > 100
@@ -269,9 +272,40 @@ def test_a_large_snapshot_inflates_in_bounded_steps():
     assert books_after([definition, snap])["A"] == m.sb.book
 
 
+def test_a_gzip_bomb_is_refused_without_inflating_it_whole():
+    # 64 MiB of zeros in a few hundred KB, given as one chunk, behind an
+    # entry length beyond any real entry: the length is refused as soon as
+    # it is read, and the inflater never holds more than INFLATE_STEP of
+    # output at once, so memory stays far below what the stream expands to.
+    c = zlib.compressobj(1, zlib.DEFLATED, 31)
+    head = wire.header_entry(wire.RecordingInfo("ws://x/ws", ("A",), T0)) + wire.varint(wire.MAX_ENTRY_BYTES + 1)
+    bomb = c.compress(head) + b"".join(c.compress(bytes(1 << 20)) for _ in range(64)) + c.flush()
+    assert len(bomb) < (1 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match="beyond any real entry"):
+            list(recording.read([bomb]))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * wire.INFLATE_STEP, f"{peak:,} bytes held"
+
+
+def test_bytes_after_the_gzip_stream_are_an_error_but_zero_padding_is_not():
+    packed, _ = model_stream(5, gz=True)
+    whole = list(recording.read([packed]))
+    # Zero padding after the last member is allowed, as gzip(1) allows it.
+    assert list(recording.read([packed + bytes(20)])) == whole
+    got = []
+    with pytest.raises(FormatError, match="corrupt gzip data"):
+        for rec in recording.read([packed + b"not gzip"]):
+            got.append(rec)
+    assert got == whole
+
+
 def test_concatenated_recordings_read_as_one():
     # `cat a.gz b.gz` is a valid gzip file; the second header starts afresh.
-    first, m1 = model_stream(10, gz=True)
+    first, _ = model_stream(10, gz=True)
     second, m2 = model_stream(20, gz=True)
     records = list(recording.read([first + second]))
     report = verify(records)
@@ -448,7 +482,7 @@ def test_a_truncated_file_yields_every_complete_entry_then_names_the_offset(gz):
     for cut in range(last + 1, len(plain)):
         data = gzip.compress(plain[:cut]) if gz else plain[:cut]
         got = []
-        with pytest.raises(TruncatedRecording) as ei:
+        with pytest.raises(RecordingTruncated) as ei:
             for rec in recording.read([data], source="t.rec"):
                 got.append(rec)
         assert ei.value.offset == last and ei.value.where == f"t.rec:{last}"
@@ -466,17 +500,17 @@ def test_a_gzip_file_cut_anywhere_yields_a_prefix_then_a_truncation_error(cut):
     header_end = len(wire.header_entry(wire.RecordingInfo("ws://127.0.0.1:1/ws", ("A",), T0)))
     cut = 40 + cut % (len(packed) - 40)  # past the gzip header
     got = []
-    with pytest.raises(FormatError) as ei:
+    with pytest.raises((RecordingTruncated, FormatError)) as ei:
         for rec in recording.read([packed[:cut]]):
             got.append(rec)
     # Either truncated, or so early that not even the header came through.
-    assert isinstance(ei.value, TruncatedRecording) or "no complete header" in str(ei.value)
+    assert isinstance(ei.value, RecordingTruncated) or "no complete header" in str(ei.value)
     assert got == whole[: len(got)]
-    if isinstance(ei.value, TruncatedRecording):
+    if isinstance(ei.value, RecordingTruncated):
         assert ei.value.offset >= header_end
     # A chunk source that inflates itself (gzip.open) reports the cut the same way.
     got2 = []
-    with pytest.raises(FormatError):
+    with pytest.raises((RecordingTruncated, FormatError)):
         source = gzip.GzipFile(fileobj=io.BytesIO(packed[:cut]))
         for rec in recording.read(iter(lambda: source.read(1000), b"")):
             got2.append(rec)
@@ -689,7 +723,7 @@ async def test_the_recorder_stops_on_duration_and_closes_the_gzip_stream(tmp_pat
         assert summary.stopped_by == "duration" and summary.connects == 1
         assert summary.bytes == path.stat().st_size
         gzip.decompress(path.read_bytes())  # a complete gzip stream, trailer included
-        records = read_path(path)  # and no TruncatedRecording
+        records = read_path(path)  # and no RecordingTruncated
         assert books_after(records)["A"] == server_book(srv, "A")
         await eventually(lambda: not srv.hub.connections, what="the recorder's connection closed")
 

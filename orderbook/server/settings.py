@@ -1,4 +1,10 @@
-"""Server configuration: one frozen value built by the CLI or by tests."""
+"""Server configuration: one frozen value built by the CLI or by tests.
+
+A field that `orderbook serve` sets carries its option in its metadata
+(`option`): the flag, its help and, where it has one, the environment
+variable read when the flag is absent. The CLI builds the option from the
+field, so each default is written here once.
+"""
 
 from __future__ import annotations
 
@@ -12,109 +18,330 @@ from orderbook.replay.player import ReplayPlan
 # Where the web build writes the trading page (gitignored; in the wheel when built).
 DEFAULT_UI_DIR = Path(__file__).resolve().parent / "static"
 
+# The metadata key of a field's `Option`.
+OPTION = "orderbook.serve"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """How `orderbook serve` sets one Settings field.
+
+    Its default is the field's, or the environment variable `env` when set.
+    A bool field is a flag that turns its default around (`--allow-takeover`
+    sets False to True, `--no-simulator` True to False); a tuple field's
+    option is repeatable. `scale`: the field holds the option's value times
+    this (`--lease-ttl` is in seconds, `lease_ttl_ms` in ms)."""
+
+    flag: str
+    help: str
+    metavar: str | None = None
+    env: str | None = None
+    scale: int = 1
+
+
+def option(
+    flag: str, help: str, *, metavar: str | None = None, env: str | None = None, scale: int = 1
+) -> dict[str, Option]:
+    """Field metadata naming the `serve` option of the field."""
+    return {OPTION: Option(flag, help, metavar, env, scale)}
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = field(
+        default="127.0.0.1",
+        metadata=option("--host", "address to listen on (0.0.0.0: every interface)", env="ORDERBOOK_HOST"),
+    )
+    port: int = field(default=8000, metadata=option("--port", "port to listen on", env="PORT"))
     # WebSocket Origin allow-list. Empty: same host as the request, and
     # localhost/127.0.0.1/[::1] on any port. "*" allows every origin.
-    allowed_origins: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = field(
+        default=(),
+        metadata=option(
+            "--origin",
+            "allowed WebSocket Origin (repeatable; '*' = any; default: the request's own host, and localhost "
+            "on any port; a list replaces that)",
+            metavar="ORIGIN",
+        ),
+    )
     # CORS allow-list of the HTTP endpoints (/healthz, /readyz, /symbols,
     # /book/...). Empty: no CORS header at all. "*" allows every origin.
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = field(
+        default=(),
+        metadata=option(
+            "--cors-origin",
+            "pages on ORIGIN may read the HTTP endpoints (CORS; repeatable; '*' = any; default: none)",
+            metavar="ORIGIN",
+        ),
+    )
     # The built trading page served at GET / and its files at /<name>. Without
     # an index.html there, GET / answers a page that says how to build it.
-    # None: no page (GET / is 404).
+    # None: no page (GET / is 404). (serve --ui-dir / --no-ui, in the CLI.)
     ui_dir: Path | None = DEFAULT_UI_DIR
-    # Subscriber token (None: subscribers need no token).
-    subscriber_token: str | None = None
-    # Publisher token for /feed (None: /feed is refused).
-    feed_token: str | None = None
-    # WebSocket ping interval and the pong wait before a peer is declared dead.
-    ping_interval: float = 25.0
-    ping_timeout: float = 20.0
-    # A subscribed symbol with no change for this long gets a Heartbeat.
-    symbol_heartbeat: float = 2.0
+    subscriber_token: str | None = field(
+        default=None,
+        metadata=option(
+            "--token", "subscriber token; none: /ws needs no token", metavar="TOKEN", env="ORDERBOOK_TOKEN"
+        ),
+    )
+    feed_token: str | None = field(
+        default=None,
+        metadata=option(
+            "--feed-token",
+            "publisher token: enables /feed; none: /feed is refused",
+            metavar="TOKEN",
+            env="ORDERBOOK_FEED_TOKEN",
+        ),
+    )
+    ping_interval: float = field(
+        default=25.0, metadata=option("--ping-interval", "seconds between WebSocket pings", metavar="SECONDS")
+    )
+    ping_timeout: float = field(
+        default=20.0,
+        metadata=option("--ping-timeout", "seconds to wait for a pong before the peer is closed", metavar="SECONDS"),
+    )
+    symbol_heartbeat: float = field(
+        default=2.0, metadata=option("--heartbeat", "seconds before a quiet symbol gets a Heartbeat", metavar="SECONDS")
+    )
+    # Resume history per symbol (serve --history-entries, --history-bytes, in the CLI).
     history: HistoryLimits = field(default_factory=HistoryLimits)
-    max_connections: int = 10_000
+    max_connections: int = field(
+        default=10_000, metadata=option("--max-connections", "subscriber connections (503 beyond)", metavar="N")
+    )
     max_subscriptions: int = 1_000  # per connection
     max_depth: int = 1_000  # largest depth-limited subscription; 0 (full) is always allowed
     max_message_bytes: int = 64 * 1024  # largest client message (close 1009 beyond)
     max_feed_message_bytes: int = 16 * 1024 * 1024
     # Feed limits (docs/operations.md "Limits"; 0 = none): a batch that would
     # break one is refused whole (ERROR_CODE_INVALID_UPDATE naming the limit).
-    max_levels_per_side: int = 100_000  # levels one book side may hold
-    max_symbols: int = 10_000  # symbols defined on this node
-    max_batch_levels: int = 100_000  # levels across all updates of one batch
+    max_levels_per_side: int = field(
+        default=100_000,
+        metadata=option(
+            "--max-levels-per-side",
+            "levels one book side may hold; a batch beyond is refused whole (0 = no limit)",
+            metavar="N",
+        ),
+    )
+    max_symbols: int = field(
+        default=10_000,
+        metadata=option(
+            "--max-symbols", "symbols this node may define; a batch beyond is refused whole (0 = no limit)", metavar="N"
+        ),
+    )
+    max_batch_levels: int = field(
+        default=100_000,
+        metadata=option(
+            "--max-batch-levels", "levels across all updates of one feed batch (0 = no limit)", metavar="N"
+        ),
+    )
     # HTTP: the largest `depth` of GET /book (a longer side needs depth <= it);
     # a token that /symbols and /book/... require (None: open). /healthz,
     # /readyz and the page's files stay open.
-    http_max_depth: int = 1_000
-    http_token: str | None = None
+    http_max_depth: int = field(
+        default=1_000,
+        metadata=option(
+            "--http-max-depth",
+            "largest depth of GET /book; longer sides need the WebSocket (0 = no limit)",
+            metavar="N",
+        ),
+    )
+    http_token: str | None = field(
+        default=None,
+        metadata=option(
+            "--http-token",
+            "token that /symbols and /book need (Authorization: Bearer or ?token=); may equal --token; none: open",
+            metavar="TOKEN",
+            env="ORDERBOOK_HTTP_TOKEN",
+        ),
+    )
     # Before the upgrade of /ws and /feed (0 = none; 429 with Retry-After):
     # connections per source IP, handshakes per second per source IP (token
     # bucket with a burst), and handshakes per second from everyone together.
     # (Generous enough for an office behind one NAT address, or a local load run.)
-    max_connections_per_ip: int = 1_000
-    handshake_rate: float = 100.0
-    handshake_burst: float = 200.0
-    global_handshake_rate: float = 500.0
-    global_handshake_burst: float = 1_000.0
-    # New connections started per event-loop turn, round-robin by address;
-    # the rest wait with reading paused (orderbook/server/accept_pacing.py).
-    accepts_per_turn: int = 16
-    # Proxies whose X-Forwarded-For is believed (CIDRs, `serve --trust-proxy`):
-    # a connection from inside one is counted, for the per-IP limits and in
-    # the logs, as the right-most forwarded address outside all of them
-    # (orderbook/server/client_address.py). Empty: the TCP peer, always.
-    trusted_proxies: tuple[str, ...] = ()
+    max_connections_per_ip: int = field(
+        default=1_000,
+        metadata=option(
+            "--max-connections-per-ip",
+            "WebSocket connections per source IP (429 beyond; 0 = no limit; behind a proxy: --trust-proxy, or raise it)",
+            metavar="N",
+        ),
+    )
+    handshake_rate: float = field(
+        default=100.0,
+        metadata=option(
+            "--handshake-rate",
+            "WebSocket handshakes per second per source IP (429 beyond; 0 = no limit)",
+            metavar="PER_S",
+        ),
+    )
+    handshake_burst: float = field(
+        default=200.0,
+        metadata=option(
+            "--handshake-burst",
+            "handshakes one source IP may make at once before --handshake-rate applies",
+            metavar="N",
+        ),
+    )
+    global_handshake_rate: float = field(
+        default=500.0,
+        metadata=option(
+            "--global-handshake-rate",
+            "WebSocket handshakes per second from everyone together (429 beyond; 0 = no limit)",
+            metavar="PER_S",
+        ),
+    )
+    global_handshake_burst: float = field(
+        default=1_000.0,
+        metadata=option(
+            "--global-handshake-burst",
+            "handshakes everyone together may make at once before --global-handshake-rate applies",
+            metavar="N",
+        ),
+    )
+    # The rest wait with reading paused (orderbook/server/accept_pacing.py).
+    accepts_per_turn: int = field(
+        default=16,
+        metadata=option(
+            "--accepts-per-turn",
+            "new connections started per event-loop turn, round-robin by client address; the rest wait in a "
+            "later turn, so a connection storm cannot stall streaming subscribers",
+            metavar="N",
+        ),
+    )
+    # Stored as the networks' text (orderbook/server/client_address.py reads it).
+    trusted_proxies: tuple[str, ...] = field(
+        default=(),
+        metadata=option(
+            "--trust-proxy",
+            "a proxy network whose X-Forwarded-For names the client: connections from it count, for the "
+            "per-IP limits and in logs, as the right-most forwarded address outside every --trust-proxy "
+            "network (repeatable; default: none, the TCP peer)",
+            metavar="CIDR",
+        ),
+    )
     # Bytes queued for one client (in our queue plus the transport's) beyond
     # which its deltas are dropped and a snapshot is sent once it drains.
-    client_buffer_limit: int = 4 * 1024 * 1024
-    # A client that stays over the limit this long is closed (1013).
-    slow_client_timeout: float = 30.0
-    # Subscriber input (docs/operations.md "Limits"; 0 = none). Messages per
-    # second per connection, every frame counted (token bucket with a burst):
-    # past it the connection is not read until tokens come back.
-    client_rate: float = 1_000.0
-    client_burst: float = 2_000.0
-    # Subscribe + Unsubscribe per second per connection: past it a request is
-    # answered ERROR_CODE_RATE_LIMITED (and counts as a bad message). The
-    # burst lets a client subscribe to as many symbols as it may hold at once.
-    churn_rate: float = 100.0
-    churn_burst: float = 1_000.0
-    # Frames in one fragmented client message (close 1009 beyond).
-    max_fragments: int = 1024
-    # A client past half its buffer limit has its live subscriptions moved to
-    # updates conflated over this interval until it drains (then a snapshot).
-    degrade_interval_ms: int = 500
+    client_buffer_limit: int = field(
+        default=4 * 1024 * 1024,
+        metadata=option(
+            "--client-buffer",
+            "bytes queued for one client beyond which its deltas are dropped (a snapshot follows when it drains)",
+            metavar="BYTES",
+        ),
+    )
+    slow_client_timeout: float = field(
+        default=30.0,
+        metadata=option(
+            "--slow-client-timeout",
+            "seconds a client may stay over --client-buffer before it is closed (1013)",
+            metavar="SECONDS",
+        ),
+    )
+    # Subscriber input (docs/operations.md "Limits"; 0 = none): a token bucket
+    # with a burst over every frame of a connection.
+    client_rate: float = field(
+        default=1_000.0,
+        metadata=option(
+            "--client-rate",
+            "messages per second one subscriber may send; past it (and --client-burst) its connection is not "
+            "read until it may go on (0 = no limit)",
+            metavar="PER_S",
+        ),
+    )
+    client_burst: float = field(
+        default=2_000.0,
+        metadata=option(
+            "--client-burst", "messages one subscriber may send at once before --client-rate applies", metavar="N"
+        ),
+    )
+    # The burst lets a client subscribe to as many symbols as it may hold at once.
+    churn_rate: float = field(
+        default=100.0,
+        metadata=option(
+            "--churn-rate",
+            "subscribes + unsubscribes per second per connection; past it (and --churn-burst) "
+            "ERROR_CODE_RATE_LIMITED (0 = no limit)",
+            metavar="PER_S",
+        ),
+    )
+    churn_burst: float = field(
+        default=1_000.0,
+        metadata=option(
+            "--churn-burst",
+            "subscribes + unsubscribes one connection may make at once before --churn-rate applies",
+            metavar="N",
+        ),
+    )
+    max_fragments: int = field(
+        default=1024,
+        metadata=option(
+            "--max-fragments", "frames in one fragmented client message (close 1009 beyond; 0 = no limit)", metavar="N"
+        ),
+    )
+    # Until it drains; then a snapshot.
+    degrade_interval_ms: int = field(
+        default=500,
+        metadata=option(
+            "--degrade-interval",
+            "a client past half its --client-buffer gets updates conflated over MS ms until it drains",
+            metavar="MS",
+        ),
+    )
     # The longest conflation interval a subscription may ask for.
     max_interval_ms: int = 60_000
     # Consecutive bad messages before a client is closed (1008).
     max_client_errors: int = 20
-    # A /feed batch may take a symbol over from the simulator or the node's
-    # replay (its first update of the symbol must replace the whole book);
-    # without it such a batch is refused (ERROR_CODE_SOURCE_CONFLICT).
-    allow_takeover: bool = False
-    # Built-in market simulator (the embedded default feed).
-    simulator: bool = True
-    simulator_rate: float = 200.0  # book updates per second, all symbols together
-    simulator_seed: int | None = None
+    # Without it such a batch is refused (ERROR_CODE_SOURCE_CONFLICT).
+    allow_takeover: bool = field(
+        default=False,
+        metadata=option(
+            "--allow-takeover",
+            "a /feed batch may take a symbol from the simulator or --replay (it must replace the whole book)",
+        ),
+    )
+    # Built-in market simulator (the embedded default feed); off in a cluster
+    # and with --replay, whatever this says (the CLI turns it off).
+    simulator: bool = field(default=True, metadata=option("--no-simulator", "serve only what /feed publishes"))
+    simulator_rate: float = field(
+        default=200.0,
+        metadata=option("--simulator-rate", "simulator book updates per second, all symbols together", metavar="PER_S"),
+    )
+    simulator_seed: int | None = field(
+        default=None,
+        metadata=option("--seed", "simulator seed: the same seed gives the same market (default: random)", metavar="N"),
+    )
     # A recording played as the feed instead of the simulator (serve --replay).
     replay: ReplayPlan | None = None
     # Epoch of this process's sequences; None: derived from the start time.
     # With Redis, the cluster's epoch (kept in Redis) is used instead.
     epoch: int | None = None
     # Cluster mode: nodes share one sequenced log in Redis (None: embedded).
-    redis_url: str | None = None
-    redis_prefix: str = "orderbook"
+    redis_url: str | None = field(
+        default=None,
+        metadata=option(
+            "--redis",
+            "join a cluster through this Redis (redis://host:port/db); the simulator is then off; none: no cluster",
+            metavar="URL",
+            env="ORDERBOOK_REDIS",
+        ),
+    )
+    redis_prefix: str = field(
+        default="orderbook", metadata=option("--redis-prefix", "key prefix of the cluster in Redis", metavar="PREFIX")
+    )
     # How long the sequencer's lease lasts without renewal: the failover time.
-    lease_ttl_ms: int = 3000
+    lease_ttl_ms: int = field(
+        default=3000,
+        metadata=option("--lease-ttl", "sequencer lease in seconds (failover time)", metavar="SECONDS", scale=1000),
+    )
     # The sequencer writes a cluster snapshot every this many log entries and
     # keeps `log_retention` entries before it for nodes that lag.
-    snapshot_every: int = 1000
-    log_retention: int = 10_000
+    snapshot_every: int = field(
+        default=1000, metadata=option("--snapshot-every", "log entries between cluster snapshots", metavar="N")
+    )
+    log_retention: int = field(
+        default=10_000,
+        metadata=option("--log-retention", "log entries kept before the newest cluster snapshot", metavar="N"),
+    )
 
     @property
     def feed_limits(self) -> FeedLimits:

@@ -17,6 +17,8 @@ tag (0x08 or 0x12).
 from __future__ import annotations
 
 import gzip as _gzip
+import io
+import itertools
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -53,22 +55,33 @@ ServerMessage = stream_pb2.ServerMessage
 
 class RecordingError(InvalidInput):
     """The bytes are not a (valid) recording; `offset` is where, in the
-    uncompressed stream, the problem starts."""
+    uncompressed stream, the problem starts. A reader that knows the file
+    names it as `source`: the error then reads "source:offset: message"."""
 
-    def __init__(self, offset: int, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, offset: int, message: str, *, source: str | None = None) -> None:
         self.offset = offset
         self.message = message
+        self.source = source
+        super().__init__(f"{self.where}: {message}" if source is not None else message)
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.offset}" if self.source is not None else str(self.offset)
 
 
 class RecordingTruncated(RecordingError):
     """The recording ends inside an entry, or its gzip stream ends without
     its trailer (a recorder killed while writing). Every complete entry
-    before `offset` has been delivered; `entries` counts them."""
+    before `offset` has been delivered; `entries` counts them. The one
+    error for this condition: readers above this layer re-raise it with
+    the file named (`named`), so callers catch it to keep the complete part."""
 
-    def __init__(self, offset: int, message: str, entries: int) -> None:
-        super().__init__(offset, message)
+    def __init__(self, offset: int, message: str, entries: int, *, source: str | None = None) -> None:
+        super().__init__(offset, message, source=source)
         self.entries = entries
+
+    def named(self, source: str) -> RecordingTruncated:
+        return RecordingTruncated(self.offset, self.message, self.entries, source=source)
 
 
 # ----------------------------------------------------------------------------- values
@@ -240,6 +253,27 @@ class RecordingWriter:
 # ----------------------------------------------------------------------------- decoding
 
 
+class _ChunkFile:
+    """A read-only file over byte chunks, for GzipFile. `read(n)` returns at
+    most n bytes: the gzip header parser counts on it."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._pending or next(self._chunks, b"")
+        if 0 <= size < len(data):
+            self._pending = data[size:]
+            return data[:size]
+        self._pending = b""
+        return data
+
+    def seek(self, offset: int, /) -> int:
+        # GzipFile seeks only to rewind, which this reader never asks for.
+        raise io.UnsupportedOperation("a chunk stream cannot seek")
+
+
 class _Source:
     """The uncompressed bytes of a chunk stream, inflating gzip when the
     stream starts with its magic. `complete` tells afterwards whether a gzip
@@ -247,21 +281,20 @@ class _Source:
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
-        self.gzip = False
         self.complete = True
         self.produced = 0  # uncompressed bytes handed out
 
     def blocks(self) -> Iterator[bytes]:
+        pulled = self._pull()
         head = b""
-        for chunk in self._pull():
+        for chunk in pulled:
             head += chunk
             if len(head) >= len(GZIP_MAGIC):
                 break
-        if not head.startswith(GZIP_MAGIC):
-            yield from self._count(self._chain(head))
-            return
-        self.gzip = True
-        yield from self._count(self._inflate(self._chain(head)))
+        data = itertools.chain((head,) if head else (), pulled)
+        for block in self._inflate(data) if head.startswith(GZIP_MAGIC) else data:
+            self.produced += len(block)
+            yield block
 
     def _pull(self) -> Iterator[bytes]:
         try:
@@ -273,52 +306,22 @@ class _Source:
             # stream cut short this way: treat it as the end of the data.
             self.complete = False
 
-    def _chain(self, head: bytes) -> Iterator[bytes]:
-        if head:
-            yield head
-        yield from self._pull()
-
-    def _count(self, blocks: Iterator[bytes]) -> Iterator[bytes]:
-        for block in blocks:
-            self.produced += len(block)
-            yield block
-
     def _inflate(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        started = False  # input fed to the current member
-        for data in chunks:
-            while data:
-                started = True
-                rest = yield from self._feed(d, data)
-                if not d.eof:
-                    break
-                # A gzip file may hold several members back to back.
-                if not GZIP_MAGIC.startswith(rest[:2]):
-                    raise RecordingError(self.produced, "bytes after the end of the gzip stream")
-                d, started, data = zlib.decompressobj(16 + zlib.MAX_WBITS), False, rest
-        if started and not d.eof:
-            self.complete = False
-
-    def _feed(self, d, data: bytes) -> Iterator[bytes]:
-        """Inflate `data` in bounded steps; returns the bytes after the end
-        of the member, if it ended."""
-        while True:
-            out = self._decompress(d, data)
-            if out:
-                yield out
-            if d.eof:
-                return d.unused_data
-            data = d.unconsumed_tail
-            # Done once the input is used up and zlib holds nothing more (it
-            # may, when the output limit was hit).
-            if not data and len(out) < INFLATE_STEP:
-                return b""
-
-    def _decompress(self, d, data: bytes) -> bytes:
-        try:
-            return d.decompress(data, INFLATE_STEP)
-        except zlib.error as exc:
-            raise RecordingError(self.produced, f"corrupt gzip data: {exc}") from None
+        # GzipFile reads member after member (`cat a.gz b.gz` is one file)
+        # and checks each trailer; read1 inflates at most INFLATE_STEP bytes
+        # per call, however far the input would expand.
+        with _gzip.GzipFile(fileobj=_ChunkFile(chunks), mode="rb") as f:
+            while True:
+                try:
+                    block = f.read1(INFLATE_STEP)
+                except EOFError:  # the input ended inside a member
+                    self.complete = False
+                    return
+                except (zlib.error, _gzip.BadGzipFile) as exc:
+                    raise RecordingError(self.produced, f"corrupt gzip data: {exc}") from None
+                if not block:
+                    return
+                yield block
 
 
 def _read_varint(buf: bytearray, pos: int, end: int) -> tuple[int, int] | None:
@@ -369,7 +372,8 @@ def decode(chunks: Iterable[bytes]) -> Iterator[Entry]:
             yield _entry(bytes(buf[start:stop]), base + pos, count)
             count += 1
             pos = stop
-    if pos < len(buf) and count == 0:
+    if count == 0 and (pos < len(buf) or not source.complete):
+        # Cut short or not, without a header nothing says it is a recording.
         raise RecordingError(0, f"not an orderbook recording: {len(buf)} bytes that hold no complete header")
     if pos < len(buf):
         have = len(buf) - pos

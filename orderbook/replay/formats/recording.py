@@ -29,10 +29,11 @@ the server never sends one, so it means data was lost. With
 until its next snapshot, and the rest of the file is still read.
 
 A file cut short (a recorder killed while writing) yields every complete
-entry and then raises `TruncatedRecording` (a FormatError) naming the byte
-offset (in the uncompressed stream) where the complete part ends; callers
-that want the records before it catch that error. Anything not in this
-format is a FormatError at the first entry.
+entry and then raises `RecordingTruncated` (orderbook.wire.recording, an
+InvalidInput like FormatError) naming the file and the byte offset (in the
+uncompressed stream) where the complete part ends; callers that want the
+records before it catch that error. Anything not in this format is a
+FormatError at the first entry.
 """
 
 from __future__ import annotations
@@ -59,16 +60,6 @@ Gaps = Literal["error", "resync"]
 
 NOTE_GAP = "gap"
 NOTE_RECONNECT = "reconnect"
-
-
-class TruncatedRecording(FormatError):
-    """The recording ends inside an entry or without its gzip trailer; every
-    complete entry before `offset` was read (`entries` of them)."""
-
-    def __init__(self, where: str, message: str, offset: int, entries: int) -> None:
-        super().__init__(where, message)
-        self.offset = offset
-        self.entries = entries
 
 
 def sniff(head: bytes) -> bool:
@@ -230,6 +221,6 @@ def _read(reader: _Reader, chunks: Iterable[bytes]) -> Iterator[Record]:
     try:
         yield from reader.records(decode(chunks))
     except RecordingTruncated as exc:
-        raise TruncatedRecording(f"{source}:{exc.offset}", exc.message, exc.offset, exc.entries) from None
+        raise exc.named(source) from None
     except RecordingError as exc:
         raise FormatError(f"{source}:{exc.offset}", exc.message) from None
