@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from orderbook.core.errors import UnknownSymbol
+from orderbook.core.errors import InvalidInput, UnknownSymbol
 from orderbook.core.events import BatchResult, Delta, FeedBatch, Snapshot
 from orderbook.core.instrument import Instrument
 from orderbook.core.market import FEED, Market
@@ -30,7 +30,10 @@ log = logging.getLogger("orderbook.hub")
 MAX_FLUSH_GAP = 0.02  # seconds: the most a busy hub delays a write to coalesce
 
 
-class SubscribeRejected(Exception):
+class SubscribeRejected(InvalidInput):
+    """A subscriber's request refused, with the protocol error code its
+    Error reply carries."""
+
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
