@@ -81,6 +81,11 @@ async def sample(page, cdp, browser_cdp) -> dict:
     }
 
 
+def listed_symbols(http: str) -> list[str]:
+    with urllib.request.urlopen(http + "/symbols", timeout=5) as r:
+        return [s["symbol"] for s in json.load(r)["symbols"]]
+
+
 async def run_mode(pw, mode: str, args) -> dict:
     proc, http = start_node(args.rate)
     browser = await pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
@@ -88,8 +93,7 @@ async def run_mode(pw, mode: str, args) -> dict:
         page = await browser.new_page(viewport={"width": 1400, "height": 900})
         worker = "&worker=1" if mode == "worker" else ""
         await page.goto(f"{http}/?symbol=BTC-USD&watch=all{worker}", wait_until="domcontentloaded")
-        with urllib.request.urlopen(http + "/symbols", timeout=5) as r:
-            symbols = [s["symbol"] for s in json.load(r)["symbols"]]
+        symbols = await asyncio.to_thread(listed_symbols, http)
         await page.wait_for_function(
             "(n) => { const s = window.orderbook?.symbols || {}; const v = Object.values(s);"
             " return v.length === n && v.every((x) => x.state === 'live'); }",
@@ -140,7 +144,8 @@ async def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="alternate the modes this many times (default 1)")
     args = p.parse_args()
     info = machine_info()
-    info["Chromium"] = subprocess.run([chromium_path(), "--version"], capture_output=True, text=True).stdout.strip()
+    version = await asyncio.to_thread(subprocess.run, [chromium_path(), "--version"], capture_output=True, text=True)
+    info["Chromium"] = version.stdout.strip()
     from playwright.async_api import async_playwright
 
     rows = []

@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     naive_chunks = [naive[i : i + CHUNK] for i in range(0, len(naive), CHUNK)]
 
     # Same content in all three encodings (untimed check).
-    for d, nd in zip(deltas[:200], naive[:200]):
+    for d, nd in zip(deltas[:200], naive[:200], strict=True):
         back = codec.delta_from_pb(codec.parse_server_message(unframe(encode_pb(d))).delta)
         js = json.loads(codec.to_json(codec.delta_message(d)))["delta"]
         nj = json.loads(json.dumps(naive_dict(nd)))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import pstats
@@ -77,10 +78,8 @@ def run_delay(pid: int) -> float:
     (/proc/.../schedstat): how much other processes held the cores."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that ended meanwhile
             total += int((task / "schedstat").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
-            pass  # a thread that ended meanwhile
     return total / 1e9
 
 
@@ -202,9 +201,9 @@ def start_server(kind: str, tmp: Path, payload_bytes: int, profile: Path | None 
             wait_ready(f"http://127.0.0.1:{port}", 30, proc)
         else:
             wait_http(ready, proc)
-    except BaseException:
+    except BaseException as exc:
         server.stop()
-        raise RuntimeError(f"{kind} server did not start:\n{server.tail()}")
+        raise RuntimeError(f"{kind} server did not start:\n{server.tail()}") from exc
     return server
 
 
@@ -228,7 +227,7 @@ class LoadGenProc:
         if kind == "ours":
             args += ["--feed-url", f"ws://127.0.0.1:{port}/feed", "--feed-token", FEED_TOKEN]
         log = tmp / f"loadgen-{port}.log"
-        with open(log, "wb") as err:
+        with await asyncio.to_thread(log.open, "wb") as err:
             proc = await asyncio.create_subprocess_exec(
                 *args,
                 stdin=asyncio.subprocess.PIPE,

@@ -269,7 +269,7 @@ def _where(path: str) -> str:
     # Relative, machine-independent names for the profile table.
     if path == "<string>":
         return "generated"  # dataclass __init__ and the like
-    if path.startswith("~") or path.startswith("<"):
+    if path.startswith(("~", "<")):
         return "builtin"
     marker = "site-packages" + os.sep
     if marker in path:

@@ -16,13 +16,12 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from orderbook.core.events import FeedBatch
 from orderbook.core.resume import ResumePoint
 from orderbook.wire import codec
 
-from .harness import Publisher, Subscriber, instrument, update
+from .harness import ROOT, Publisher, Subscriber, instrument, update
 
 OP_CONT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x2, 0x8, 0x9, 0xA
 
@@ -183,12 +182,11 @@ async def handshake_storm(port: int, n: int, timeout: float = 30.0) -> dict[str,
 async def handshake_storm_in_subprocess(port: int, n: int) -> dict[str, int]:
     """handshake_storm from another process, so the storm's own CPU does not
     delay this process's watchers."""
-    root = Path(__file__).resolve().parents[1]
     code = (
         "import asyncio, json, sys; from tests.attacks import handshake_storm; "
         f"print(json.dumps(asyncio.run(handshake_storm({port}, {n}))))"
     )
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=root, stdout=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     return json.loads(out)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 
@@ -41,7 +42,7 @@ def test_delays_grow_on_average() -> None:
             b.attempt = attempt
             delays.append(b.next_delay())
         means.append(statistics.fmean(delays))
-    for lower, higher in zip(means, means[1:]):
+    for lower, higher in itertools.pairwise(means):
         assert higher > 1.5 * lower
 
 

@@ -30,6 +30,7 @@ from .harness import (
     FEED_TOKEN,
     InProcessServer,
     Publisher,
+    eventually,
     instrument,
     read_http_head,
     serve_in_process,
@@ -97,12 +98,6 @@ async def expect_close(ws, code: int) -> list[stream_pb2.ServerMessage]:
     rcvd = info.value.rcvd
     assert rcvd is not None and rcvd.code == code, info.value
     return got
-
-
-async def wait_until(pred, timeout: float = WAIT) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.01)  # polling a condition under the deadline
 
 
 async def refused(url: str, **kw) -> websockets.http11.Response:
@@ -245,7 +240,7 @@ class Scene:
 
     async def gone(self, expected: int = 1) -> None:
         """Wait until the server has dropped the bad connection."""
-        await wait_until(lambda: self.connections() == expected)
+        await eventually(lambda: self.connections() == expected, WAIT, "the bad connection dropped")
 
 
 @contextlib.asynccontextmanager
@@ -530,7 +525,7 @@ async def test_server_full_503_with_retry_after():
         await send(first, codec.ping_message(2))
         assert (await expect(first, "pong")).request_id == 2
         await first.close()
-        await wait_until(lambda: not srv.hub.connections)
+        await eventually(lambda: not srv.hub.connections, WAIT, "every connection closed")
         async with connect(srv.url) as again:
             await send(again, codec.ping_message(3))
             await expect(again, "pong")

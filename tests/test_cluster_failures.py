@@ -200,6 +200,11 @@ def haproxy_states(stats_url: str) -> dict[str, str]:
     return {r["svname"]: r["status"] for r in rows if r["pxname"] == "nodes" and r["svname"].startswith("node")}
 
 
+def _start_haproxy(binary: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([binary, "-db", "-f", str(HAPROXY_CFG)], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
 @contextlib.asynccontextmanager
 async def running_haproxy(tmp_path: Path, node1: str, node2: str):
     """docker/haproxy.cfg as is, on free ports, until both nodes are UP."""
@@ -212,10 +217,7 @@ async def running_haproxy(tmp_path: Path, node1: str, node2: str):
         ORDERBOOK_STATS_BIND=f"127.0.0.1:{stats}",
     )
     log = tmp_path / f"haproxy-{bind}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [haproxy_binary(), "-db", "-f", str(HAPROXY_CFG)], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+    proc = await asyncio.to_thread(_start_haproxy, haproxy_binary(), env, log)
     stats_url = f"http://127.0.0.1:{stats}/stats;csv"
     try:
         await until(lambda: proc.poll() is not None or haproxy_states(stats_url) == {"node1": "UP", "node2": "UP"})
@@ -413,7 +415,7 @@ async def test_redis_stopped_and_restarted_with_data_nodes_go_stale_then_continu
         for s in subs:
             await s.until(lambda s=s: bool(s.heartbeats) and s.heartbeats[-1].stale, timeout=10)
         # Subscribers keep their connection and their (last) books.
-        for s, n in zip(subs, nodes):
+        for s, n in zip(subs, nodes, strict=True):
             await ping(s)
             assert s.followers["S"].seq == 20
             assert same_book(s.followers["S"], book(n, "S"))
@@ -448,10 +450,10 @@ async def test_redis_stopped_and_restarted_with_data_nodes_go_stale_then_continu
 
 @pytest.mark.parametrize("how", ["restart-empty", "flushall"])
 async def test_redis_emptied_moves_nodes_to_a_new_epoch_and_subscribers_restart_cleanly(
-    redis_proc,
+    redis_proc,  # noqa: F811
     cluster,
     how,
-    caplog,  # noqa: F811
+    caplog,
 ):
     caplog.set_level(logging.INFO, logger="orderbook.client")
     nodes = [cluster(), cluster()]
@@ -514,7 +516,7 @@ async def test_redis_emptied_moves_nodes_to_a_new_epoch_and_subscribers_restart_
         changes = [i for i in range(1, len(epochs)) if epochs[i] != epochs[i - 1]]
         assert len(changes) == 1 and epochs[0] == old_epoch and epochs[-1] == new_epoch, seen
         assert [e for e, _ in client.snapshot_seqs["E"]] == [old_epoch, new_epoch], client.snapshot_seqs
-        for e, (_, snap_seq) in zip((old_epoch, new_epoch), client.snapshot_seqs["E"]):
+        for e, (_, snap_seq) in zip((old_epoch, new_epoch), client.snapshot_seqs["E"], strict=True):
             assert_consecutive([p for p in seen if p[0] == e], snap_seq, f"epoch {e}")
         f = client.books["E"]
         assert f.epoch == new_epoch and same_book(f, book(b, "E"))

@@ -47,7 +47,7 @@ class DepthMachine(RuleBasedStateMachine):
         assert snap.seq == self.view.seq and snap.depth == self.depth
         f = BookFollower("D")
         f.apply_snapshot(snap.epoch, snap.seq, snap.bids, snap.asks, snap.checksum, snap.instrument, snap.depth)
-        self.followers = self.followers[-2:] + [f]
+        self.followers = [*self.followers[-2:], f]
 
     @rule(bids=levels, asks=levels, replace=st.sampled_from([False] * 6 + [True]))
     def update(self, bids, asks, replace):

@@ -31,7 +31,7 @@ from .attacks import (
     watched_symbol,
     ws_pings,
 )
-from .harness import serve_in_process, test_settings
+from .harness import eventually, serve_in_process, test_settings
 
 MAX_SILENCE = 0.5  # seconds; steady publishing every 20 ms
 MAX_HEALTHZ = 0.5
@@ -48,9 +48,7 @@ async def watched(**overrides):
 
 
 async def _gone(srv, before: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while len(srv.hub.connections) > before and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await eventually(lambda: len(srv.hub.connections) <= before, timeout, "the attacker's disconnection")
     assert len(srv.hub.connections) == before, "the attacker is still connected"
     await asyncio.sleep(0.2)  # the lag sweep drops it first, then sends the close frame
 
@@ -68,7 +66,7 @@ async def _connect_attacker(srv, rcvbuf: int | None = None):
 
 
 async def test_churn_pairs_from_a_reading_client_are_rate_limited():
-    async with watched() as (srv, watch):
+    async with watched() as (srv, _):
         atk = await RawClient.connect(srv.port)
         assert await atk.write(churn_pairs(20_000, "TEST"))
         frames = []
@@ -90,7 +88,7 @@ async def test_churn_pairs_from_a_reading_client_are_rate_limited():
 async def test_churn_pairs_from_a_client_that_never_reads_are_closed_1013():
     async with watched(client_rate=0, churn_rate=0, client_buffer_limit=256 * 1024, slow_client_timeout=1.0) as (
         srv,
-        watch,
+        _,
     ):
         before, rss0 = len(srv.hub.connections), rss_mb()
         atk, conn = await _connect_attacker(srv, rcvbuf=4096)
@@ -102,7 +100,7 @@ async def test_churn_pairs_from_a_client_that_never_reads_are_closed_1013():
 
 
 async def test_websocket_ping_flood_from_a_client_that_never_reads_stays_bounded():
-    async with watched(client_rate=0, client_buffer_limit=256 * 1024, slow_client_timeout=1.0) as (srv, watch):
+    async with watched(client_rate=0, client_buffer_limit=256 * 1024, slow_client_timeout=1.0) as (srv, _):
         before, rss0 = len(srv.hub.connections), rss_mb()
         atk, conn = await _connect_attacker(srv, rcvbuf=4096)
         writer = asyncio.create_task(atk.write(ws_pings(100_000)))  # 13 MB in, 12.7 MB of pongs
@@ -121,7 +119,7 @@ async def test_websocket_ping_flood_from_a_client_that_never_reads_stays_bounded
 
 
 async def test_app_ping_flood_in_one_write_is_handled_in_slices():
-    async with watched(client_rate=0) as (srv, watch):
+    async with watched(client_rate=0) as (srv, _):
         atk = await RawClient.connect(srv.port)
         assert await atk.write(app_pings(100_000))
         pongs = 0
@@ -134,7 +132,7 @@ async def test_app_ping_flood_in_one_write_is_handled_in_slices():
 
 
 async def test_empty_continuation_flood_is_closed_1009_at_the_fragment_limit():
-    async with watched(max_fragments=1024) as (srv, watch):
+    async with watched(max_fragments=1024) as (srv, _):
         before = len(srv.hub.connections)
         atk, conn = await _connect_attacker(srv)
         writer = asyncio.create_task(atk.write(empty_continuations(2_000_000)))  # 12 MB
@@ -146,7 +144,7 @@ async def test_empty_continuation_flood_is_closed_1009_at_the_fragment_limit():
 
 
 async def test_a_client_that_only_sends_unsolicited_pongs_is_closed_by_keepalive():
-    async with watched(ping_interval=0.3, ping_timeout=0.5) as (srv, watch):
+    async with watched(ping_interval=0.3, ping_timeout=0.5) as (srv, _):
         before = len(srv.hub.connections)
         atk = await RawClient.connect(srv.port, rcvbuf=4096)
         start = time.monotonic()

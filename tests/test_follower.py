@@ -52,7 +52,14 @@ def next_delta(sb):
 
 
 def send(f, d, **change):
-    args = dict(epoch=d.epoch, seq=d.seq, prev_seq=d.prev_seq, bids=d.bids, asks=d.asks, checksum=d.checksum)
+    args = {
+        "epoch": d.epoch,
+        "seq": d.seq,
+        "prev_seq": d.prev_seq,
+        "bids": d.bids,
+        "asks": d.asks,
+        "checksum": d.checksum,
+    }
     args.update(change)
     f.apply_delta(**args)
 

@@ -51,7 +51,7 @@ def test_any_split_gives_the_same_messages(msgs, cuts, mask):
         pos += cut
     out += parser.feed(wire[pos:])
     expected = []
-    for opcode, payload, parts, ping_between in msgs:
+    for opcode, payload, _, ping_between in msgs:
         if ping_between:
             expected.append((0x9, b"hi"))
         expected.append((opcode, payload))

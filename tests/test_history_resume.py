@@ -115,7 +115,7 @@ def test_merged_entries(jumps, lim, start):
         got = hist.since(r)
         if r in boundaries:
             assert got is not None
-            assert [item for item in got] == [(p, s) for s, p, _ in retained if p >= r]
+            assert got == [(p, s) for s, p, _ in retained if p >= r]
         else:
             assert got is None
             if 0 <= r <= seq:

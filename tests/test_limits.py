@@ -25,6 +25,7 @@ from orderbook.wire import codec
 from .harness import (
     Publisher,
     Subscriber,
+    eventually,
     http_get,
     instrument,
     serve_in_process,
@@ -74,7 +75,7 @@ def test_levels_per_side_counts_the_book_after_each_update():
     )
     assert exc.symbol == "A" and "bid" in str(exc)
     # A replace counts only its own levels (last write per price, zeros dropped).
-    m.apply(FeedBatch(5, (), (update("A", bids=levels(5, 1000) + [(1000, 0), (1001, 0)], replace=True),)))
+    m.apply(FeedBatch(5, (), (update("A", bids=[*levels(5, 1000), (1000, 0), (1001, 0)], replace=True),)))
     assert m.get("A").book.bid_count() == 3
     refused(m, FeedBatch(6, (), (update("A", bids=levels(6, 1000), replace=True),)), "max_levels_per_side")
     # A new symbol's first update counts from 0; the asks side on its own.
@@ -227,14 +228,10 @@ async def test_connections_per_ip():
             assert b"max_connections_per_ip" in exc.response.body
             await expect_429(srv.feed_url)  # /feed counts too
             await subs[0].ws.close()
-            async with asyncio.timeout(WAIT):
-                while srv.app.ctx.state.gate.connections("127.0.0.1") >= 3:
-                    await asyncio.sleep(0.01)
+            await eventually(lambda: srv.app.ctx.state.gate.connections("127.0.0.1") < 3, WAIT, "a connection released")
             async with Subscriber.connect(srv.url):
                 pass
-        async with asyncio.timeout(WAIT):
-            while srv.app.ctx.state.gate.connections("127.0.0.1"):
-                await asyncio.sleep(0.01)
+        await eventually(lambda: not srv.app.ctx.state.gate.connections("127.0.0.1"), WAIT, "every connection released")
 
 
 async def test_handshake_burst_per_ip_and_global():
@@ -366,8 +363,12 @@ async def test_trading_page_lists_symbols_with_http_token(tmp_path):
     n = start_server_process(tmp_path, "--http-token", "tok", "--token", "tok")
     try:
         req = urllib.request.Request(n.http + "/symbols", headers={"Authorization": "Bearer tok"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            symbols = [s["symbol"] for s in json.load(r)["symbols"]]
+
+        def listed() -> list[str]:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return [s["symbol"] for s in json.load(r)["symbols"]]
+
+        symbols = await asyncio.to_thread(listed)
         async with chromium() as browser:
             page = await browser.new_page()
             await page.goto(f"{n.http}/?token=tok&symbol={symbols[0]}", wait_until="domcontentloaded")

@@ -16,7 +16,7 @@ import websockets
 from orderbook.wire import codec
 from orderbook.wire.codec import SUBPROTOCOL_JSON
 
-from .harness import Publisher, instrument, serve_in_process, test_settings, update
+from .harness import Publisher, eventually, instrument, serve_in_process, test_settings, update
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -177,9 +177,7 @@ async def test_dead_peer_is_closed_live_peer_stays():
         assert pings and all(op == 0x9 for op, _ in pings), frames  # pinged, never answered
         assert close_op == 0x8 and struct.unpack("!H", close_payload[:2])[0] == 1011, frames
         assert elapsed >= (interval + timeout) * 0.8  # by the ping timeout, not at once
-        async with asyncio.timeout(WAIT):
-            while len(srv.hub.connections) != 1:
-                await asyncio.sleep(0.01)  # polling a condition under the deadline
+        await eventually(lambda: len(srv.hub.connections) == 1, WAIT, "the dead client dropped")
         # The live client, connected since before the dead one, went through at
         # least one full ping cycle too and is still served.
         await live.send(codec.ping_message(2).SerializeToString())

@@ -22,10 +22,10 @@ from orderbook.replay.verify import Verifier, verify
 pytestmark = pytest.mark.timeout(120)
 
 SESSIONS = {
-    "2021-04-17": dict(
-        applied=590,
-        stale=24,
-        checkpoints={
+    "2021-04-17": {
+        "applied": 590,
+        "stale": 24,
+        "checkpoints": {
             "SWRVBUSD": 57,
             "VETETH": 63,
             "AAVEUPUSDT": 43,
@@ -37,20 +37,20 @@ SESSIONS = {
             "ADARUB": 1,
             "STEEMETH": 0,
         },
-        bbo={"SWRVBUSD": ("2.27100000", "2.27600000"), "VETETH": ("0.00009377", "0.00009399")},
-    ),
-    "2021-08-14": dict(
-        applied=528,
-        stale=18,
-        checkpoints={"FTMUSDT": 34, "BADGERBTC": 33, "XMRBTC": 16, "SXPBTC": 13},
-        bbo={"FTMUSDT": ("0.33936000", "0.33962000"), "XMRBTC": ("0.00577300", "0.00577900")},
-    ),
-    "2021-10-12": dict(
-        applied=172,
-        stale=5,
-        checkpoints={"NKNUSDT": 19, "LRCBTC": 6, "BLZETH": 1, "RUNEEUR": 0},
-        bbo={"NKNUSDT": ("0.35270000", "0.35310000")},
-    ),
+        "bbo": {"SWRVBUSD": ("2.27100000", "2.27600000"), "VETETH": ("0.00009377", "0.00009399")},
+    },
+    "2021-08-14": {
+        "applied": 528,
+        "stale": 18,
+        "checkpoints": {"FTMUSDT": 34, "BADGERBTC": 33, "XMRBTC": 16, "SXPBTC": 13},
+        "bbo": {"FTMUSDT": ("0.33936000", "0.33962000"), "XMRBTC": ("0.00577300", "0.00577900")},
+    },
+    "2021-10-12": {
+        "applied": 172,
+        "stale": 5,
+        "checkpoints": {"NKNUSDT": 19, "LRCBTC": 6, "BLZETH": 1, "RUNEEUR": 0},
+        "bbo": {"NKNUSDT": ("0.35270000", "0.35310000")},
+    },
 }
 
 SYM = "FTMUSDT"
@@ -175,9 +175,9 @@ def test_wrong_checkpoint_fails_verification(shared_data):
     # Find a checkpoint independently of the reader: a bookTicker whose u is the
     # final u of a depth event newer than its symbol's snapshot.
     last_ids = {
-        re.search(r"symbol=(\w+)", l)[1]: json.loads(l.partition(": ")[2])["lastUpdateId"]
-        for l in http_lines
-        if l.strip()
+        re.search(r"symbol=(\w+)", line)[1]: json.loads(line.partition(": ")[2])["lastUpdateId"]
+        for line in http_lines
+        if line.strip()
     }
     finals = set()
     for line in ws_lines:
@@ -363,7 +363,9 @@ def test_crlf_line_endings_and_other_streams():
     trade = ws(101.05, {"e": "aggTrade", "s": SYM, "p": "0.5", "q": "1"}, stream="ftmusdt@aggTrade")
     ws_lines = [OPEN, trade, depth(101.1, 101, 101, bids=[(11, 1)])]
     http = [snapshot(100.5, 100, bids=[(10, 1)], asks=[(20, 1)]), "\n"]
-    records = list(binance.read([l.replace("\n", "\r\n") for l in ws_lines], [l.replace("\n", "\r\n") for l in http]))
+    records = list(
+        binance.read([line.replace("\n", "\r\n") for line in ws_lines], [line.replace("\n", "\r\n") for line in http])
+    )
     assert applied(records) == [101]
     assert book(records) == ([(11, 1), (10, 1)], [(20, 1)])
 

@@ -137,9 +137,9 @@ def test_corrupted_ticker_is_reported(capture):
         if '"type":"ticker"' in text:
             product = json.loads(text.partition(": ")[2])["product_id"]
             if product in seen:
+                lines[i] = text.replace('"best_bid":"', '"best_bid":"1')
                 break
             seen.add(product)
-    lines[i] = lines[i].replace('"best_bid":"', '"best_bid":"1')
     report = verify(coinbase.read(lines))
     assert report.by_kind() == {"best bid/ask": (96, 97)}
     assert report.mismatches[0].kind == "best bid/ask" and "best bid" in report.mismatches[0].detail

@@ -171,8 +171,8 @@ def test_depth_comes_from_the_channel_name():
         SUBSCRIBED.replace("book-1000", "book-10"),
         f'1.1: [7,{{"as":[{asks}],"bs":[["1.40","1.000","1.0"]]}},"book-10","T/X"]',
     ]
-    assert len(list(kraken.read(lines))[0].updates[0].asks) == 10
-    assert len(list(kraken.read(lines, depth=3))[0].updates[0].asks) == 3
+    assert len(next(kraken.read(lines)).updates[0].asks) == 10
+    assert len(next(kraken.read(lines, depth=3)).updates[0].asks) == 3
     with pytest.raises(FormatError, match="no depth in channel name"):
         list(kraken.read([line.replace('"book-10"', '"book"') for line in lines]))
 

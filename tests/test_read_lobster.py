@@ -409,7 +409,7 @@ def tamperings(rows: list[tuple[Levels, Levels]], depth: int) -> list[tuple[int,
             full = len(before) == depth
             for j, (price, size) in enumerate(now):
                 if not full or not worse(price, before[-1][0]):
-                    out.append((i, side, now[:j] + [(price, size + 1)] + now[j + 1 :]))
+                    out.append((i, side, [*now[:j], (price, size + 1), *now[j + 1 :]]))
             if not full and len(now) < depth:
                 step = 100 if side == 0 else -100
                 deepest = now[-1][0] if now else (ASK_PRICES if side == 0 else BID_PRICES)[-1]

@@ -264,5 +264,5 @@ def test_lobster_books_survive_a_tardis_file(shared_data, tmp_path, folder, mess
     assert report.ok and report.by_kind() == {"book": (messages, messages)}
     # A wrong book would show: drop one Tardis message and the checks fail.
     changed = next(i for i, r in enumerate(merged) if i > 0 and r.updates)
-    broken = verify(merged[:changed] + [dataclasses.replace(merged[changed], updates=())] + merged[changed + 1 :])
+    broken = verify([*merged[:changed], dataclasses.replace(merged[changed], updates=()), *merged[changed + 1 :]])
     assert not broken.ok

@@ -38,7 +38,7 @@ def pid_gone(pid: int) -> bool:
     return False
 
 
-async def test_start_set_get(redis_proc: RedisProcess) -> None:
+async def test_start_set_get(redis_proc: RedisProcess) -> None:  # noqa: F811
     assert redis_proc.url == f"redis://127.0.0.1:{redis_proc.port}/0"
     assert redis_proc.port != 6379
     assert redis_proc.dir.is_dir()
@@ -51,7 +51,7 @@ async def test_start_set_get(redis_proc: RedisProcess) -> None:
         await r.aclose()
 
 
-async def test_stream_xadd_xrange(redis_proc: RedisProcess) -> None:
+async def test_stream_xadd_xrange(redis_proc: RedisProcess) -> None:  # noqa: F811
     r = client(redis_proc)
     try:
         ids = [await r.xadd("book:TEST", {"seq": str(i)}) for i in range(3)]
@@ -62,7 +62,7 @@ async def test_stream_xadd_xrange(redis_proc: RedisProcess) -> None:
         await r.aclose()
 
 
-async def test_restart_keep_data_keeps_stream(redis_proc: RedisProcess) -> None:
+async def test_restart_keep_data_keeps_stream(redis_proc: RedisProcess) -> None:  # noqa: F811
     port, old_pid = redis_proc.port, redis_proc.pid
     r = client(redis_proc)
     try:
@@ -80,7 +80,7 @@ async def test_restart_keep_data_keeps_stream(redis_proc: RedisProcess) -> None:
         await r.aclose()
 
 
-async def test_restart_without_data_loses_stream(redis_proc: RedisProcess) -> None:
+async def test_restart_without_data_loses_stream(redis_proc: RedisProcess) -> None:  # noqa: F811
     r = client(redis_proc)
     try:
         await r.xadd("book:TEST", {"seq": "1"})
@@ -95,7 +95,7 @@ async def test_restart_without_data_loses_stream(redis_proc: RedisProcess) -> No
         await r.aclose()
 
 
-async def test_not_persistent_restart_loses_data(redis_factory) -> None:
+async def test_not_persistent_restart_loses_data(redis_factory) -> None:  # noqa: F811
     rp = redis_factory(persistent=False)
     r = client(rp)
     try:
@@ -110,7 +110,7 @@ async def test_not_persistent_restart_loses_data(redis_factory) -> None:
         await r.aclose()
 
 
-async def test_kill_then_start_again(redis_proc: RedisProcess) -> None:
+async def test_kill_then_start_again(redis_proc: RedisProcess) -> None:  # noqa: F811
     r = client(redis_proc, timeout=2.0)
     try:
         entry = await r.xadd("book:TEST", {"seq": "1"})
@@ -126,7 +126,7 @@ async def test_kill_then_start_again(redis_proc: RedisProcess) -> None:
         await r.aclose()
 
 
-async def test_pause_times_out_then_resume_answers(redis_proc: RedisProcess) -> None:
+async def test_pause_times_out_then_resume_answers(redis_proc: RedisProcess) -> None:  # noqa: F811
     r = client(redis_proc, timeout=0.5)
     try:
         await r.set("k", "v")
@@ -142,7 +142,7 @@ async def test_pause_times_out_then_resume_answers(redis_proc: RedisProcess) -> 
         await r.aclose()
 
 
-async def test_paused_server_is_cleaned_up(redis_factory) -> None:
+async def test_paused_server_is_cleaned_up(redis_factory) -> None:  # noqa: F811
     # Teardown must SIGCONT/kill a server left paused; the factory then
     # asserts the pid is gone.
     rp = redis_factory()
@@ -150,7 +150,7 @@ async def test_paused_server_is_cleaned_up(redis_factory) -> None:
     assert rp.running
 
 
-async def test_flush_empties(redis_proc: RedisProcess) -> None:
+async def test_flush_empties(redis_proc: RedisProcess) -> None:  # noqa: F811
     r = client(redis_proc)
     try:
         await r.xadd("book:TEST", {"seq": "1"})
@@ -173,7 +173,7 @@ def test_start_failure_reports_log(tmp_path: Path) -> None:
         busy.listen()
         rp = RedisProcess(tmp_path, busy.getsockname()[1])
         try:
-            with pytest.raises(RedisStartError, match="(?i)in use"):
+            with pytest.raises(RedisStartError, match=r"(?i)in use"):
                 rp.start()
         finally:
             rp.close()

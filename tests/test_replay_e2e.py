@@ -40,7 +40,7 @@ async def test_replay_through_server_matches_the_venue(shared_data, rel, fmt, ex
     report = await replay_checked(shared_data / rel, fmt)
     assert report.rejected == [], report.rejected[:5]
     assert report.mismatches == [], "\n".join(report.lines())
-    assert {k: v for k, v in report.by_kind().items()} == {k: (n, n) for k, n in expected.items()}
+    assert report.by_kind() == {k: (n, n) for k, n in expected.items()}
     assert report.ok
 
 
@@ -60,7 +60,7 @@ async def test_a_wrong_server_book_is_caught(shared_data):
     bogus = Record(records[at].time_ns, (), (BookUpdate(snap.symbol, ((price, size + 1),)),))
     async with serve_in_process(test_settings()) as srv:
         report = await verify_through_server(
-            iter(records[: at + 1] + [bogus] + records[at + 1 :]), srv.http, feed_token=FEED_TOKEN, timeout=20
+            iter([*records[: at + 1], bogus, *records[at + 1 :]]), srv.http, feed_token=FEED_TOKEN, timeout=20
         )
     assert not report.ok
     assert {m.symbol for m in report.mismatches} == {snap.symbol}

@@ -91,13 +91,13 @@ async def test_max_speed_never_sleeps_and_batches():
 
 async def test_time_going_backwards_keeps_file_order():
     # Rounded or merged timestamps can step back; the record waits for none.
-    clock, sink, _ = await run(recording([1.0, 0.5, 2.0]))
+    _, sink, _ = await run(recording([1.0, 0.5, 2.0]))
     assert [round(t - 100.0, 6) for t, _, _ in sink.sent] == [0.0, 1.0, 2.0]
     assert [r.updates[0].bids[0][1] for _, _, recs in sink.sent for r in recs[-1:]][1:] == [3, 4]
 
 
 async def test_loop_restarts_from_the_recorded_start():
-    clock, sink, stats = await run(recording([1.0]), loop=True, laps=3)
+    _, sink, stats = await run(recording([1.0]), loop=True, laps=3)
     assert stats.laps == 3
     times = [round(t - 100.0, 6) for t, _, _ in sink.sent]
     # Each lap lasts 1 s, and the next starts 1 s (the default gap) after it.

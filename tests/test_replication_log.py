@@ -126,8 +126,12 @@ asyncio.run(main(sys.argv[1]))
 
 async def test_sequencer_frozen_past_its_lease_cannot_interleave(log, redis_proc, tmp_path):  # noqa: F811
     await log.epoch(candidate=1)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SEQUENCER, redis_proc.url], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+    proc = await asyncio.to_thread(
+        subprocess.Popen,
+        [sys.executable, "-c", SEQUENCER, redis_proc.url],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
     )
     try:
         assert (await asyncio.to_thread(proc.stdout.readline)).strip() == "ready"

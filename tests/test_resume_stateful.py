@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -118,7 +119,7 @@ class ResumeMachine(RuleBasedStateMachine):
     def no_gap_no_duplicate(self) -> None:
         seqs = [s for _, s in self.delivered]
         assert len(seqs) == len(set(seqs))
-        assert all(b == a + 1 for a, b in zip(seqs, seqs[1:]))
+        assert all(b == a + 1 for a, b in itertools.pairwise(seqs))
 
     def teardown(self) -> None:
         async def close():

@@ -9,6 +9,7 @@ every served book verified and never crossed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -287,10 +288,8 @@ def _final_checksum(path, symbol: str) -> int:
 
 async def _follow(sub: Subscriber, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        try:
+        with contextlib.suppress(TimeoutError):
             await sub.recv(0.2)
-        except TimeoutError:
-            pass
 
 
 async def test_the_tour_record_then_replay_never_corrupts_a_served_book(tmp_path):

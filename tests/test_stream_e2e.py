@@ -12,7 +12,7 @@ from orderbook.core.resume import ResumePoint
 from orderbook.v1 import stream_pb2
 from orderbook.wire import codec
 
-from .harness import Publisher, Subscriber, instrument, serve_in_process, test_settings, update
+from .harness import Publisher, Subscriber, eventually, instrument, serve_in_process, test_settings, update
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -56,7 +56,7 @@ async def test_abrupt_drop_then_resume_gets_exactly_the_missed_deltas():
             await sub.until_seq("A", seq)
             follower = sub.followers["A"]
             sub.abort()  # TCP gone, no close frame
-        await asyncio.wait_for(_until(lambda: not srv.hub.connections), 5)
+        await eventually(lambda: not srv.hub.connections, 5, "the dropped connection gone")
         missed_to = await publish_steps(pub, "A", 12, start=5)
         async with Subscriber.connect(srv.url) as sub2:
             sub2.followers["A"] = follower  # the same local book, carried over
@@ -167,8 +167,3 @@ async def test_feed_publishing_acks_positions_and_replace():
             await sub.until_seq("F", 2)
             f = sub.followers["F"]
             assert f.book.bids() == [(9, 5)] and f.book.asks() == [(12, 1)]
-
-
-async def _until(pred, step: float = 0.01):
-    while not pred():
-        await asyncio.sleep(step)  # polling a condition under an outer timeout

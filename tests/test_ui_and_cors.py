@@ -306,14 +306,16 @@ async def test_cors_any_origin():
 
 
 async def test_cors_on_readyz_full_exposes_retry_after():
-    async with serve_in_process(test_settings(max_connections=1, cors_origins=(PAGE,))) as srv:
-        async with connect(srv.url) as ws:
-            await registered(ws)
-            status, headers, body = await http(srv.port, "/readyz", headers={"Origin": PAGE})
-            assert (status, json.loads(body)["status"]) == (503, "full")
-            assert int(headers["retry-after"]) > 0
-            assert headers["access-control-allow-origin"] == PAGE
-            assert "Retry-After" in headers["access-control-expose-headers"]
+    async with (
+        serve_in_process(test_settings(max_connections=1, cors_origins=(PAGE,))) as srv,
+        connect(srv.url) as ws,
+    ):
+        await registered(ws)
+        status, headers, body = await http(srv.port, "/readyz", headers={"Origin": PAGE})
+        assert (status, json.loads(body)["status"]) == (503, "full")
+        assert int(headers["retry-after"]) > 0
+        assert headers["access-control-allow-origin"] == PAGE
+        assert "Retry-After" in headers["access-control-expose-headers"]
 
 
 # ----------------------------------------------------------------------------- the pure CORS rules

@@ -194,20 +194,20 @@ def test_instrument_conversions():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(symbol=""),
-        dict(symbol=" BTC"),
-        dict(symbol="BTC "),
-        dict(symbol="BT\nC"),
-        dict(symbol="X" * (MAX_SYMBOL_LEN + 1)),
-        dict(price_scale=-1),
-        dict(price_scale=MAX_SCALE + 1),
-        dict(size_scale=MAX_SCALE + 1),
-        dict(price_increment=0),
-        dict(size_increment=-5),
+        {"symbol": ""},
+        {"symbol": " BTC"},
+        {"symbol": "BTC "},
+        {"symbol": "BT\nC"},
+        {"symbol": "X" * (MAX_SYMBOL_LEN + 1)},
+        {"price_scale": -1},
+        {"price_scale": MAX_SCALE + 1},
+        {"size_scale": MAX_SCALE + 1},
+        {"price_increment": 0},
+        {"size_increment": -5},
     ],
 )
 def test_invalid_instrument(kwargs):
-    base = dict(symbol="BTC-USD", price_scale=2, size_scale=8)
+    base = {"symbol": "BTC-USD", "price_scale": 2, "size_scale": 8}
     base.update(kwargs)
     with pytest.raises(InvalidInstrument):
         Instrument(**base).validate()

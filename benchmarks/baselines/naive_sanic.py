@@ -100,7 +100,7 @@ def main() -> None:
     p.add_argument("--payload-bytes", type=int, default=60)
     args = p.parse_args()
     # Every client is a file descriptor.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     app = build_app(args.payload_bytes)
     app.run(host="127.0.0.1", port=args.port, single_process=True, access_log=False, motd=False)

@@ -77,6 +77,7 @@ class Client(asyncio.Protocol):
         self.head = b""
         self.ws = False
         self.paused = False
+        self.answering: asyncio.Future[None] | None = None  # held: the loop keeps only a weak reference
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -99,7 +100,7 @@ class Client(asyncio.Protocol):
             self.ws = True
             self.server.clients.add(self)
         else:
-            asyncio.ensure_future(self.answer(path))
+            self.answering = asyncio.ensure_future(self.answer(path))
 
     async def answer(self, path: str) -> None:
         body = json.dumps(await self.server.control(path)).encode()
@@ -139,7 +140,7 @@ def main() -> None:
     p.add_argument("--payload-bytes", type=int, default=60)
     p.add_argument("--coalesce", type=int, default=1, help="messages joined per write (default 1)")
     args = p.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         import uvloop  # the loop Sanic runs on, for a like-for-like reference

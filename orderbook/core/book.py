@@ -15,7 +15,7 @@ levels again, formatting only those it has no text for.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import islice
 from typing import TypeAlias
 
@@ -348,7 +348,7 @@ class Book:
             raise InvariantViolation(f"kept checksum {self.checksum()} != {fresh} computed afresh")
 
 
-def _first(keys: SortedList, depth: int | None) -> Iterable[int]:
+def _first(keys: Sequence[int], depth: int | None) -> Iterable[int]:
     """`keys` in order, the first `depth` only if given (0 = all)."""
     if not depth:
         return keys

@@ -62,7 +62,8 @@ class TopNView:
 
     def _update_bids(self, book: Book, changes: tuple[Level, ...]) -> tuple[Level, ...]:
         worst = self._bid_worst
-        if len(self._bids) == self.depth and all(p < worst for p, _ in changes):
+        # A full view has a worst level (depth > 0); the None test only narrows the type.
+        if worst is not None and len(self._bids) == self.depth and all(p < worst for p, _ in changes):
             return ()  # all below a full view: invisible
         new = book.bids(self.depth)
         out = _diff(self._bids, new)
@@ -72,7 +73,7 @@ class TopNView:
 
     def _update_asks(self, book: Book, changes: tuple[Level, ...]) -> tuple[Level, ...]:
         worst = self._ask_worst
-        if len(self._asks) == self.depth and all(p > worst for p, _ in changes):
+        if worst is not None and len(self._asks) == self.depth and all(p > worst for p, _ in changes):
             return ()
         new = book.asks(self.depth)
         out = _diff(self._asks, new)

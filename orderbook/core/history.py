@@ -93,7 +93,7 @@ class History(Generic[T]):
             return None
         # Walk back from the newest entry: resumes are usually recent.
         out: list[T] = []
-        for e_seq, e_prev, item, _ in reversed(self._entries):
+        for _e_seq, e_prev, item, _ in reversed(self._entries):
             out.append(item)
             if e_prev == seq:
                 out.reverse()

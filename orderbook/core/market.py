@@ -127,10 +127,10 @@ class Market:
             if sb is not None:
                 validate_update(sb.instrument, update)
             else:
-                inst = pending.get(update.symbol)
-                if inst is None:
+                defined = pending.get(update.symbol)
+                if defined is None:
                     raise UnknownSymbol(update.symbol)
-                validate_update(inst, update)
+                validate_update(defined, update)
         if self._owners:
             self._check_owners(batch.updates, source, takeover)
         if self.limits.max_levels_per_side:
@@ -210,10 +210,7 @@ class Market:
                 allowed = cap
             else:
                 for price, size in levels:
-                    if price in overlay:
-                        before = overlay[price]
-                    else:
-                        before = base is not None and base(price) > 0
+                    before = overlay[price] if price in overlay else (base is not None and base(price) > 0)
                     after = size > 0
                     if after != before:
                         count += 1 if after else -1

@@ -101,10 +101,9 @@ class SequencedBook:
         book = self.book
         bids = book.bids(depth)
         asks = book.asks(depth)
-        if not depth or depth >= CHECKSUM_DEPTH:
-            checksum = book.checksum()  # the same top levels, kept by the book
-        else:
-            checksum = book_checksum(asks, bids)  # of the levels this snapshot holds
+        # Whole or deep enough: the same top levels the book keeps a checksum of;
+        # otherwise, the checksum of the levels this snapshot holds.
+        checksum = book.checksum() if not depth or depth >= CHECKSUM_DEPTH else book_checksum(asks, bids)
         return Snapshot(
             symbol=self.instrument.symbol,
             epoch=self.epoch,

@@ -33,7 +33,9 @@ def to_units(value: str | Decimal | int, scale: int) -> int:
     if isinstance(value, (float, bool)):
         raise TypeError(f"{type(value).__name__} is not accepted on the price path; pass a str or Decimal")
     if isinstance(value, int):
-        return value * 10**scale
+        # int ** int is typed Any (a negative power is a float); scales are 0..MAX_SCALE.
+        factor: int = 10**scale
+        return value * factor
     if isinstance(value, Decimal):
         d = value
     elif isinstance(value, str) and _DECIMAL.match(value.strip()):

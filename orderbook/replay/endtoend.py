@@ -13,20 +13,25 @@ so nothing is ever checked against a snapshot that skipped steps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from orderbook.core.errors import StreamError
-from orderbook.core.events import Delta, FeedBatch
+from orderbook.core.events import Delta, FeedBatch, Snapshot
 from orderbook.core.follower import BookFollower
 from orderbook.wire import codec
 
 from .player import FeedSink, pull
 from .records import Checksum, Record, Reference
 from .verify import Report, check_reference
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 SERVER_CHECKSUM = "server checksum"
 
@@ -49,7 +54,7 @@ class _Expected:
 class _Watcher:
     """The subscriber side: one socket, a follower per symbol."""
 
-    def __init__(self, ws, report: Report) -> None:
+    def __init__(self, ws: ClientConnection, report: Report) -> None:
         self.ws = ws
         self.report = report
         self.followers: dict[str, BookFollower] = {}
@@ -80,10 +85,8 @@ class _Watcher:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TimeoutError(what)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
     def expect(self, index: int, record: Record, positions: dict[str, int]) -> None:
         for symbol, seq in positions.items():
@@ -127,7 +130,7 @@ class _Watcher:
                         self.held[d.symbol].append(d)
                         self._advance(d.symbol)
                 elif kind == "snapshot":
-                    self._snapshot(msg.snapshot)
+                    self._snapshot(codec.snapshot_from_pb(msg.snapshot))
                 elif kind == "error":
                     raise RuntimeError(f"the server refused a subscription: {msg.error.message}")
                 self.changed.set()
@@ -137,8 +140,7 @@ class _Watcher:
             self.failure = exc
             self.changed.set()
 
-    def _snapshot(self, pb) -> None:
-        s = codec.snapshot_from_pb(pb)
+    def _snapshot(self, s: Snapshot) -> None:
         f = self.followers.get(s.symbol)
         if f is None:
             return
@@ -200,7 +202,7 @@ async def verify_through_server(
     indices: deque[int] = deque()
     definitions: dict[int, asyncio.Future[None]] = {}
 
-    def on_ack(batch: FeedBatch, recs: list[Record], ack) -> None:
+    def on_ack(batch: FeedBatch, recs: list[Record], ack: codec.FeedAck) -> None:
         fut = definitions.pop(batch.batch_id, None)
         if fut is not None:
             fut.set_result(None)
@@ -233,10 +235,8 @@ async def verify_through_server(
                 index += 1
                 await sink.send(FeedBatch(next(ids), rec.instruments, rec.updates), [rec])
         await sink.drain()
-        try:
+        with contextlib.suppress(TimeoutError):
             await watcher.wait(watcher.settled, timeout, "the subscriber did not receive every change")
-        except TimeoutError:
-            pass
         watcher.give_up()
         for symbol, why in watcher.broken.items():
             report.rejected.append(f"{symbol}: {why}")

@@ -40,7 +40,7 @@ def _is_gzip(path: Path) -> bool:
         return f.read(2) == GZIP_MAGIC
 
 
-def open_binary(path: Path) -> IO[bytes]:
+def open_binary(path: Path) -> gzip.GzipFile | io.BufferedReader:
     return gzip.open(path, "rb") if _is_gzip(path) else path.open("rb")
 
 
@@ -59,10 +59,7 @@ def _one(candidates: list[Path], what: str, near: Path) -> Path:
 def binance_files(path: Path, snapshots: Path | None = None) -> tuple[Path, Path]:
     """The WebSocket capture and its REST snapshots: a folder holding both,
     or the capture with `*.http.*` beside it unless named explicitly."""
-    if path.is_dir():
-        ws = _one(sorted(path.glob("*.ws.*")), "WebSocket capture (*.ws.*)", path)
-    else:
-        ws = path
+    ws = _one(sorted(path.glob("*.ws.*")), "WebSocket capture (*.ws.*)", path) if path.is_dir() else path
     if snapshots is None:
         snapshots = _one(sorted(ws.parent.glob("*.http.*")), "REST snapshot file (*.http.*)", ws)
     return ws, snapshots

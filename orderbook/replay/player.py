@@ -14,7 +14,7 @@ import itertools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from orderbook.core.errors import InvalidInput
@@ -26,6 +26,9 @@ from .files import Source
 from .pacing import Clock, Pacer
 from .records import Record
 from .window import TimePoint, within
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 log = logging.getLogger("orderbook.replay")
 
@@ -164,14 +167,16 @@ def feed_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
-AckHandler = Callable[[FeedBatch, list[Record], object], None]
+AckHandler = Callable[[FeedBatch, list[Record], codec.FeedAck], None]
 
 
 class FeedSink:
     """Publishes through `/feed`: up to MAX_IN_FLIGHT batches ahead of their
     acks, in order (one connection: the server answers in order)."""
 
-    def __init__(self, ws, on_ack: AckHandler | None = None, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+    def __init__(
+        self, ws: ClientConnection, on_ack: AckHandler | None = None, max_in_flight: int = MAX_IN_FLIGHT
+    ) -> None:
         self.ws = ws
         self.on_ack = on_ack
         self.changes = 0
@@ -181,7 +186,8 @@ class FeedSink:
         self._reader = asyncio.ensure_future(self._read_acks())
 
     @classmethod
-    async def connect(cls, url: str, token: str | None, on_ack: AckHandler | None = None, **kw) -> FeedSink:
+    async def connect(cls, url: str, token: str | None, on_ack: AckHandler | None = None, **kw: Any) -> FeedSink:
+        # `kw`: more options of websockets.connect, passed through.
         import websockets
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -217,7 +223,10 @@ class FeedSink:
                 if item is None:
                     return
                 batch, records = item
-                reply = codec.parse_feed_reply(await self.ws.recv())
+                data = await self.ws.recv()
+                if isinstance(data, str):
+                    raise codec.MalformedMessage("a text frame on /feed: its replies are binary protobuf")
+                reply = codec.parse_feed_reply(data)
                 self._slots.release()
                 if reply.WhichOneof("kind") == "error":
                     first = records[0].time_ns if records else 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from typing import TypeVar
 
 from orderbook.core.book import Level
 from orderbook.core.errors import InvalidInput
@@ -84,6 +85,10 @@ class Record:
     note: str = ""
 
 
+# What carries a symbol to rename: a definition, an update or a reference.
+_Named = TypeVar("_Named", bound=Instrument | BookUpdate | Checksum | BestPrices | TopLevels)
+
+
 def renamed(records: Iterable[Record], names: Mapping[str, str]) -> Iterator[Record]:
     """`records` with symbols renamed (`names`: old -> new) in definitions,
     updates and references; other symbols pass unchanged."""
@@ -91,7 +96,7 @@ def renamed(records: Iterable[Record], names: Mapping[str, str]) -> Iterator[Rec
         yield from records
         return
 
-    def name(obj):
+    def name(obj: _Named) -> _Named:
         new = names.get(obj.symbol)
         return obj if new is None else replace(obj, symbol=new)
 
@@ -129,7 +134,7 @@ def significant_decimals(text: str) -> int:
     return len(frac)
 
 
-def units(text: str, scale: int, where: str) -> int:
+def units(text: object, scale: int, where: str) -> int:
     """Exact integer units of a decimal string, or a FormatError naming `where`."""
     if not isinstance(text, str):
         raise FormatError(where, f"expected a decimal string, got {text!r}")

@@ -23,37 +23,48 @@ def check_reference(book: Book, ref: Reference) -> str | None:
         got = book.checksum()
         return None if got == ref.value else f"checksum {got} != venue's {ref.value}"
     if isinstance(ref, BestPrices):
-        problems = []
-        for side, want, got, size_known in (
-            ("bid", ref.bid, book.best_bid(), ref.bid_size_known),
-            ("ask", ref.ask, book.best_ask(), ref.ask_size_known),
-        ):
-            if want is None or got is None:
-                if want != got:
-                    problems.append(f"best {side} {got} != venue's {want}")
-            elif got[0] != want[0] or (size_known and got[1] != want[1]):
-                problems.append(f"best {side} {got} != venue's {want}")
-        return "; ".join(problems) or None
+        return _check_best(book, ref)
     if isinstance(ref, TopLevels):
-        problems = []
-        for side, want, levels, count in (
-            # (depth 0 would mean "all levels" to the book: an empty side compares nothing)
-            ("bids", ref.bids, book.bids(len(ref.bids)) if ref.bids else [], book.bid_count()),
-            ("asks", ref.asks, book.asks(len(ref.asks)) if ref.asks else [], book.ask_count()),
-        ):
-            if tuple(levels) != tuple(want):
-                first = next((i for i, (a, b) in enumerate(zip(levels, want)) if a != b), min(len(levels), len(want)))
-                problems.append(
-                    f"{side} differ at level {first + 1}: "
-                    f"{levels[first] if first < len(levels) else None} != venue's {want[first] if first < len(want) else None}"
-                )
-            elif ref.depth and count > ref.depth:
-                problems.append(f"{side}: {count} levels, venue shows at most {ref.depth}")
-            elif ref.depth and len(want) < ref.depth and count != len(want):
-                # The venue shows a short side: nothing may hide beneath it.
-                problems.append(f"{side}: {count} levels, venue shows only {len(want)}")
-        return "; ".join(problems) or None
+        return _check_top(book, ref)
     raise TypeError(f"unknown reference {ref!r}")
+
+
+def _check_best(book: Book, ref: BestPrices) -> str | None:
+    problems = []
+    for side, want, got, size_known in (
+        ("bid", ref.bid, book.best_bid(), ref.bid_size_known),
+        ("ask", ref.ask, book.best_ask(), ref.ask_size_known),
+    ):
+        if want is None or got is None:
+            if want != got:
+                problems.append(f"best {side} {got} != venue's {want}")
+        elif got[0] != want[0] or (size_known and got[1] != want[1]):
+            problems.append(f"best {side} {got} != venue's {want}")
+    return "; ".join(problems) or None
+
+
+def _check_top(book: Book, ref: TopLevels) -> str | None:
+    problems = []
+    for side, want, levels, count in (
+        # (depth 0 would mean "all levels" to the book: an empty side compares nothing)
+        ("bids", ref.bids, book.bids(len(ref.bids)) if ref.bids else [], book.bid_count()),
+        ("asks", ref.asks, book.asks(len(ref.asks)) if ref.asks else [], book.ask_count()),
+    ):
+        if tuple(levels) != tuple(want):
+            # The first level that differs, or where the shorter side ends.
+            first = next(
+                (i for i, (a, b) in enumerate(zip(levels, want, strict=False)) if a != b), min(len(levels), len(want))
+            )
+            problems.append(
+                f"{side} differ at level {first + 1}: "
+                f"{levels[first] if first < len(levels) else None} != venue's {want[first] if first < len(want) else None}"
+            )
+        elif ref.depth and count > ref.depth:
+            problems.append(f"{side}: {count} levels, venue shows at most {ref.depth}")
+        elif ref.depth and len(want) < ref.depth and count != len(want):
+            # The venue shows a short side: nothing may hide beneath it.
+            problems.append(f"{side}: {count} levels, venue shows only {len(want)}")
+    return "; ".join(problems) or None
 
 
 def reference_kind(ref: Reference) -> str:

@@ -5,7 +5,7 @@ subscribers still see exactly the venue's books from its first instant."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -53,7 +53,9 @@ def parse_time(text: str) -> TimePoint:
     return TimePoint((delta.days * 86_400 + delta.seconds) * NS + delta.microseconds * 1000, False)
 
 
-def within(records: Iterable[Record], start: TimePoint | None = None, end: TimePoint | None = None) -> Iterator[Record]:
+def within(
+    records: Iterable[Record], start: TimePoint | None = None, end: TimePoint | None = None
+) -> Generator[Record, None, None]:
     """The records from `start` up to and including `end`; see the module doc."""
     it = iter(records)
     first = next(it, None)

@@ -13,6 +13,7 @@ successor's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -70,6 +71,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+# An XREAD reply as this client gets it (RESP2, the default protocol):
+# [[stream, [(id, {field: value}), ...]], ...], None when nothing came. redis-py
+# types it as the union of every protocol's shape, so it is cast to this one.
+# Ids and field names are read as bytes or str; values are the bytes written.
+_XReadReply: TypeAlias = list[tuple[bytes | str, list[tuple[bytes | str, dict[bytes | str, bytes]]]]] | None
 
 
 class Fenced(OrderbookError):
@@ -186,7 +194,7 @@ class RedisLog:
     async def read(self, after: int, count: int = 1000, block_ms: int | None = None) -> list[LogEntry]:
         """Entries after position `after`, oldest first; waits up to `block_ms`
         for the first one when given."""
-        reply = await self._r.xread({self.keys.log: f"{after}-0"}, count=count, block=block_ms)
+        reply = cast(_XReadReply, await self._r.xread({self.keys.log: f"{after}-0"}, count=count, block=block_ms))
         out: list[LogEntry] = []
         for _stream, items in reply or ():
             for entry_id, fields in items:
@@ -211,7 +219,8 @@ class RedisLog:
             raise
 
     async def load_snapshot(self) -> bytes | None:
-        return await self._r.get(self.keys.snapshot)
+        raw = await self._r.get(self.keys.snapshot)
+        return raw.encode() if isinstance(raw, str) else raw
 
     # Input ------------------------------------------------------------------
     async def submit(self, batch: bytes) -> str:
@@ -220,7 +229,7 @@ class RedisLog:
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
     async def read_input(self, after: str, count: int = 100, block_ms: int | None = None) -> list[tuple[str, bytes]]:
-        reply = await self._r.xread({self.keys.input: after}, count=count, block=block_ms)
+        reply = cast(_XReadReply, await self._r.xread({self.keys.input: after}, count=count, block=block_ms))
         out = []
         for _stream, items in reply or ():
             for entry_id, fields in items:

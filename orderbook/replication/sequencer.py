@@ -52,10 +52,9 @@ class Sequencer:
         backoff = 0.05
         while True:
             try:
-                if not self.holding:
-                    if not await self._take_over():
-                        await asyncio.sleep(self._ttl_ms / 3000)
-                        continue
+                if not self.holding and not await self._take_over():
+                    await asyncio.sleep(self._ttl_ms / 3000)
+                    continue
                 await self._step()
                 backoff = 0.05
             except Fenced as exc:
@@ -91,7 +90,7 @@ class Sequencer:
             if not entries:
                 break
             for e in entries:
-                e_epoch, instruments, deltas = codec.parse_log_entry(e.data)
+                _, instruments, deltas = codec.parse_log_entry(e.data)
                 for inst in instruments:
                     market.define(inst)
                 for delta, _ in deltas:

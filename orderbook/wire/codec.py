@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, cast
 
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+# protobuf ships no type hints (types-protobuf has them); where those stubs are
+# installed the ignores are unused, hence `unused-ignore`.
+from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
+from google.protobuf.message import DecodeError, Message  # type: ignore[import-untyped, unused-ignore]
 
 from orderbook.core.book import Level
 from orderbook.core.errors import (
@@ -35,6 +38,7 @@ SUBPROTOCOL_JSON = "orderbook.v1.json"
 ErrorCode = stream_pb2.ErrorCode
 ServerMessage = stream_pb2.ServerMessage
 ClientMessage = stream_pb2.ClientMessage
+FeedAck = feed_pb2.FeedAck
 
 
 class Encoding(enum.Enum):
@@ -52,6 +56,12 @@ class MalformedMessage(WireError):
 
 class UnknownMessage(WireError):
     code = ErrorCode.ERROR_CODE_UNKNOWN_MESSAGE
+
+
+def error_code(code: int) -> stream_pb2.ErrorCode:
+    """`code` typed as an `ErrorCode` field value. The enum is open (proto3): a
+    field takes any int, and the stubs' `ErrorCode` is only a name for int."""
+    return cast(stream_pb2.ErrorCode, code)
 
 
 def error_code_for(exc: InvalidInput) -> int:
@@ -96,13 +106,19 @@ def instrument_from_pb(pb: book_pb2.Instrument) -> Instrument:
     )
 
 
-def _levels_to_pb(levels: Iterable[Level], field) -> None:
+class _LevelField(Protocol):
+    """A repeated `Level` field, as far as encoding uses it."""
+
+    def add(self, *, price: int, size: int) -> book_pb2.Level: ...
+
+
+def _levels_to_pb(levels: Iterable[Level], field: _LevelField) -> None:
     add = field.add
     for price, size in levels:
         add(price=price, size=size)
 
 
-def levels_from_pb(field) -> tuple[Level, ...]:
+def levels_from_pb(field: Iterable[book_pb2.Level]) -> tuple[Level, ...]:
     return tuple((lv.price, lv.size) for lv in field)
 
 
@@ -195,7 +211,7 @@ def heartbeat_message(symbol: str, epoch: int, seq: int, time_ns: int, stale: bo
 def error_message(code: int, text: str, symbol: str = "", request_id: int = 0) -> stream_pb2.ServerMessage:
     msg = ServerMessage()
     err = msg.error
-    err.code = code
+    err.code = error_code(code)
     err.message = text
     err.symbol = symbol
     err.request_id = request_id
@@ -209,7 +225,7 @@ def pong_message(request_id: int, time_ns: int) -> stream_pb2.ServerMessage:
     return msg
 
 
-def to_json(msg) -> str:
+def to_json(msg: Message) -> str:
     """Canonical protobuf JSON, compact, with zero values written out (a level
     of size 0 says `"size":"0"` rather than omitting the field)."""
     return json.dumps(
@@ -218,10 +234,11 @@ def to_json(msg) -> str:
     )
 
 
-def encode(msg, encoding: Encoding) -> bytes | str:
+def encode(msg: Message, encoding: Encoding) -> bytes | str:
     if encoding is Encoding.JSON:
         return to_json(msg)
-    return msg.SerializeToString()
+    data: bytes = msg.SerializeToString()
+    return data
 
 
 # ----------------------------------------------------------------------------- client -> server
@@ -271,7 +288,31 @@ def parse_client_message(data: bytes | str, encoding: Encoding) -> stream_pb2.Cl
     return msg
 
 
-def _check_json_shape(obj, descriptor) -> None:
+class _FieldShape(Protocol):
+    """What `_check_json_shape` reads of a field descriptor."""
+
+    @property
+    def message_type(self) -> _MessageShape | None: ...
+
+    @property
+    def is_repeated(self) -> bool: ...
+
+
+class _MessageShape(Protocol):
+    """What `_check_json_shape` reads of a message descriptor (protobuf has two
+    implementations of it, the pure-Python one and upb's)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def fields_by_camelcase_name(self) -> Mapping[str, _FieldShape]: ...
+
+    @property
+    def fields_by_name(self) -> Mapping[str, _FieldShape]: ...
+
+
+def _check_json_shape(obj: object, descriptor: _MessageShape) -> None:
     """Messages must be JSON objects at every level. protobuf's parser, with
     unknown fields ignored, would turn `"ping": "x"` or `"resume": []` into an
     empty message instead of reporting it."""
@@ -444,16 +485,18 @@ def feed_ack(batch_id: int, changes: int, positions: Iterable[Position]) -> byte
     ack.changes = changes
     for p in positions:
         ack.positions.add(symbol=p.symbol, epoch=p.epoch, seq=p.seq)
-    return reply.SerializeToString()
+    data: bytes = reply.SerializeToString()
+    return data
 
 
 def feed_error(code: int, text: str, symbol: str = "", batch_id: int = 0) -> bytes:
     reply = feed_pb2.FeedReply()
-    reply.error.code = code
+    reply.error.code = error_code(code)
     reply.error.message = text
     reply.error.symbol = symbol
     reply.error.request_id = batch_id
-    return reply.SerializeToString()
+    data: bytes = reply.SerializeToString()
+    return data
 
 
 def parse_feed_reply(data: bytes) -> feed_pb2.FeedReply:
@@ -471,7 +514,8 @@ def log_entry(epoch: int, instruments: Iterable[Instrument], delta_payloads: Ite
     for inst in instruments:
         instrument_to_pb(inst, entry.instruments.add())
     entry.deltas.extend(delta_payloads)
-    return entry.SerializeToString()
+    data: bytes = entry.SerializeToString()
+    return data
 
 
 def parse_log_entry(data: bytes) -> tuple[int, tuple[Instrument, ...], list[tuple[Delta, bytes]]]:
@@ -496,7 +540,8 @@ def cluster_snapshot(epoch: int, position: int, books: Iterable[Snapshot]) -> by
     cs.position = position
     for snap in books:
         cs.books.add().CopyFrom(snapshot_message(snap).snapshot)
-    return cs.SerializeToString()
+    data: bytes = cs.SerializeToString()
+    return data
 
 
 def parse_cluster_snapshot(data: bytes) -> tuple[int, int, list[Snapshot]]:

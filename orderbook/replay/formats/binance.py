@@ -102,21 +102,21 @@ def _json(line: CaptureLine) -> object:
         raise FormatError(line.where, f"not JSON: {exc}") from None
 
 
-def _int(obj: dict, key: str, where: str) -> int:
+def _int(obj: dict[str, object], key: str, where: str) -> int:
     value = obj.get(key)
     if type(value) is not int or value < 0:
         raise FormatError(where, f"{key!r} must be a non-negative integer, got {value!r}")
     return value
 
 
-def _str(obj: dict, key: str, where: str) -> str:
+def _str(obj: dict[str, object], key: str, where: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value:
         raise FormatError(where, f"{key!r} must be a non-empty string, got {value!r}")
     return value
 
 
-def _raw_levels(obj: dict, key: str, where: str) -> tuple[RawLevel, ...]:
+def _raw_levels(obj: dict[str, object], key: str, where: str) -> tuple[RawLevel, ...]:
     levels = obj.get(key)
     if not isinstance(levels, list):
         raise FormatError(where, f"{key!r} must be a list of [price, qty], got {levels!r}")
@@ -129,7 +129,7 @@ def _raw_levels(obj: dict, key: str, where: str) -> tuple[RawLevel, ...]:
     return tuple(out)
 
 
-def _diff(line: CaptureLine, data: dict) -> Diff:
+def _diff(line: CaptureLine, data: dict[str, object]) -> Diff:
     where = line.where
     first, final = _int(data, "U", where), _int(data, "u", where)
     if first > final:
@@ -145,7 +145,7 @@ def _diff(line: CaptureLine, data: dict) -> Diff:
     )
 
 
-def _ticker(line: CaptureLine, data: dict) -> Ticker:
+def _ticker(line: CaptureLine, data: dict[str, object]) -> Ticker:
     where = line.where
     bid = (_str(data, "b", where), _str(data, "B", where))
     ask = (_str(data, "a", where), _str(data, "A", where))
@@ -156,7 +156,7 @@ DEPTH = "depth"
 TICKER = "bookTicker"
 
 
-def _payload(line: CaptureLine) -> tuple[str, dict] | None:
+def _payload(line: CaptureLine) -> tuple[str, dict[str, object]] | None:
     """(DEPTH or TICKER, the message's data), or None for any other message."""
     msg = _json(line)
     if not isinstance(msg, dict):

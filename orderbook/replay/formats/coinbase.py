@@ -112,7 +112,7 @@ def read_products(lines: Iterable[str], *, source: str = "coinbase-products") ->
     return out
 
 
-def iso_to_ns(text: str, where: str) -> int:
+def iso_to_ns(text: object, where: str) -> int:
     """An ISO-8601 UTC time ("2021-04-17T16:43:37.075687Z") as exact Unix ns."""
     m = _ISO.match(text) if isinstance(text, str) else None
     if m is None:
@@ -136,7 +136,7 @@ def _offset_seconds(zone: str) -> int:
     return -minutes * 60 if zone[0] == "-" else minutes * 60
 
 
-def _json(body: str, where: str) -> dict:
+def _json(body: str, where: str) -> dict[str, object]:
     try:
         msg = json.loads(body)
     except ValueError as exc:
@@ -146,14 +146,14 @@ def _json(body: str, where: str) -> dict:
     return msg
 
 
-def _product(msg: dict, where: str) -> str:
+def _product(msg: dict[str, object], where: str) -> str:
     product = msg.get("product_id")
     if not isinstance(product, str) or not product:
         raise FormatError(where, f"{msg.get('type')} without product_id")
     return product
 
 
-def _snapshot(state: _State, msg: dict, time_ns: int, where: str) -> Record:
+def _snapshot(state: _State, msg: dict[str, object], time_ns: int, where: str) -> Record:
     product = _product(msg, where)
     bids_raw, asks_raw = _pairs(msg, "bids", where), _pairs(msg, "asks", where)
     inst = state.instruments.get(product)
@@ -177,7 +177,7 @@ def _instrument(state: _State, product: str, levels: list[list[str]]) -> Instrum
     return Instrument(product, price_scale, size_scale, base=base, quote=quote, venue=VENUE)
 
 
-def _l2update(state: _State, msg: dict, time_ns: int, where: str) -> Record:
+def _l2update(state: _State, msg: dict[str, object], time_ns: int, where: str) -> Record:
     product = _product(msg, where)
     inst = state.instruments.get(product)
     if inst is None:
@@ -195,7 +195,7 @@ def _l2update(state: _State, msg: dict, time_ns: int, where: str) -> Record:
     return Record(time_ns, updates=(update,))
 
 
-def _ticker(state: _State, msg: dict, time_ns: int, where: str) -> Record:
+def _ticker(state: _State, msg: dict[str, object], time_ns: int, where: str) -> Record:
     product = _product(msg, where)
     if product not in state.tickers_seen:
         state.tickers_seen.add(product)
@@ -215,7 +215,7 @@ def _ticker(state: _State, msg: dict, time_ns: int, where: str) -> Record:
     return Record(time_ns, checks=(check,))
 
 
-def _pairs(msg: dict, key: str, where: str) -> list[list[str]]:
+def _pairs(msg: dict[str, object], key: str, where: str) -> list[list[str]]:
     raw = msg.get(key, [])
     if not isinstance(raw, list) or not all(isinstance(e, list) and len(e) >= 2 for e in raw):  # [price, size, ...]
         raise FormatError(where, f'"{key}" must be a list of [price, size]')
@@ -223,7 +223,7 @@ def _pairs(msg: dict, key: str, where: str) -> list[list[str]]:
 
 
 def _level(inst: Instrument, price: object, size: object, where: str) -> Level:
-    lots = units(size, inst.size_scale, where)  # type: ignore[arg-type]
+    lots = units(size, inst.size_scale, where)
     if lots < 0:
         raise FormatError(where, f"negative size {size!r}")
-    return units(price, inst.price_scale, where), lots  # type: ignore[arg-type]
+    return units(price, inst.price_scale, where), lots

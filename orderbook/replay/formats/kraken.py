@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from orderbook.core.book import Book, Level
 from orderbook.core.events import BookUpdate
@@ -88,7 +89,7 @@ def read(lines: Iterable[str], *, depth: int | None = None, source: str = "krake
             raise FormatError(line.where, f"unexpected message {line.body[:80]!r}")
 
 
-def _control(state: _State, msg: dict, where: str) -> None:
+def _control(state: _State, msg: dict[str, object], where: str) -> None:
     if msg.get("event") != "subscriptionStatus" or msg.get("status") != "subscribed":
         return  # heartbeat, systemStatus, unsubscribes, pings: no book change
     channel, pair = msg.get("channelID"), msg.get("pair")
@@ -97,7 +98,8 @@ def _control(state: _State, msg: dict, where: str) -> None:
     state.channels[channel] = pair
 
 
-def _book_message(state: _State, msg: list, time_ns: int, where: str) -> Record | None:
+def _book_message(state: _State, msg: list[Any], time_ns: int, where: str) -> Record | None:
+    # `msg` is a decoded JSON array; each element is checked before it is used.
     if len(msg) < 4 or not isinstance(msg[-2], str) or not isinstance(msg[-1], str):
         raise FormatError(where, f"not a channel message: {json.dumps(msg)[:80]}")
     channel_name, pair = msg[-2], msg[-1]
@@ -123,7 +125,7 @@ def _depth(state: _State, channel_name: str, where: str) -> int:
     return int(n)
 
 
-def _snapshot(state: _State, pair: str, depth: int, snap: dict, time_ns: int, where: str) -> Record:
+def _snapshot(state: _State, pair: str, depth: int, snap: dict[str, object], time_ns: int, where: str) -> Record:
     asks_raw, bids_raw = _entries(snap, "as", where), _entries(snap, "bs", where)
     scales = state.scales.get(pair)
     if scales is None:
@@ -140,7 +142,7 @@ def _snapshot(state: _State, pair: str, depth: int, snap: dict, time_ns: int, wh
     return Record(time_ns, instruments=(instrument,), updates=(update,))
 
 
-def _update(state: _State, pair: str, parts: list[dict], time_ns: int, where: str) -> Record:
+def _update(state: _State, pair: str, parts: list[dict[str, object]], time_ns: int, where: str) -> Record:
     entry = state.pairs.get(pair)
     if entry is None:
         raise FormatError(where, f"{pair}: update before its snapshot")
@@ -166,7 +168,7 @@ def _update(state: _State, pair: str, parts: list[dict], time_ns: int, where: st
     return Record(time_ns, updates=(update,), checks=checks)
 
 
-def _entries(part: dict, key: str, where: str) -> list[list[str]]:
+def _entries(part: dict[str, object], key: str, where: str) -> list[list[str]]:
     raw = part.get(key, [])
     if not isinstance(raw, list):
         raise FormatError(where, f'"{key}" must be a list of levels')
@@ -197,9 +199,11 @@ def _trim(book: Book, depth: int, bids: list[Level], asks: list[Level]) -> None:
     """Drop the levels past `depth`, worst first, recording each removal."""
     while book.bid_count() > depth:
         price = book.nth_bid_price(book.bid_count() - 1)
+        assert price is not None  # the count is above depth >= 0: the worst level exists
         book.set_bid(price, 0)
         bids.append((price, 0))
     while book.ask_count() > depth:
         price = book.nth_ask_price(book.ask_count() - 1)
+        assert price is not None
         book.set_ask(price, 0)
         asks.append((price, 0))

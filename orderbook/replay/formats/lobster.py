@@ -84,10 +84,11 @@ class _Clock:
 
     def __init__(self, day: Date | str | None) -> None:
         if isinstance(day, str):
+            text = day
             try:
-                day = Date.fromisoformat(day)
+                day = Date.fromisoformat(text)
             except ValueError:
-                raise FormatError(day, "not a date (YYYY-MM-DD)") from None
+                raise FormatError(text, "not a date (YYYY-MM-DD)") from None
         self._day = day
         self._zone = _new_york() if day is not None else None
         self._offsets: dict[int, int] = {}  # hour after midnight -> UTC offset, seconds
@@ -225,7 +226,7 @@ def _side(prices: list[int], sizes: list[int], empty: int, order: int, side: str
     """The occupied levels of one side; fillers must come after every real level,
     and prices must get strictly worse (`order` 1: rising, -1: falling)."""
     out: list[Level] = []
-    for k, (price, size) in enumerate(zip(prices, sizes), 1):
+    for k, (price, size) in enumerate(zip(prices, sizes, strict=True), 1):
         if price == empty and size == 0:
             continue
         if len(out) < k - 1:
