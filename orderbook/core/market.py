@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sized
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import LimitExceeded, SourceConflict, UnknownSymbol
 from .events import BatchResult, BookUpdate, Delta, FeedBatch, Position, Snapshot
@@ -36,6 +37,30 @@ class FeedLimits:
 
 
 NO_LIMITS = FeedLimits()
+
+
+class _Sides(Protocol):
+    @property
+    def bids(self) -> Sized: ...
+
+    @property
+    def asks(self) -> Sized: ...
+
+
+class _Named(Protocol):
+    @property
+    def symbol(self) -> str: ...
+
+
+class BatchCounts(Protocol):
+    """What `Market.check_counts` reads of a batch: a FeedBatch, or the
+    decoded protobuf message before its levels are converted."""
+
+    @property
+    def updates(self) -> Collection[_Sides]: ...
+
+    @property
+    def instruments(self) -> Collection[_Named]: ...
 
 
 class Market:
@@ -136,7 +161,7 @@ class Market:
         if self.limits.max_levels_per_side:
             self._check_sides(batch.updates, self.limits.max_levels_per_side)
 
-    def check_counts(self, batch: FeedBatch) -> None:
+    def check_counts(self, batch: BatchCounts) -> None:
         """The limits that need no look at the levels: symbols, batch levels.
         Reads only `batch.instruments[].symbol` and the lengths of
         `batch.updates[].bids/asks`, so a decoded feed message can be checked

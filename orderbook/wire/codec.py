@@ -13,10 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-# protobuf ships no type hints (types-protobuf has them); where those stubs are
-# installed the ignores are unused, hence `unused-ignore`.
-from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
-from google.protobuf.message import DecodeError, Message  # type: ignore[import-untyped, unused-ignore]
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
 
 from orderbook.core.book import Level
 from orderbook.core.errors import (
