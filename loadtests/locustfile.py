@@ -21,7 +21,6 @@ import random
 import sys
 import threading
 import time
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -46,13 +45,14 @@ from loadtests.streamcheck import (  # noqa: E402
     parse_mix,
     pick_symbols,
 )
-from orderbook.client.backoff import Backoff  # noqa: E402
+from orderbook.client.urls import with_token  # noqa: E402
 from orderbook.core.instrument import Instrument  # noqa: E402
 from orderbook.feeds.simulator import MarketSimulator  # noqa: E402
+from orderbook.session.backoff import Backoff  # noqa: E402
+from orderbook.session.errors import code_name  # noqa: E402
 from orderbook.wire.codec import (  # noqa: E402
     SUBPROTOCOL_JSON,
     SUBPROTOCOL_PROTO,
-    ErrorCode,
     feed_message,
     parse_feed_reply,
     to_json,
@@ -362,7 +362,7 @@ class BookSubscriber(User):
 
     def _connect(self) -> websocket.WebSocket | None:
         options = self.environment.parsed_options
-        url = self.node.ws + (f"?token={urllib.parse.quote(options.token)}" if options.token else "")
+        url = with_token(self.node.ws, options.token or None)
         started = time.perf_counter()
         try:
             ws = websocket.create_connection(
@@ -534,7 +534,7 @@ class FeedPublisher(User):
         reply = parse_feed_reply(data)
         if reply.WhichOneof("kind") != "ack" or reply.ack.batch_id != batch.batch_id:
             err = reply.error
-            code = _code_name(err.code)
+            code = code_name(err.code)
             failure = StreamFailure(f"batch refused: {code}", f"{code} ({err.symbol}): {err.message}")
             self._fire("publish", elapsed, len(payload), failure)
             return False
@@ -551,13 +551,6 @@ class FeedPublisher(User):
 
 def _elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
-
-
-def _code_name(code: int) -> str:
-    try:
-        return ErrorCode.Name(code)
-    except ValueError:
-        return f"ERROR_CODE_{code}"
 
 
 def _close_code(payload: bytes) -> str:

@@ -1,11 +1,13 @@
 """What a load-test subscriber does with the frames it receives, without I/O.
 
-`StreamChecker` keeps one `BookFollower` per symbol across reconnections,
-turns every received frame into `Report`s (one Locust request event each) and
-into the `ClientMessage`s to send back (in-band resynchronisation,
-subscription retries). It holds no socket and never sleeps or reads a clock:
-the caller passes the times in. That keeps gevent out of it, so the
-verification rules are tested in plain pytest, and the Locust users stay thin.
+`StreamChecker` is a shell around the subscriber session
+(orderbook/session/), which keeps one `BookFollower` per symbol across
+reconnections, verifies every message and decides what to send back
+(in-band resynchronisation, subscription retries). The checker turns what
+the session reports into `Report`s, one Locust request event each. It holds
+no socket and never sleeps or reads a clock: the caller passes the times in.
+That keeps gevent out of it, so the verification rules are tested in plain
+pytest, and the Locust users stay thin.
 
 Each incident is reported once, as a `StreamFailure` on the row of the
 message that revealed it: a gap, a duplicate, a checksum mismatch or an epoch
@@ -16,40 +18,43 @@ frame. The snapshot that the subscriber then asks for itself is a success.
 
 from __future__ import annotations
 
-import enum
-import itertools
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from orderbook.client.backoff import Backoff
-from orderbook.core.errors import StreamError
+from orderbook.core.errors import OrderbookError
 from orderbook.core.follower import BookFollower
-from orderbook.core.resume import ResumePoint
+from orderbook.session.errors import code_name
+from orderbook.session.outputs import (
+    BookUpdated,
+    ErrorOutcome,
+    ErrorReceived,
+    HeartbeatChecked,
+    Output,
+    Resync,
+    RetrySubscribe,
+    Send,
+    Started,
+)
+from orderbook.session.policy import RefusalPolicy
+from orderbook.session.session import SubscriberSession
+from orderbook.session.states import Phase, ResyncReason
 from orderbook.wire.codec import (
     ClientMessage,
     ErrorCode,
     MalformedMessage,
     ServerMessage,
-    instrument_from_pb,
-    levels_from_pb,
     parse_server_message,
-    subscribe_message,
-    unsubscribe_message,
 )
 
-# Enum values read from the descriptor: the codec is the only module that
-# imports generated code, and values are never renumbered.
-_SUBSCRIBED = ServerMessage.DESCRIPTOR.fields_by_name["subscribed"].message_type
-_START_RESUMED = _SUBSCRIBED.fields_by_name["start"].enum_type.values_by_name["START_RESUMED"].number
-_REASONS = _SUBSCRIBED.fields_by_name["reason"].enum_type
-
-# Retries of a subscription the server refused on the same connection.
+# Retries of a subscription the server refused on the same connection: every
+# refusal is retried (and each reported, but for a symbol not defined yet).
 RETRY_BASE = 0.5
 RETRY_CAP = 10.0
 RETRY_MIN = 0.1  # full jitter may draw ~0; never retry in a tight loop
+_REFUSALS = RefusalPolicy(give_up=frozenset(), retry_base=RETRY_BASE, retry_cap=RETRY_CAP, retry_floor=RETRY_MIN)
 
 
 class StreamFailure(Exception):
@@ -160,23 +165,6 @@ def endpoints(host: str) -> Endpoints:
 # ----------------------------------------------------------------------------- the checker
 
 
-class _State(enum.Enum):
-    SUBSCRIBING = "subscribing"  # Subscribe sent
-    SNAPSHOT_WAIT = "snapshot-wait"  # START_SNAPSHOT acknowledged
-    LIVE = "live"
-    UNSUBSCRIBING = "unsubscribing"  # resynchronising: Unsubscribe sent
-
-
-@dataclass(slots=True)
-class _Sub:
-    symbol: str
-    state: _State
-    request_id: int
-    sent: float  # when the Subscribe was sent (caller's monotonic seconds)
-    resume: ResumePoint | None
-    refused: str = ""  # why the server refused our resume point, if it did
-
-
 @dataclass(slots=True)
 class CheckerCounts:
     """Totals since the checker was created (for a summary in the log)."""
@@ -207,12 +195,11 @@ class StreamChecker:
     corrupt_every: int = 0  # test hook: flip the checksum of every Nth delta received
     started: float = 0.0
     rng: random.Random = field(default_factory=random.Random)
-    followers: dict[str, BookFollower] = field(init=False)
+    session: SubscriberSession = field(init=False)
     counts: CheckerCounts = field(init=False, default_factory=CheckerCounts)
-    _subs: dict[str, _Sub] = field(init=False, default_factory=dict)
+    _sent: dict[str, float] = field(init=False, default_factory=dict)  # symbol -> when its Subscribe went out
+    _refused: dict[str, str] = field(init=False, default_factory=dict)  # symbol -> why its resume was refused
     _retry_at: dict[str, float] = field(init=False, default_factory=dict)
-    _retry: dict[str, Backoff] = field(init=False, default_factory=dict)
-    _ids: itertools.count = field(init=False, default_factory=lambda: itertools.count(1))
     _received: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -220,23 +207,25 @@ class StreamChecker:
             raise ValueError(f"latency_from must be 'publish' or 'event', got {self.latency_from!r}")
         if self.depth < 0 or self.interval_ms < 0 or self.corrupt_every < 0:
             raise ValueError("depth, interval_ms and corrupt_every must be >= 0")
-        self.followers = {s: BookFollower(s) for s in self.symbols}
+        self.session = SubscriberSession(
+            self.symbols, depth=self.depth, interval_ms=self.interval_ms, refusals=_REFUSALS, rng=self.rng
+        )
+
+    @property
+    def followers(self) -> dict[str, BookFollower]:
+        return self.session.books
 
     # ------------------------------------------------------------------ connection
 
     def start_connection(self, now: float) -> list[ClientMessage]:
         """Subscribe every symbol on a new connection: full-depth books that
         are still verified resume from their (epoch, seq)."""
-        self._subs = {}
         self._retry_at.clear()
-        out: list[ClientMessage] = []
-        for symbol in self.symbols:
-            self._subscribe(symbol, now, out)
-        return out
+        self._refused.clear()
+        return self._sends(self.session.open(), now)
 
     def live(self, symbol: str) -> bool:
-        sub = self._subs.get(symbol)
-        return sub is not None and sub.state is _State.LIVE
+        return self.session.is_live(symbol)
 
     def next_due(self) -> float | None:
         """When `due` next has something to send, if ever."""
@@ -248,8 +237,7 @@ class StreamChecker:
         for symbol, at in tuple(self._retry_at.items()):
             if at <= now:
                 del self._retry_at[symbol]
-                if symbol not in self._subs:
-                    self._subscribe(symbol, now, out)
+                out.extend(self._sends(self.session.retry(symbol), now))
         return out
 
     # ------------------------------------------------------------------ receiving
@@ -260,208 +248,144 @@ class StreamChecker:
         `recv_ns`: wall-clock receipt time (time.time_ns), compared with the
         server's timestamps; `now`: the caller's monotonic seconds."""
         reports: list[Report] = []
-        out: list[ClientMessage] = []
         length = len(data)
         try:
             msg = parse_server_message(data)
         except MalformedMessage as exc:
             self._fail(reports, "malformed", 0.0, length, StreamFailure("undecodable server message", str(exc)))
-            return reports, out
+            return reports, []
         kind = msg.WhichOneof("kind")
         if kind == "delta":
-            self._on_delta(msg.delta, recv_ns, length, reports, out)
+            outputs = self._on_delta(msg, recv_ns, length, reports)
         elif kind == "heartbeat":
-            self._on_heartbeat(msg.heartbeat, recv_ns, length, reports, out)
+            outputs = self._on_heartbeat(msg, recv_ns, length, reports)
         elif kind == "snapshot":
-            self._on_snapshot(msg.snapshot, recv_ns, now, length, reports, out)
+            outputs = self._on_snapshot(msg, recv_ns, now, length, reports)
         elif kind == "subscribed":
-            self._on_subscribed(msg.subscribed, now, length, reports, out)
-        elif kind == "unsubscribed":
-            self._on_unsubscribed(msg.unsubscribed, now, out)
+            outputs = self._on_subscribed(msg, now, length, reports)
         elif kind == "error":
-            self._on_error(msg.error, now, length, reports, out)
-        # Pong and kinds newer than this code are not book messages: ignored.
-        return reports, out
+            outputs = self._on_error(msg, now, length, reports)
+        else:
+            # Unsubscribed (the session subscribes again), Pong and kinds
+            # newer than this code are no book messages: nothing to report.
+            outputs = self.session.receive(msg)
+        return reports, self._sends(outputs, now)
 
-    def _on_delta(self, pd, recv_ns: int, length: int, reports: list[Report], out: list[ClientMessage]) -> None:
-        sub = self._subs.get(pd.symbol)
-        if sub is None or sub.state is not _State.LIVE:
+    def _on_delta(self, msg: ServerMessage, recv_ns: int, length: int, reports: list[Report]) -> list[Output]:
+        pd = msg.delta
+        if not self.session.is_live(pd.symbol):
             # Sent before our Subscribe or Unsubscribe reached the server.
-            return
+            return self.session.receive(msg)
         self._received += 1
-        checksum = pd.checksum
         if self.corrupt_every and self._received % self.corrupt_every == 0:
-            checksum ^= 1
+            pd.checksum ^= 1
         source = pd.event_time_ns if self.latency_from == "event" and pd.event_time_ns else pd.publish_time_ns
         latency = self._latency(recv_ns, source)
-        name = self._name("delta", sub.symbol)
-        try:
-            self.followers[sub.symbol].apply_delta(
-                pd.epoch, pd.seq, pd.prev_seq, levels_from_pb(pd.bids), levels_from_pb(pd.asks), checksum
-            )
-        except StreamError as exc:
-            self._fail(reports, name, latency, length, _stream_failure(exc, sub.symbol))
-            self._resync(sub, out)
-            return
-        self.counts.deltas += 1
-        reports.append(Report(name, latency, length))
+        name = self._name("delta", pd.symbol)
+        outputs = self.session.receive(msg)
+        for o in outputs:
+            if isinstance(o, BookUpdated):
+                self.counts.deltas += 1
+                reports.append(Report(name, latency, length))
+            elif isinstance(o, Resync):
+                self._fail(reports, name, latency, length, _stream_failure(o.error, o.symbol))
+        return outputs
 
-    def _on_heartbeat(self, hb, recv_ns: int, length: int, reports: list[Report], out: list[ClientMessage]) -> None:
-        sub = self._subs.get(hb.symbol)
-        if sub is None or sub.state is not _State.LIVE:
-            return
-        follower = self.followers[sub.symbol]
-        latency = self._latency(recv_ns, hb.time_ns)
-        name = self._name("heartbeat", sub.symbol)
-        # A depth-limited stream skips changes below its top levels, so the
-        # symbol's seq may be ahead of our last delta (as the client allows).
-        lenient = self.depth and hb.epoch == follower.epoch and hb.seq >= (follower.seq or 0)
-        if not lenient:
-            try:
-                follower.check_heartbeat(hb.epoch, hb.seq)
-            except StreamError as exc:
-                self._fail(reports, name, latency, length, _stream_failure(exc, sub.symbol))
-                self._resync(sub, out)
-                return
-        self.counts.heartbeats += 1
-        if hb.stale:
-            # The node is cut off from its source (Redis): the book may be behind.
-            self._fail(reports, name, latency, length, StreamFailure(f"stale heartbeat on {sub.symbol}"))
-            return
-        reports.append(Report(name, latency, length))
+    def _on_heartbeat(self, msg: ServerMessage, recv_ns: int, length: int, reports: list[Report]) -> list[Output]:
+        hb = msg.heartbeat
+        latency = self._latency(recv_ns, hb.time_ns) if self.session.is_live(hb.symbol) else 0.0
+        name = self._name("heartbeat", hb.symbol)
+        outputs = self.session.receive(msg)
+        for o in outputs:
+            if isinstance(o, HeartbeatChecked):
+                self.counts.heartbeats += 1
+                if o.stale:
+                    # The node is cut off from its source (Redis): the book may be behind.
+                    self._fail(reports, name, latency, length, StreamFailure(f"stale heartbeat on {o.symbol}"))
+                else:
+                    reports.append(Report(name, latency, length))
+            elif isinstance(o, Resync):
+                self._fail(reports, name, latency, length, _stream_failure(o.error, o.symbol))
+        return outputs
 
     def _on_snapshot(
-        self, ps, recv_ns: int, now: float, length: int, reports: list[Report], out: list[ClientMessage]
-    ) -> None:
-        sub = self._subs.get(ps.symbol)
-        if sub is None or sub.state not in (_State.SNAPSHOT_WAIT, _State.LIVE):
-            return
-        asked = sub.state is _State.SNAPSHOT_WAIT
+        self, msg: ServerMessage, recv_ns: int, now: float, length: int, reports: list[Report]
+    ) -> list[Output]:
+        ps = msg.snapshot
+        symbol = ps.symbol
+        asked = self.session.phase(symbol) is Phase.SNAPSHOT_WAIT
         # An asked-for snapshot measures subscribe -> book; one the server
         # pushes (resynchronising us) measures its build time -> receipt.
-        elapsed = _ms(now - sub.sent) if asked else self._latency(recv_ns, ps.time_ns)
-        name = self._name("snapshot", sub.symbol)
-        instrument = instrument_from_pb(ps.instrument) if ps.HasField("instrument") else None
-        try:
-            self.followers[sub.symbol].apply_snapshot(
-                ps.epoch, ps.seq, levels_from_pb(ps.bids), levels_from_pb(ps.asks), ps.checksum, instrument, ps.depth
-            )
-        except StreamError as exc:
-            self._fail(reports, name, elapsed, length, _stream_failure(exc, sub.symbol))
-            self._resync(sub, out)
-            return
-        sub.state = _State.LIVE
-        self._retry.pop(sub.symbol, None)
-        self.counts.snapshots += 1
-        if not asked:
-            self._fail(reports, name, elapsed, length, StreamFailure(f"resync snapshot on {sub.symbol}"))
-        elif sub.refused:
-            failure = StreamFailure(f"resume refused ({sub.refused}) on {sub.symbol}")
-            sub.refused = ""
-            self._fail(reports, name, elapsed, length, failure)
-        else:
-            reports.append(Report(name, elapsed, length))
+        elapsed = _ms(now - self._sent.get(symbol, now)) if asked else self._latency(recv_ns, ps.time_ns)
+        name = self._name("snapshot", symbol)
+        outputs = self.session.receive(msg)
+        for o in outputs:
+            if isinstance(o, BookUpdated):
+                self.counts.snapshots += 1
+                refused = self._refused.pop(symbol, "")
+                if not o.solicited:
+                    self._fail(reports, name, elapsed, length, StreamFailure(f"resync snapshot on {symbol}"))
+                elif refused:
+                    failure = StreamFailure(f"resume refused ({refused}) on {symbol}")
+                    self._fail(reports, name, elapsed, length, failure)
+                else:
+                    reports.append(Report(name, elapsed, length))
+            elif isinstance(o, Resync):
+                self._fail(reports, name, elapsed, length, _stream_failure(o.error, o.symbol))
+        return outputs
 
-    def _on_subscribed(self, m, now: float, length: int, reports: list[Report], out: list[ClientMessage]) -> None:
-        sub = self._subs.get(m.symbol)
-        if sub is None or sub.state is not _State.SUBSCRIBING or m.request_id != sub.request_id:
-            return
-        follower = self.followers[sub.symbol]
-        if m.start == _START_RESUMED:
-            name = self._name("resumed", sub.symbol)
-            r = sub.resume
-            if (
-                r is None
-                or not follower.synced
-                or (follower.epoch, follower.seq) != (r.epoch, r.seq)
-                or (m.epoch, m.seq) != (r.epoch, r.seq)
-            ):
-                detail = f"{sub.symbol}: resumed at ({m.epoch}, {m.seq}), asked {r}"
-                failure = StreamFailure(f"resume mismatch on {sub.symbol}", detail)
-                self._fail(reports, name, _ms(now - sub.sent), length, failure)
-                self._resync(sub, out)
-                return
-            sub.state = _State.LIVE
-            self._retry.pop(sub.symbol, None)
-            self.counts.resumes += 1
-            reports.append(Report(name, _ms(now - sub.sent), length))
-            return
-        if sub.resume is not None:
-            reason = _REASONS.values_by_number.get(m.reason)
-            sub.refused = reason.name.removeprefix("SNAPSHOT_REASON_") if reason is not None else str(m.reason)
-        # The book is not current until the snapshot replaces it.
-        follower.desync()
-        sub.state = _State.SNAPSHOT_WAIT
+    def _on_subscribed(self, msg: ServerMessage, now: float, length: int, reports: list[Report]) -> list[Output]:
+        m = msg.subscribed
+        elapsed = _ms(now - self._sent.get(m.symbol, now))
+        name = self._name("resumed", m.symbol)
+        outputs = self.session.receive(msg)
+        for o in outputs:
+            if isinstance(o, Started):
+                if o.resumed:
+                    self.counts.resumes += 1
+                    reports.append(Report(name, elapsed, length))
+                elif o.offered is not None:
+                    self._refused[o.symbol] = o.reason.removeprefix("SNAPSHOT_REASON_")
+            elif isinstance(o, Resync) and o.reason is ResyncReason.RESUME:
+                detail = f"{o.symbol}: resumed at ({m.epoch}, {m.seq}): {o.error}"
+                self._fail(reports, name, elapsed, length, StreamFailure(f"resume mismatch on {o.symbol}", detail))
+        return outputs
 
-    def _on_unsubscribed(self, m, now: float, out: list[ClientMessage]) -> None:
-        sub = self._subs.get(m.symbol)
-        if sub is None or sub.state is not _State.UNSUBSCRIBING or m.request_id != sub.request_id:
-            return
-        del self._subs[sub.symbol]
-        self._subscribe(sub.symbol, now, out)
-
-    def _on_error(self, e, now: float, length: int, reports: list[Report], out: list[ClientMessage]) -> None:
-        try:
-            code = ErrorCode.Name(e.code)
-        except ValueError:
-            code = f"ERROR_CODE_{e.code}"
+    def _on_error(self, msg: ServerMessage, now: float, length: int, reports: list[Report]) -> list[Output]:
+        e = msg.error
+        code = code_name(e.code)
         detail = f"{code} ({e.symbol}): {e.message}"
-        sub = self._sub_for_request(e.symbol, e.request_id)
-        symbol = sub.symbol if sub is not None else e.symbol
-        name = self._name("error", symbol)
-        failure = StreamFailure(f"{code} on {symbol}" if symbol else code, detail)
-        if sub is None or sub.state is _State.LIVE or sub.state is _State.SNAPSHOT_WAIT:
-            self._fail(reports, name, 0.0, length, failure)
-            return
-        if sub.state is _State.UNSUBSCRIBING:
-            # Whatever went wrong, the server no longer holds it: start over.
-            self._fail(reports, name, 0.0, length, failure)
-            del self._subs[sub.symbol]
-            self._subscribe(sub.symbol, now, out)
-            return
-        if e.code == ErrorCode.ERROR_CODE_ALREADY_SUBSCRIBED:
-            self._fail(reports, name, 0.0, length, failure)
-            self._unsubscribe(sub, out)  # the acknowledgement subscribes again
-            return
-        # Refused: retry later on this connection. A feed may define a symbol
-        # a little after the run starts, so unknown symbols are retried quietly
-        # for `symbol_wait` seconds first.
-        del self._subs[sub.symbol]
-        retry = self._retry.setdefault(sub.symbol, Backoff(RETRY_BASE, RETRY_CAP, rng=self.rng))
-        self._retry_at[sub.symbol] = now + max(retry.next_delay(), RETRY_MIN)
-        waiting = e.code == ErrorCode.ERROR_CODE_UNKNOWN_SYMBOL and now - self.started < self.symbol_wait
-        if not waiting:
-            self._fail(reports, name, 0.0, length, failure)
+        outputs = self.session.receive(msg)
+        for o in outputs:
+            if not isinstance(o, ErrorReceived):
+                continue
+            symbol = o.symbol
+            # A feed may define a symbol a little after the run starts, so
+            # unknown symbols are retried quietly for `symbol_wait` seconds first.
+            waiting = (
+                o.outcome is ErrorOutcome.RETRY
+                and e.code == ErrorCode.ERROR_CODE_UNKNOWN_SYMBOL
+                and now - self.started < self.symbol_wait
+            )
+            if not waiting:
+                failure = StreamFailure(f"{code} on {symbol}" if symbol else code, detail)
+                self._fail(reports, self._name("error", symbol), 0.0, length, failure)
+        return outputs
 
     # ------------------------------------------------------------------ helpers
 
-    def _subscribe(self, symbol: str, now: float, out: list[ClientMessage]) -> None:
-        follower = self.followers[symbol]
-        # Resume only a book of the same shape; the server offers no resume
-        # to depth-limited subscriptions, so they do not ask.
-        resume = follower.resume_point() if self.depth == 0 and follower.depth == 0 else None
-        rid = next(self._ids)
-        self._subs[symbol] = _Sub(symbol, _State.SUBSCRIBING, rid, now, resume)
-        out.append(subscribe_message(symbol, self.depth, resume, rid, self.interval_ms))
-
-    def _unsubscribe(self, sub: _Sub, out: list[ClientMessage]) -> None:
-        sub.state = _State.UNSUBSCRIBING
-        sub.request_id = next(self._ids)
-        out.append(unsubscribe_message(sub.symbol, sub.request_id))
-
-    def _resync(self, sub: _Sub, out: list[ClientMessage]) -> None:
-        """Take a fresh snapshot of one symbol in-band: Unsubscribe, then
-        Subscribe without a resume point on the acknowledgement."""
-        self.followers[sub.symbol].desync()
-        self._unsubscribe(sub, out)
-
-    def _sub_for_request(self, symbol: str, request_id: int) -> _Sub | None:
-        if not request_id:
-            return None
-        sub = self._subs.get(symbol) if symbol else None
-        if sub is not None and sub.request_id == request_id:
-            return sub
-        return next((s for s in self._subs.values() if s.request_id == request_id), None)
+    def _sends(self, outputs: list[Output], now: float) -> list[ClientMessage]:
+        """The messages to send; notes when each Subscribe goes out and when
+        each refused one is due again."""
+        out: list[ClientMessage] = []
+        for o in outputs:
+            if isinstance(o, Send):
+                out.append(o.message)
+                if o.message.WhichOneof("kind") == "subscribe":
+                    self._sent[o.message.subscribe.symbol] = now
+            elif isinstance(o, RetrySubscribe):
+                self._retry_at[o.symbol] = now + o.delay
+        return out
 
     def _name(self, kind: str, symbol: str) -> str:
         return f"{kind} {symbol}" if self.per_symbol and symbol else kind
@@ -480,7 +404,7 @@ class StreamChecker:
         reports.append(Report(name, elapsed, length, failure))
 
 
-def _stream_failure(exc: StreamError, symbol: str) -> StreamFailure:
+def _stream_failure(exc: OrderbookError, symbol: str) -> StreamFailure:
     return StreamFailure(f"{type(exc).__name__} on {symbol}", str(exc))
 
 

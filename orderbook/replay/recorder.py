@@ -3,15 +3,21 @@ depth) and write every message received, with its receive time, to a file in
 the recording format (orderbook/wire/recording.py), which `replay` and
 `verify` read back.
 
-* A symbol the server does not know yet (ERROR_CODE_UNKNOWN_SYMBOL) is asked
+The recorder is a shell around the subscriber session (orderbook/session/),
+on the client's connection loop (orderbook/client/connection.py):
+
+* every book is verified as it arrives, and a broken stream is
+  resynchronised in-band like any subscriber's; the recording holds every
+  message received, the resynchronisation included;
+* a symbol the server does not know yet (ERROR_CODE_UNKNOWN_SYMBOL) is asked
   for again after a jittered backoff until it exists. Each retry is preceded
   by a Ping: a successful request resets the server's count of consecutive
-  errors, which would otherwise close the connection (1008) after 20 refusals.
-* A dropped connection is re-established with jittered backoff; every symbol
-  is subscribed again with its last recorded (epoch, seq) as resume point, so
+  errors, which would otherwise close the connection (1008) after 20 refusals;
+* a dropped connection is re-established with jittered backoff; every symbol
+  is subscribed again with its last verified (epoch, seq) as resume point, so
   the server sends exactly the missed deltas or a fresh snapshot, both
-  recorded as they arrive. Connection changes are recorded too.
-* Recording stops on `duration`, after `max_messages`, on the `stop` event
+  recorded as they arrive. Connection changes are recorded too;
+* recording stops on `duration`, after `max_messages`, on the `stop` event
   or on cancellation; the gzip stream is always ended properly, so the file
   is readable whichever way it stopped.
 
@@ -27,33 +33,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
-import string
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, BinaryIO
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.typing import Origin, Subprotocol
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
-from orderbook.client.backoff import Backoff
-from orderbook.client.client import HandshakeRejected, open_unless_stopped, parse_retry_after
+from orderbook.client.connection import ConnectionHooks, ConnectionLoop, Dialer, send_all
+from orderbook.client.urls import without_token
 from orderbook.core.resume import ResumePoint
+from orderbook.session.backoff import Backoff
+from orderbook.session.outputs import (
+    BookUpdated,
+    ErrorOutcome,
+    ErrorReceived,
+    Output,
+    Rejected,
+    RetrySubscribe,
+    messages,
+)
+from orderbook.session.policy import RefusalPolicy
+from orderbook.session.session import SubscriberSession
 from orderbook.wire.codec import (
     SUBPROTOCOL_PROTO,
+    ClientMessage,
     ErrorCode,
     MalformedMessage,
+    ServerMessage,
     parse_server_message,
-    ping_message,
-    subscribe_message,
 )
 from orderbook.wire.recording import (
-    START_RESUMED,
     ConnectionEvent,
     RecordingInfo,
     RecordingWriter,
@@ -69,15 +82,10 @@ MAX_MESSAGE_BYTES = 1 << 26
 FLUSH_BYTES = 1 << 16
 # Beyond this much unwritten data, reading waits for the disk.
 MAX_PENDING_BYTES = 8 << 20
-CLOSE_TIMEOUT = 5.0
 # Refusals that retrying cannot fix; anything else (UNKNOWN_SYMBOL above all)
 # is asked again later.
 _PERMANENT = frozenset({ErrorCode.ERROR_CODE_INVALID_ARGUMENT, ErrorCode.ERROR_CODE_TOO_MANY_SUBSCRIPTIONS})
-# The server already holds the subscription: its data flows, nothing to do.
-_HARMLESS = frozenset({ErrorCode.ERROR_CODE_ALREADY_SUBSCRIBED})
 _SYMBOL_KINDS = frozenset({"subscribed", "unsubscribed", "snapshot", "delta", "heartbeat", "error"})
-# A subprotocol is an HTTP token; a token with other characters goes in the query.
-_TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
 
 
 @dataclass(slots=True)
@@ -167,7 +175,7 @@ class Recorder:
     or a binary file object that is left open). A path ending in ".gz" is
     gzip-compressed, as is any `out` with `gzip=True`.
 
-    `positions` holds the last recorded (epoch, seq) of each symbol and
+    `positions` holds the last verified (epoch, seq) of each symbol and
     `live` the symbols streaming on the current connection; `summary` is
     kept current and returned by `run()`.
     """
@@ -215,21 +223,50 @@ class Recorder:
         self.max_size = max_size
         self._external_stop = stop
 
-        self.positions: dict[str, ResumePoint] = {}
-        self.live: set[str] = set()
         name = out if isinstance(out, (str, os.PathLike)) else getattr(out, "name", "a file object")
         self.summary = RecordingSummary(str(name))
-        self._wanted = list(self.symbols)
-        self._requests: dict[int, str] = {}  # Subscribe in flight: request id -> symbol
-        self._retry: dict[str, Backoff] = {}
+        # A symbol may take hours to appear: wait for any but the refusals
+        # that will not pass, and keep the connection open while waiting.
+        refusals = RefusalPolicy(
+            give_up=_PERMANENT,
+            wait_if_held=False,
+            retry_base=resubscribe_base,
+            retry_cap=resubscribe_cap,
+            retry_floor=resubscribe_base / 2,
+            ping_before_retry=True,
+        )
+        self._session = SubscriberSession(self.symbols, refusals=refusals)
+        dialer = Dialer(
+            url,
+            SUBPROTOCOL_PROTO,
+            token=token,
+            token_as_subprotocol=True,
+            origin=origin,
+            open_timeout=open_timeout,
+            ping_interval=ping_interval,
+            max_size=max_size,
+        )
+        self._loop = ConnectionLoop(dialer, self.backoff, log, "recording stopped")
+        self._hooks = ConnectionHooks(self._opened, self._received, self._closed, self._failed)
+        self._waiting: set[str] = set()  # symbols asked for again until they exist
         self._timers: set[asyncio.Task[None]] = set()
-        self._ids = itertools.count(1)
-        self._ws: ClientConnection | None = None
-        self._closer: asyncio.Future[None] | None = None
         self._spool: _Spool | None = None
-        self._stop = asyncio.Event()
         self._stopping = False
         self._started = False
+
+    @property
+    def positions(self) -> dict[str, ResumePoint]:
+        """The last verified (epoch, seq) of each symbol that had a book."""
+        return {
+            s: ResumePoint(f.epoch, f.seq)
+            for s, f in self._session.books.items()
+            if f.epoch is not None and f.seq is not None
+        }
+
+    @property
+    def live(self) -> set[str]:
+        """The symbols streaming on the current connection."""
+        return {s for s in self.symbols if self._session.is_live(s)}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -247,18 +284,14 @@ class Recorder:
         watcher = None
         try:
             start = time.time_ns()
-            info = RecordingInfo(_without_token(self.url), self.symbols, start)
+            info = RecordingInfo(without_token(self.url), self.symbols, start)
             await asyncio.to_thread(writer.write_header, info)
             self._spool = _Spool(writer, self.flush_interval)
             if self.duration is not None:
                 deadline = loop.call_later(self.duration, self.request_stop, "duration")
             if self._external_stop is not None:
                 watcher = asyncio.create_task(self._watch(self._external_stop))
-            while not self._stopping:
-                delay = await self._connect_once()
-                if self._stopping:
-                    break
-                await self._sleep(delay)
+            await self._loop.run(self._hooks)
         except asyncio.CancelledError:
             self._stopped("cancelled")
             raise
@@ -270,8 +303,7 @@ class Recorder:
                 deadline.cancel()
             if watcher is not None:
                 watcher.cancel()
-            for timer in tuple(self._timers):
-                timer.cancel()
+            self._cancel_timers()
             try:
                 if self._spool is not None:
                     await self._spool.close()
@@ -286,18 +318,13 @@ class Recorder:
 
     def request_stop(self, reason: str = "stop") -> None:
         """Stop recording: close the connection cleanly, then the file."""
-        if self._stopping:
-            return
         self._stopped(reason)
-        ws = self._ws
-        if ws is not None and self._closer is None:
-            self._closer = asyncio.ensure_future(ws.close(1000, "recording stopped"))
 
     def _stopped(self, reason: str) -> None:
         if not self._stopping:
             self._stopping = True
             self.summary.stopped_by = reason
-            self._stop.set()
+            self._loop.stop()
 
     async def _watch(self, event: asyncio.Event) -> None:
         await event.wait()
@@ -311,199 +338,105 @@ class Recorder:
         self.gzip = self.gzip or path.endswith(".gz")
         return await asyncio.to_thread(open, path, "wb"), True
 
-    async def _sleep(self, delay: float) -> None:
-        """Sleep `delay` seconds, or less if recording stops."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), delay)
+    # ------------------------------------------------------------------ connection hooks
 
-    # ------------------------------------------------------------------ connection
-
-    def _connect_args(self) -> tuple[str, list[Subprotocol]]:
-        protocols = [Subprotocol(SUBPROTOCOL_PROTO)]
-        url = self.url
-        if self.token:
-            if set(self.token) <= _TOKEN_CHARS:
-                protocols.append(Subprotocol(f"bearer.{self.token}"))  # kept out of URLs and logs
-            else:
-                url = _with_query_token(url, self.token)
-        return url, protocols
-
-    async def _open_ws(self) -> ClientConnection:
-        url, protocols = self._connect_args()
-        return await connect(
-            url,
-            origin=Origin(self.origin) if self.origin else None,
-            subprotocols=protocols,
-            open_timeout=self.open_timeout,
-            ping_interval=self.ping_interval,
-            close_timeout=CLOSE_TIMEOUT,
-            max_size=self.max_size,
-        )
-
-    async def _connect_once(self) -> float:
-        """One connection attempt and, if it opens, its session. Returns the
-        delay before the next attempt."""
-        url = _without_token(self.url)
-        opening = await open_unless_stopped(self._open_ws, self._stop)
-        if opening is None:
-            return 0.0
-        try:
-            ws = opening.result()
-        except InvalidStatus as exc:
-            response = exc.response
-            status = response.status_code
-            if 400 <= status < 500 and status != 429:
-                raise HandshakeRejected(status, response.reason_phrase, response.body or b"") from exc
-            delay = self.backoff.next_delay()
-            if status in (429, 503):
-                delay = max(parse_retry_after(response.headers.get("Retry-After")) or 0.0, delay)
-            log.warning("%s answered HTTP %d; retrying in %.2f s", url, status, delay)
-            return delay
-        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed, EOFError) as exc:
-            delay = self.backoff.next_delay()
-            log.warning("cannot connect to %s (%s); retrying in %.2f s", url, str(exc) or type(exc).__name__, delay)
-            return delay
-        if self._stopping:
-            await ws.close(1000, "recording stopped")
-            return 0.0
-        delivered = await self._session(ws)
-        if delivered:
-            self.backoff.reset()
-        delay = self.backoff.next_delay()
-        if not self._stopping:
-            log.warning("connection to %s closed (code %s); reconnecting in %.2f s", url, ws.close_code, delay)
-        return delay
-
-    async def _session(self, ws: ClientConnection) -> bool:
-        """Subscribe and record until the connection ends. Returns whether
-        it delivered book data (a snapshot, a resume or a delta)."""
+    async def _opened(self, ws: ClientConnection) -> None:
         spool = self._spool
         assert spool is not None
         self.summary.connects += 1
-        self._ws = ws
-        self._closer = None
         spool.add(connection_entry(time.time_ns(), ConnectionEvent(True, 0, ws.subprotocol or "")))
-        delivered = False
-        clean = False
-        try:
-            for symbol in tuple(self._wanted):
-                await self._subscribe(ws, symbol)
-            async for data in ws:
-                if self._stopping:
-                    continue  # drain until the closing handshake completes
-                delivered = self._receive(data, time.time_ns()) or delivered
-                if spool.full:
-                    await spool.write_out()
-            clean = True
-        except ConnectionClosed:
-            clean = True
-        finally:
-            self._ws = None
-            self.live.clear()
-            self._requests.clear()
-            self._retry.clear()
-            for timer in tuple(self._timers):
-                timer.cancel()
-            if self._closer is not None:
-                with contextlib.suppress(Exception):
-                    await self._closer
-            elif not clean:
-                await _shutdown(ws)
-            code = ws.close_code if ws.close_code is not None else 1006
-            spool.add(connection_entry(time.time_ns(), ConnectionEvent(False, code, ws.close_reason or "")))
-        return delivered
+        await send_all(ws, self._act(self._session.open()))
 
-    async def _subscribe(self, ws: ClientConnection, symbol: str) -> None:
-        rid = next(self._ids)
-        self._requests[rid] = symbol
-        resume = self.positions.get(symbol)
-        await ws.send(subscribe_message(symbol, 0, resume, rid).SerializeToString())
+    async def _received(self, data: bytes | str) -> None:
+        spool = self._spool
+        assert spool is not None
+        sends = self._receive(data, time.time_ns())
+        ws = self._loop.ws
+        if sends and ws is not None:
+            await send_all(ws, sends)
+        if spool.full:
+            await spool.write_out()
+
+    def _closed(self, ws: ClientConnection, ended: ConnectionClosed | None) -> bool:
+        self._cancel_timers()
+        self._act(self._session.close())
+        code = ws.close_code if ws.close_code is not None else 1006
+        if self._spool is not None:
+            self._spool.add(connection_entry(time.time_ns(), ConnectionEvent(False, code, ws.close_reason or "")))
+        return self._session.delivered
+
+    def _failed(self, exc: BaseException) -> None:
+        pass  # the loop logs it and waits before the next attempt
 
     # ------------------------------------------------------------------ messages
 
-    def _receive(self, data: bytes | str, now_ns: int) -> bool:
-        """Record one message and keep the positions; True for book data."""
+    def _receive(self, data: bytes | str, now_ns: int) -> list[ClientMessage]:
+        """Record one message and hand it to the session; what to send back."""
         try:
             msg = parse_server_message(data)
         except MalformedMessage as exc:
             self.summary.malformed += 1
             log.warning("not recording an undecodable server message: %s", exc)
-            return False
-        payload = data if isinstance(data, bytes) else msg.SerializeToString()
+            return []
+        payload: bytes = data if isinstance(data, bytes) else msg.SerializeToString()
         assert self._spool is not None
         self._spool.add(message_entry(now_ns, payload))
         summary = self.summary
         summary.messages += 1
-        kind = msg.WhichOneof("kind")
-        delivered = False
-        if kind in _SYMBOL_KINDS:
-            body = getattr(msg, kind)
-            if body.symbol:
-                summary.per_symbol[body.symbol] = summary.per_symbol.get(body.symbol, 0) + 1
-            if kind == "delta" or kind == "snapshot":
-                self.positions[body.symbol] = ResumePoint(body.epoch, body.seq)
-                if kind == "snapshot":
-                    self._streaming(body.symbol)
-                delivered = True
-            elif kind == "subscribed":
-                delivered = self._on_subscribed(body)
-            elif kind == "error":
-                self._on_error(body)
+        symbol = _symbol_of(msg)
+        if symbol:
+            summary.per_symbol[symbol] = summary.per_symbol.get(symbol, 0) + 1
+        sends = self._act(self._session.receive(msg))
         if self.max_messages is not None and summary.messages >= self.max_messages:
             self.request_stop("count")
-        return delivered
+        return sends
 
-    def _streaming(self, symbol: str) -> None:
-        if symbol in self._retry:
-            log.info("%s is available now; recording it", symbol)
-            del self._retry[symbol]
-        self.live.add(symbol)
+    def _act(self, outputs: list[Output]) -> list[ClientMessage]:
+        """Act on the session's decisions; the messages to send."""
+        for o in outputs:
+            if isinstance(o, BookUpdated):
+                if o.symbol in self._waiting:
+                    self._waiting.discard(o.symbol)
+                    log.info("%s is available now; recording it", o.symbol)
+            elif isinstance(o, RetrySubscribe):
+                self._waiting.add(o.symbol)
+                # Said once; a symbol may take hours to appear.
+                level = logging.INFO if o.attempt == 1 else logging.DEBUG
+                error = self._session.stats.last_error
+                why = error.code_name if error is not None else "refused"
+                log.log(level, "%s: %s; asking again in %.2f s (and on, with backoff)", o.symbol, why, o.delay)
+                self._spawn_timer(self._retry_later(o.symbol, o.delay))
+            elif isinstance(o, Rejected):
+                e = o.error
+                log.error("%s refused: %s %s", o.symbol, e.code_name, e.message)
+                self.summary.refused[o.symbol] = f"{e.code_name}: {e.message}"
+                if not self._session.symbols:
+                    self.request_stop("refused")
+            elif isinstance(o, ErrorReceived) and o.outcome is ErrorOutcome.UNRELATED:
+                log.warning("server error: %s", o.error)
+        return messages(outputs)
 
-    def _on_subscribed(self, m) -> bool:
-        if self._requests.get(m.request_id) != m.symbol:
-            return False
-        del self._requests[m.request_id]
-        if m.start == START_RESUMED:
-            self._streaming(m.symbol)
-            return True
-        return False  # a snapshot follows
-
-    def _on_error(self, e) -> None:
-        symbol = self._requests.pop(e.request_id, None) if e.request_id else None
-        if symbol is None:
-            log.warning("server error: %s", e.message)
-            return
-        code_name = _code_name(e.code)
-        if e.code in _HARMLESS:
-            return
-        if e.code in _PERMANENT:
-            log.error("%s refused: %s %s", symbol, code_name, e.message)
-            self.summary.refused[symbol] = f"{code_name}: {e.message}"
-            self._wanted.remove(symbol)
-            if not self._wanted:
-                self.request_stop("refused")
-            return
-        retry = self._retry.setdefault(symbol, Backoff(self.resubscribe_base, self.resubscribe_cap))
-        delay = max(retry.next_delay(), self.resubscribe_base / 2)
-        # Said once; a symbol may take hours to appear.
-        level = logging.INFO if retry.attempt == 1 else logging.DEBUG
-        log.log(level, "%s: %s; asking again in %.2f s (and on, with backoff)", symbol, code_name, delay)
-        task = asyncio.ensure_future(self._resubscribe(self._ws, symbol, delay))
+    def _spawn_timer(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._timers.add(task)
         task.add_done_callback(self._timers.discard)
 
-    async def _resubscribe(self, ws: ClientConnection | None, symbol: str, delay: float) -> None:
+    def _cancel_timers(self) -> None:
+        for timer in tuple(self._timers):
+            timer.cancel()
+        self._timers.clear()
+
+    async def _retry_later(self, symbol: str, delay: float) -> None:
         await asyncio.sleep(delay)
-        if ws is None or ws is not self._ws or self._stopping:
+        ws = self._loop.ws
+        if ws is None or self._stopping:
             return
         with contextlib.suppress(ConnectionClosed):
-            # The Ping's answer resets the server's count of consecutive errors.
-            await ws.send(ping_message(next(self._ids)).SerializeToString())
-            await self._subscribe(ws, symbol)
+            await send_all(ws, self._act(self._session.retry(symbol)))
 
 
 async def record(
-    url: str, symbols: Iterable[str], out: str | os.PathLike[str] | BinaryIO, **options
+    url: str, symbols: Iterable[str], out: str | os.PathLike[str] | BinaryIO, **options: Any
 ) -> RecordingSummary:
     """Record `symbols` from `url` into `out` until the duration has passed,
     the message count is reached, `stop` is set or the task is cancelled;
@@ -511,38 +444,10 @@ async def record(
     return await Recorder(url, symbols, out, **options).run()
 
 
-def _code_name(code: int) -> str:
-    try:
-        return ErrorCode.Name(code)
-    except ValueError:  # a code newer than this program
-        return str(code)
-
-
-def _without_token(url: str) -> str:
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def _with_query_token(url: str, token: str) -> str:
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
-    query.append(("token", token))
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-async def _shutdown(ws: ClientConnection) -> None:
-    """Close `ws` after an error, reading and dropping what still arrives so
-    the peer's close frame is seen."""
-    closer = asyncio.ensure_future(ws.close(1000, "recording stopped"))
-    try:
-        async with asyncio.timeout(CLOSE_TIMEOUT):
-            with contextlib.suppress(ConnectionClosed):
-                async for _ in ws:
-                    pass
-            await closer
-    except Exception:
-        pass
-    finally:
-        if not closer.done():
-            closer.cancel()
+def _symbol_of(msg: ServerMessage) -> str:
+    """The symbol a server message is about ("" for none)."""
+    kind = msg.WhichOneof("kind")
+    if kind not in _SYMBOL_KINDS:
+        return ""
+    symbol: str = getattr(msg, kind).symbol
+    return symbol
