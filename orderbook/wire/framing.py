@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 
+from orderbook.core.errors import InvalidInput
+
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 
@@ -66,7 +68,7 @@ def close_payload_error(payload: bytes) -> tuple[int, str] | None:
     return None
 
 
-class FrameError(Exception):
+class FrameError(InvalidInput):
     """The peer broke RFC 6455; `code` is the close code to answer with."""
 
     def __init__(self, code: int, reason: str) -> None:
