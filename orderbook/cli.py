@@ -7,21 +7,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import resource
+import socket
+import ssl
 import sys
+import time
+import traceback
 import types
 import typing
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
+from orderbook import logs
 from orderbook.core.errors import InvalidInput
 from orderbook.core.history import HistoryLimits
 
 if TYPE_CHECKING:
     from orderbook.replay.files import Source
     from orderbook.replay.player import ReplayPlan
+    from orderbook.replay.records import Record
     from orderbook.replay.window import TimePoint
     from orderbook.server.client_address import Network
     from orderbook.server.settings import Option, Settings
@@ -43,13 +52,250 @@ def _raise_fd_limit() -> tuple[int, int]:
 
 def _redact(url: str) -> str:
     """The URL without its password, for logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     if parts.password is None:
         return url
     netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Failure(Exception):
+    """Why a command cannot go on, in one line that names the cause and the
+    fix; `status` is the exit status (2: the setup is wrong, 1: the work
+    failed). `main` prints it, with the traceback only under --debug."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ----------------------------------------------------------------------------- the node's URLs
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+URL_ENV = "ORDERBOOK_URL"
+# How long `watch --once` waits for its books.
+WATCH_TIMEOUT = 10.0
+DEBUG_HELP = "on failure show the traceback, and log the package's debug lines"
+_HTTP_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+
+
+def node_url(text: str) -> str:
+    """The node's base URL, http(s)://host:port[/prefix], from what a user
+    may give: that, a bare host:port, or a ws(s):// URL of /ws or /feed."""
+    parts = urlsplit(text.strip() if "://" in text else f"http://{text.strip()}")
+    scheme = _HTTP_SCHEMES.get(parts.scheme.lower())
+    try:
+        parts.port  # noqa: B018  (raises on a bad port)
+        port_ok = True
+    except ValueError:
+        port_ok = False
+    if scheme is None or not parts.hostname or not port_ok:
+        raise Failure(f"--url {text!r}: not a node's URL; give its base URL, e.g. {DEFAULT_URL}")
+    path = parts.path.rstrip("/")
+    for endpoint in ("/ws", "/feed"):
+        if path.endswith(endpoint):
+            path = path[: -len(endpoint)]
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def endpoint_url(base: str, path: str) -> str:
+    """ws(s):// `path` (/ws, /feed) of the node at `base`; its query kept."""
+    parts = urlsplit(base)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return urlunsplit((scheme, parts.netloc, parts.path + path, parts.query, ""))
+
+
+def _without_query(url: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(query=""))
+
+
+def _url_of(args: argparse.Namespace) -> str:
+    """The node of a client command: --url, else $ORDERBOOK_URL, else the default."""
+    return node_url(args.url or os.environ.get(URL_ENV) or DEFAULT_URL)
+
+
+def no_node(url: str) -> Failure:
+    return Failure(f"no node at {_without_query(url)} — is it running? (--url, ${URL_ENV})")
+
+
+def _node_answers(base: str, timeout: float = 3.0) -> bool:
+    """Whether something answers GET /healthz at `base`."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(_without_query(base) + "/healthz", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answers, if not with 200
+    except (OSError, ValueError):
+        return False
+
+
+def _refused(url: str, exc: Exception) -> Failure:
+    """A refused WebSocket upgrade, with the server's own reason."""
+    from websockets.exceptions import InvalidStatus
+
+    from orderbook.client.errors import HandshakeRejected
+
+    if isinstance(exc, InvalidStatus):
+        r = exc.response
+        exc = HandshakeRejected(r.status_code, r.reason_phrase, bytes(r.body or b""))
+    assert isinstance(exc, HandshakeRejected)
+    said = exc.text or exc.reason or "no reason given"
+    hint = ""
+    if exc.status == 401:
+        feed = urlsplit(url).path.endswith("/feed")
+        hint = " (--feed-token, $ORDERBOOK_FEED_TOKEN)" if feed else " (--token, $ORDERBOOK_TOKEN)"
+    return Failure(f"{_without_query(url)} refused the connection: HTTP {exc.status}: {said}{hint}", status=1)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _readable(path_text: str) -> None:
+    """A clear Failure unless `path_text` names a file or folder this process can read."""
+    path = Path(path_text)
+    if not path.exists():
+        raise Failure(f"no such file: {path_text} — check the path")
+    if not os.access(path, os.R_OK) or (path.is_dir() and not os.access(path, os.X_OK)):
+        raise Failure(f"cannot read {path_text}: permission denied — check its permissions")
+
+
+def _writable(path_text: str) -> None:
+    """A clear Failure unless `path_text` can be created or overwritten."""
+    path = Path(path_text)
+    folder = path.parent
+    if path.is_dir():
+        raise Failure(f"cannot write {path_text}: it is a folder — give a file name (--out)")
+    if not folder.is_dir():
+        raise Failure(
+            f"cannot write {path_text}: the folder {folder} does not exist — create it, or choose another --out"
+        )
+    target = path if path.exists() else folder
+    if not os.access(target, os.W_OK):
+        raise Failure(f"cannot write {path_text}: permission denied — choose another --out")
+
+
+def _file_failure(exc: OSError) -> Failure:
+    """A file that could not be opened, as one line."""
+    name = exc.filename if exc.filename is not None else "a file"
+    why = exc.strerror or str(exc)
+    return Failure(f"cannot open {name}: {why} — check the path and its permissions")
+
+
+# ----------------------------------------------------------------------------- serve
+
+# How long `serve --redis` waits for its Redis to answer before giving up.
+REDIS_WAIT_S = 3.0
+
+
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
+    """The node's listening socket, bound here so that an address in use is
+    one clear line before anything starts."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise Failure(f"cannot listen on {host}: {exc.strerror} — check --host (or $ORDERBOOK_HOST)") from exc
+    # A name (localhost) listens on its IPv4 address where it has one, as Sanic's own binding does.
+    family, kind, proto, _, address = next((i for i in infos if i[0] == socket.AF_INET), infos[0])
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        where = f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise Failure(
+                f"port {port} on {host} is in use — stop what listens there, or choose another with --port (or $PORT)"
+            ) from exc
+        if exc.errno == errno.EACCES:
+            raise Failure(
+                f"not allowed to listen on {where} (ports below 1024 need privileges) — choose another --port"
+            ) from exc
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise Failure(f"cannot listen on {where}: no such address on this machine — check --host") from exc
+        raise Failure(f"cannot listen on {where}: {exc.strerror or exc} — check --host and --port") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def _check_redis(url: str) -> None:
+    """Fail in one line, before the node starts, when the cluster's Redis
+    does not answer."""
+    import redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+
+    shown = _redact(url)
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    except ValueError as exc:
+        raise Failure(f"--redis {shown}: {exc} — give redis://host:port/db") from exc
+    # A Redis started a moment ago (`redis-server & orderbook serve ...`) gets a few seconds.
+    deadline = time.monotonic() + REDIS_WAIT_S
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except RedisConnectionError:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.2)  # before the next try, in the CLI before anything runs
+    except RedisError as exc:
+        raise Failure(
+            f"cannot reach Redis at {shown} ({exc}) — is redis-server running there? (--redis, $ORDERBOOK_REDIS)"
+        ) from exc
+    finally:
+        client.close()
+
+
+def _display_host(host: str) -> str:
+    """The host part of a URL that reaches this node from here."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _banner(args: argparse.Namespace, settings: Settings, soft: int, secure: bool) -> str:
+    """The URLs the node serves, printed once it is listening."""
+    from orderbook.server import ui
+
+    http, ws = ("https", "wss") if secure else ("http", "ws")
+    base = f"{_display_host(args.host)}:{args.port}"
+    if settings.ui_dir is None:
+        page = "none (--no-ui)"
+    elif (settings.ui_dir / ui.INDEX).is_file():
+        page = f"{http}://{base}/"
+    else:
+        page = (
+            f"not built — `make web` builds it (needs Node.js >= 20 and npm), then restart; "
+            f"{http}://{base}/ says the same"
+        )
+    feed = f"{ws}://{base}/feed" + ("" if args.feed_token else "  (off: start with --feed-token to publish)")
+    every = "  (listening on every interface)" if args.host in ("0.0.0.0", "::", "") else ""
+    return "\n".join(
+        [
+            f"orderbook: serving on {http}://{base}{every}  ({_feed_description(args)}, fd limit {soft})",
+            f"  page       {page}",
+            f"  WebSocket  {ws}://{base}/ws",
+            f"  feed       {feed}",
+            f"  health     {http}://{base}/healthz  (readiness: /readyz)",
+        ]
+    )
+
+
+class _StartFailureReported(logging.Filter):
+    """Drops Sanic's own traceback of a failed start: the command reports it
+    in one line (with the traceback under --debug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Experienced exception while trying to serve")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -58,43 +304,55 @@ def _serve(args: argparse.Namespace) -> int:
     replay_plan = None
     if args.replay:
         if args.redis_url:
-            print(
-                "orderbook serve: --replay serves one node; to replay into a cluster, run "
-                "`orderbook replay FILE --url <any node>`",
-                file=sys.stderr,
+            raise Failure(
+                "--replay serves one node; to replay into a cluster, run `orderbook replay FILE --url <any node>`"
             )
-            return 2
         args.file = args.replay
+        _readable(args.replay)
         try:
             replay_plan = _plan(args)
         except (ValueError, InvalidInput) as exc:
-            print(f"orderbook serve: {exc}", file=sys.stderr)
-            return 2
+            raise Failure(str(exc)) from exc
+    from orderbook.server import tls as server_tls
+    from orderbook.server.app import drain_on_signals
+
     try:
         settings = serve_settings(args, replay_plan)
+        # Read here, so a bad certificate or key is one line and exit 2.
+        tls = server_tls.from_settings(settings.tls_cert, settings.tls_key)
     except ValueError as exc:
-        print(f"orderbook serve: {exc}", file=sys.stderr)
-        return 2
+        raise Failure(str(exc)) from exc
+    if settings.redis_url:
+        _check_redis(settings.redis_url)
+    # A connection storm waits in the kernel's accept queue (and meets the
+    # handshake limits) instead of having its SYNs dropped and retried 1 s later.
+    sock = _listen(args.host, args.port, args.backlog)
     soft, _ = _raise_fd_limit()
     app = create_app(settings)
-    print(
-        f"orderbook: serving on http://{args.host}:{args.port}  "
-        f"(WebSocket ws://{args.host}:{args.port}/ws, feed {'on' if args.feed_token else 'off'}, "
-        f"{_feed_description(args)}, "
-        f"fd limit {soft})",
-        flush=True,
-    )
-    app.run(
-        host=args.host,
-        port=args.port,
-        # A connection storm waits in the kernel's accept queue (and meets the
-        # handshake limits) instead of having its SYNs dropped and retried 1 s later.
-        backlog=args.backlog,
-        protocol=PROTOCOL,
-        single_process=True,
-        access_log=args.access_log,
-        motd=False,
-    )
+    drain_on_signals(app)
+    banner = _banner(args, settings, soft, secure=tls is not None)
+
+    @app.after_server_start
+    async def announce(app: object) -> None:
+        # Once listening (make run shows it): the URLs work from now on.
+        print(banner, flush=True)
+
+    # A failed start (Redis gone since the check, say) is said once, by main().
+    logging.getLogger("sanic.error").addFilter(_StartFailureReported())
+    try:
+        app.run(
+            host=args.host,
+            port=args.port,
+            sock=sock,
+            backlog=args.backlog,
+            protocol=PROTOCOL,
+            ssl=tls,
+            single_process=True,
+            access_log=args.access_log,
+            motd=False,
+        )
+    finally:
+        sock.close()
     return 0
 
 
@@ -221,70 +479,143 @@ def _plan(args: argparse.Namespace) -> ReplayPlan:
     return ReplayPlan(_source(args), parse_speed(args.speed), args.loop, start, end)
 
 
-def _replay(args: argparse.Namespace) -> int:
-    from orderbook.replay.player import FeedSink, play
-    from orderbook.replay.records import parse_renames, renamed
+def _unreachable(exc: BaseException) -> bool:
+    """Whether opening a connection failed because nothing answers there (not
+    a certificate problem, not a refusal)."""
+    return isinstance(exc, (OSError, TimeoutError)) and not isinstance(exc, ssl.SSLError)
 
+
+def _replay(args: argparse.Namespace) -> int:
+    from orderbook.client.errors import HandshakeRejected
+    from orderbook.replay.player import FeedSink, PlayStats, play
+    from orderbook.replay.progress import Progress, counted_later, wanted
+    from orderbook.replay.records import parse_renames, renamed
+    from orderbook.replay.window import within
+
+    args.url = _url_of(args)
+    _readable(args.file)
     try:
         plan = _plan(args)
-    except (ValueError, InvalidInput) as exc:
-        print(f"orderbook replay: {exc}", file=sys.stderr)
-        return 2
-
-    try:
         names = parse_renames(args.rename or ())
-    except ValueError as exc:
-        print(f"orderbook replay: {exc}", file=sys.stderr)
-        return 2
+        tls = _client_tls(args, args.url)
+    except (ValueError, InvalidInput) as exc:
+        raise Failure(str(exc)) from exc
+    connect_options: dict[str, Any] = {} if tls is None else {"ssl": tls}
+    feed = endpoint_url(args.url, "/feed")
 
     def records():
         return renamed(plan.source.records(), names)
 
+    show = wanted(args.no_progress)
+    total: Callable[[], float | None] = lambda: None  # noqa: E731
+    if show and plan.speed > 0 and (not plan.loop or args.laps):
+        # Paced, the replay mostly waits: counting the records meanwhile is
+        # free and gives the bar its end (and so an ETA).
+        laps = args.laps if plan.loop else 1
+        total = counted_later(lambda: laps * sum(1 for _ in within(records(), plan.start, plan.end)))
+    stats = PlayStats()
+
+    def at() -> str:
+        return f"at {_recorded_time(stats.time_ns)}" if stats.time_ns else ""
+
     async def run() -> None:
-        sink = await FeedSink.connect(args.url, args.feed_token)
         try:
-            stats = await play(
-                records,
-                sink,
-                speed=plan.speed,
-                loop=plan.loop,
-                laps=args.laps,
-                start=plan.start,
-                end=plan.end,
-            )
-        finally:
-            await sink.close()
+            sink = await FeedSink.connect(feed, args.feed_token, **connect_options)
+        except HandshakeRejected as exc:
+            raise _refused(feed, exc) from exc
+        except Exception as exc:
+            if _unreachable(exc):
+                raise no_node(args.url) from exc
+            raise
+        with Progress("replay", "records", lambda: stats.records, show=show, total=total, note=at) as progress:
+            try:
+                await play(
+                    records,
+                    sink,
+                    speed=plan.speed,
+                    loop=plan.loop,
+                    laps=args.laps,
+                    start=plan.start,
+                    end=plan.end,
+                    stats=stats,
+                )
+            finally:
+                await sink.close()
         print(
             f"orderbook replay: {stats.records} records, {stats.updates} updates in {stats.batches} batches, "
-            f"{sink.changes} changes sequenced, {stats.laps} lap(s)",
+            f"{sink.changes} changes sequenced, {stats.laps} lap(s), {progress.took(stats.records)}",
             flush=True,
         )
 
-    return _run_async("replay", run)
+    asyncio.run(run())
+    return 0
+
+
+def _recorded_time(time_ns: int) -> str:
+    """A record's time for the progress bar: UTC, to the second."""
+    import datetime
+
+    return datetime.datetime.fromtimestamp(time_ns / 1e9, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _verify_server(args: argparse.Namespace) -> str | None:
+    """The node to verify through: --server URL, --server alone (the --url
+    node), --url; None offline."""
+    if args.server:
+        return node_url(args.server)
+    if args.server is not None or args.url:
+        return _url_of(args)
+    return None
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from orderbook.client.errors import HandshakeRejected
     from orderbook.replay.files import FORMATS_WITHOUT_REFERENCES
-    from orderbook.replay.verify import Verifier, with_rebuilt_references
+    from orderbook.replay.progress import Progress, wanted
+    from orderbook.replay.verify import Report, Verifier, with_rebuilt_references
     from orderbook.wire.recording import RecordingTruncated
 
+    server = _verify_server(args)
+    _readable(args.file)
     try:
         source = _source(args)
-        if args.server:
-            from orderbook.replay.endtoend import verify_through_server
+    except (ValueError, InvalidInput) as exc:
+        raise Failure(str(exc)) from exc
+    show = wanted(args.no_progress)
+    report: Report
+    if server:
+        from websockets.exceptions import InvalidStatus
 
-            records = source.records()
-            if source.format in FORMATS_WITHOUT_REFERENCES:
-                records = with_rebuilt_references(records)
-            report = asyncio.run(
-                verify_through_server(
-                    records, args.server, feed_token=args.feed_token, token=args.token, timeout=args.timeout
+        from orderbook.replay.endtoend import verify_through_server
+
+        read = [0]
+
+        def counted(records: Iterator[Record]) -> Iterator[Record]:
+            for record in records:
+                read[0] += 1
+                yield record
+
+        records = counted(source.records())
+        if source.format in FORMATS_WITHOUT_REFERENCES:
+            records = with_rebuilt_references(records)
+        with Progress("verify", "records", lambda: read[0], show=show) as progress:
+            try:
+                report = asyncio.run(
+                    verify_through_server(
+                        records, server, feed_token=args.feed_token, token=args.token, timeout=args.timeout
+                    )
                 )
-            )
-        else:
-            verifier = Verifier()
-            verifier.report.references_expected = source.format not in FORMATS_WITHOUT_REFERENCES
-            report = verifier.report
+            except (HandshakeRejected, InvalidStatus) as exc:
+                raise _refused(server, exc) from exc
+            except Exception as exc:
+                if _unreachable(exc) and getattr(exc, "filename", None) is None:
+                    raise no_node(server) from exc
+                raise
+    else:
+        verifier = Verifier()
+        verifier.report.references_expected = source.format not in FORMATS_WITHOUT_REFERENCES
+        report = verifier.report
+        with Progress("verify", "records", lambda: report.records, show=show) as progress:
             try:
                 for record in source.records():
                     verifier.feed(record)
@@ -293,50 +624,67 @@ def _verify(args: argparse.Namespace) -> int:
                 print(
                     f"orderbook verify: warning: {exc}; the {exc.entries} complete entries are checked", file=sys.stderr
                 )
-    except (ValueError, InvalidInput) as exc:
-        print(f"orderbook verify: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except OSError as exc:
-        print(f"orderbook verify: {exc}", file=sys.stderr)
-        return 1
-    where = f"through {args.server}" if args.server else "offline"
-    print(f"{args.file} ({source.format}, {where}):")
+    where = f"through {server}" if server else "offline"
+    print(f"{args.file} ({source.format}, {where}): {report.records} records {progress.took(report.records)}")
     for line in report.lines():
         print("  " + line)
     return 0 if report.ok else 1
 
 
 def _record(args: argparse.Namespace) -> int:
-    from orderbook.replay.recorder import record
+    from orderbook.client.errors import HandshakeRejected
+    from orderbook.replay.progress import Progress, wanted
+    from orderbook.replay.recorder import Recorder
+
+    args.url = _url_of(args)
+    _writable(args.out)
+    try:
+        tls = _client_tls(args, args.url)
+    except ValueError as exc:
+        raise Failure(str(exc)) from exc
+    stream = endpoint_url(args.url, "/ws")
+    show = wanted(args.no_progress)
 
     async def run() -> None:
-        summary = await record(
-            args.url,
-            args.symbols,
-            args.out,
-            token=args.token,
-            gzip=args.gzip,
-            duration=args.duration,
-            max_messages=args.count,
-        )
-        print(f"orderbook record: {summary}", flush=True)
+        try:
+            recorder = Recorder(
+                stream,
+                args.symbols,
+                args.out,
+                token=args.token,
+                gzip=args.gzip,
+                duration=args.duration,
+                max_messages=args.count,
+                ssl=tls,
+            )
+        except ValueError as exc:
+            raise Failure(str(exc)) from exc
+        summary = recorder.summary
+        start = time.monotonic()
+        if args.duration is not None:
+            # The bar runs in seconds toward --duration; the messages beside it.
+            duration = float(args.duration)
+            progress = Progress(
+                "record",
+                "s",
+                lambda: round(min(time.monotonic() - start, duration), 1),
+                show=show,
+                total=lambda: duration,
+                note=lambda: f"{summary.messages} messages ({summary.messages / progress.elapsed:,.0f}/s)",
+                rate=False,
+            )
+        else:
+            count = args.count
+            progress = Progress("record", "messages", lambda: summary.messages, show=show, total=lambda: count)
+        with progress:
+            try:
+                await recorder.run()
+            except HandshakeRejected as exc:
+                raise _refused(stream, exc) from exc
+        took = f"in {progress.elapsed:.1f} s ({summary.messages / progress.elapsed:,.0f} messages/s)"
+        print(f"orderbook record: {summary}, {took}", flush=True)
 
-    return _run_async("record", run)
-
-
-def _run_async(name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> int:
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        return 130
-    except (InvalidInput, OSError) as exc:
-        print(f"orderbook {name}: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # a refused handshake, a closed connection: one clear line
-        print(f"orderbook {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    asyncio.run(run())
     return 0
 
 
@@ -384,13 +732,22 @@ def _add_env_argument(
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from orderbook.client import ClientError
+    from orderbook.client import ClientError, HandshakeRejected, SubscriptionRejected
     from orderbook.client.watch import watch
 
+    args.url = _url_of(args)
+    try:
+        tls = _client_tls(args, args.url)
+    except ValueError as exc:
+        raise Failure(str(exc)) from exc
+    stream = endpoint_url(args.url, "/ws")
+    if args.once and not args.debug:
+        # The outcome is one table or one line: not the retries and refusals on the way.
+        logging.getLogger("orderbook.client").setLevel(logging.CRITICAL)
     try:
         asyncio.run(
             watch(
-                args.url,
+                stream,
                 args.symbols,
                 rows=args.rows,
                 token=args.token,
@@ -398,14 +755,59 @@ def _watch(args: argparse.Namespace) -> int:
                 once=args.once,
                 depth=args.depth,
                 interval_ms=args.interval,
+                timeout=args.timeout if args.once else None,
+                ssl=tls,
             )
         )
     except KeyboardInterrupt:
         pass
-    except ClientError as exc:
-        print(f"orderbook watch: {exc}", file=sys.stderr)
-        return 1
+    except HandshakeRejected as exc:
+        raise _refused(stream, exc) from exc
+    except TimeoutError as exc:
+        if not _node_answers(args.url):
+            raise no_node(args.url) from exc
+        raise Failure(
+            f"{_without_query(args.url)} answers, but sent no book for {' '.join(args.symbols)} within "
+            f"{args.timeout:g} s — does it serve them? (GET {_without_query(args.url)}/symbols)",
+            status=1,
+        ) from exc
+    except SubscriptionRejected as exc:
+        raise Failure(f"{exc} — GET {_without_query(args.url)}/symbols lists what the node serves", status=1) from exc
+    except (ClientError, OSError) as exc:  # OSError: an untrusted wss:// certificate
+        raise Failure(str(exc), status=1) from exc
     return 0
+
+
+def _add_ca_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="PEM CA certificate(s) a wss:// node's certificate must chain to "
+        "(default: the system's CAs, or $SSL_CERT_FILE)",
+    )
+
+
+def _client_tls(args: argparse.Namespace, url: str) -> ssl.SSLContext | None:
+    """The context that verifies the node for --ca; None without it (a
+    wss:// URL then trusts the system's CAs, or $SSL_CERT_FILE). Raises
+    ValueError for a --ca that cannot be read or a URL without TLS."""
+    from urllib.parse import urlsplit
+
+    if args.ca is None:
+        return None
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("wss", "https"):
+        raise ValueError(f"--ca verifies a wss:// (or https://) node, not a {scheme or 'plain'}:// one")
+    try:
+        return ssl.create_default_context(cafile=args.ca)
+    except OSError as exc:  # missing, unreadable, or not PEM (ssl.SSLError)
+        raise ValueError(f"--ca {args.ca}: cannot use it ({exc.strerror or exc})") from None
+
+
+def _log_format(text: str) -> str:
+    if text not in logs.FORMATS:
+        raise argparse.ArgumentTypeError(f"{text!r}: one of {', '.join(logs.FORMATS)}")
+    return text
 
 
 def _trusted_network(text: str) -> Network:
@@ -493,7 +895,7 @@ def _add_settings_option(s: argparse.ArgumentParser, f: dataclasses.Field[Any], 
         s.add_argument(opt.flag, dest=f.name, action="append", type=value_type, metavar=opt.metavar, help=opt.help)
         return
     default: Any = f.default
-    value_type = kind
+    value_type = _log_format if f.name == "log_format" else kind
     if opt.scale != 1:
         default, value_type = default / opt.scale, float
     if opt.env:
@@ -504,10 +906,14 @@ def _add_settings_option(s: argparse.ArgumentParser, f: dataclasses.Field[Any], 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orderbook", description=__doc__, formatter_class=_HelpFormatter)
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
+        c = sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
+        # Also after the command (`orderbook serve --debug`); not given there, the global one stands.
+        c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        return c
 
     s = command("serve", "run a node (default: built-in market simulator, no Redis)")
     _add_serve_arguments(s)
@@ -515,20 +921,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = command("watch", "print a live top-of-book")
     w.add_argument("symbols", nargs="+", help="the symbols to show")
-    w.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="the node's WebSocket endpoint")
+    _add_url_argument(w)
     w.add_argument("--rows", type=int, default=5, help="levels shown per side")
     _add_env_argument(w, "--token", "ORDERBOOK_TOKEN", "subscriber token")
     w.add_argument("--json", action="store_true", help="use the JSON encoding")
     w.add_argument("--once", action="store_true", help="print one table and exit")
+    w.add_argument(
+        "--timeout",
+        type=float,
+        default=WATCH_TIMEOUT,
+        metavar="SECONDS",
+        help="with --once: give up (exit status 2 if no node answers) after this many seconds",
+    )
     w.add_argument("--depth", type=int, default=0, help="levels per side to subscribe to (0 = full book)")
     w.add_argument(
         "--interval", type=int, default=0, metavar="MS", help="conflate: at most one update per MS ms (0 = every one)"
     )
+    _add_ca_argument(w)
     w.set_defaults(func=_watch)
 
     r = command("replay", "play recorded market data into a running node through /feed")
     _add_source_arguments(r)
-    r.add_argument("--url", default="http://127.0.0.1:8000", help="the node (its /feed endpoint)")
+    _add_url_argument(r)
     _add_env_argument(r, "--feed-token", "ORDERBOOK_FEED_TOKEN", "the node's publisher token")
     _add_pacing_arguments(r)
     r.add_argument("--laps", type=int, default=None, help="with --loop: stop after this many laps (default: no limit)")
@@ -538,36 +952,91 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OLD=NEW",
         help="publish symbol OLD as NEW (repeatable), e.g. beside the node's own OLD (default: none)",
     )
+    _add_ca_argument(r)
+    _add_progress_argument(r)
     r.set_defaults(func=_replay)
 
     v = command("verify", "rebuild the books of a recording and check the venue's own references")
     _add_source_arguments(v)
     v.add_argument(
         "--server",
-        help="check end to end: replay through this node's /feed and compare a subscriber's books "
-        "(default: none, offline)",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="check end to end: replay through this node's /feed and compare a subscriber's books; alone, "
+        "through the --url node (default: none, offline)",
     )
+    _add_url_argument(v, " (given, the check is end to end, as with --server)")
     _add_env_argument(v, "--feed-token", "ORDERBOOK_FEED_TOKEN", "the --server node's publisher token")
     _add_env_argument(v, "--token", "ORDERBOOK_TOKEN", "the --server node's subscriber token")
     v.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server at each step")
+    _add_progress_argument(v)
     v.set_defaults(func=_verify)
 
     c = command("record", "write what a subscriber receives to a file that replay plays back")
     c.add_argument("symbols", nargs="+", help="the symbols to record")
-    c.add_argument("--url", default="ws://127.0.0.1:8000/ws", help="the node's WebSocket endpoint")
+    _add_url_argument(c)
     c.add_argument("--out", required=True, help="the file to write (gzip-compressed if it ends in .gz)")
     c.add_argument("--gzip", action="store_true", help="compress even without a .gz name")
     c.add_argument("--duration", type=float, help="stop after this many seconds (default: until stopped)")
     c.add_argument("--count", type=int, help="stop after this many messages (default: no limit)")
     _add_env_argument(c, "--token", "ORDERBOOK_TOKEN", "subscriber token")
+    _add_ca_argument(c)
+    _add_progress_argument(c)
     c.set_defaults(func=_record)
     return p
 
 
+def _add_url_argument(p: argparse.ArgumentParser, more: str = "") -> None:
+    p.add_argument(
+        "--url",
+        metavar="URL",
+        help=f"the node's base URL, e.g. {DEFAULT_URL}; its /ws and /feed URLs are derived from it (a ws:// URL "
+        f"of /ws or /feed works too){more} (default: ${URL_ENV}, else {DEFAULT_URL})",
+    )
+
+
+def _add_progress_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (there is one on stderr when it is a terminal); the summary line stays",
+    )
+
+
+def _explain(exc: Exception) -> Failure:
+    """What went wrong, as one line and an exit status."""
+    from redis.exceptions import RedisError
+
+    if isinstance(exc, Failure):
+        return exc
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return _file_failure(exc)
+    if isinstance(exc, RedisError):
+        return Failure(f"Redis: {exc} — is redis-server running there? (--redis, $ORDERBOOK_REDIS)")
+    if isinstance(exc, InvalidInput):
+        return Failure(str(exc), status=1)  # e.g. the node refused a batch: the message says why
+    return Failure(f"{type(exc).__name__}: {exc} (--debug shows where)", status=1)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    debug = bool(args.debug)
+    logs.setup(getattr(args, "log_format", None) or "text", debug=debug)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing left to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        failure = _explain(exc)
+        print(f"orderbook {args.command}: {failure}", file=sys.stderr, flush=True)
+        if debug:
+            traceback.print_exception(exc, file=sys.stderr)
+        return failure.status
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from ssl import SSLContext
 
 from sanic import Sanic
 from sanic.server.async_server import AsyncioServer
@@ -58,21 +59,23 @@ def test_settings(**overrides) -> Settings:
 
 
 class Endpoints:
-    """The addresses of a test server listening on 127.0.0.1:port."""
+    """The addresses of a test server listening on 127.0.0.1:port
+    (wss:// and https:// when it serves TLS)."""
 
     port: int
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"ws{'s' if self.tls else ''}://127.0.0.1:{self.port}/ws"
 
     @property
     def feed_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/feed"
+        return f"ws{'s' if self.tls else ''}://127.0.0.1:{self.port}/feed"
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http{'s' if self.tls else ''}://127.0.0.1:{self.port}"
 
 
 @dataclass
@@ -80,6 +83,7 @@ class InProcessServer(Endpoints):
     app: Sanic
     port: int
     server: AsyncioServer  # Sanic's server: its `connections` are the ones it tracks
+    tls: bool = False
 
     @property
     def hub(self) -> Hub:
@@ -87,7 +91,11 @@ class InProcessServer(Endpoints):
 
 
 @contextlib.asynccontextmanager
-async def serve_in_process(settings: Settings | None = None) -> AsyncIterator[InProcessServer]:
+async def serve_in_process(
+    settings: Settings | None = None, ssl: SSLContext | None = None
+) -> AsyncIterator[InProcessServer]:
+    """A server on this loop; with `ssl` (a server context) it serves
+    wss:// and https://, as `serve --tls-cert --tls-key` does."""
     port = free_port()
     settings = replace(settings or test_settings(), port=port)
     app = create_app(settings, name=f"orderbook_test_{next(_names)}")
@@ -96,14 +104,14 @@ async def serve_in_process(settings: Settings | None = None) -> AsyncIterator[In
     app.config.TOUCHUP = False
     app.config.MOTD = False
     server = await app.create_server(
-        host="127.0.0.1", port=port, access_log=False, return_asyncio_server=True, protocol=PROTOCOL
+        host="127.0.0.1", port=port, access_log=False, return_asyncio_server=True, protocol=PROTOCOL, ssl=ssl
     )
     assert server is not None
     await server.startup()
     await server.before_start()
     await server.after_start()
     try:
-        yield InProcessServer(app, port, server)
+        yield InProcessServer(app, port, server, tls=ssl is not None)
     finally:
         await server.before_stop()
         for conn in list(server.connections):
@@ -123,6 +131,7 @@ class ServerProcess(Endpoints):
     proc: subprocess.Popen
     port: int
     log_path: Path
+    tls: bool = False
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -139,34 +148,39 @@ class ServerProcess(Endpoints):
             self.proc.wait(timeout=10)
 
 
-def start_server_process(tmp_path: Path, *args: str, port: int | None = None, timeout: float = 30.0) -> ServerProcess:
+def start_server_process(
+    tmp_path: Path, *args: str, port: int | None = None, timeout: float = 30.0, ssl: SSLContext | None = None
+) -> ServerProcess:
+    """`orderbook serve --port PORT *args`, ready. With TLS among `args`
+    (--tls-cert, --tls-key), `ssl` is the client context that trusts it.
+    `stop()` does not drain (--drain-seconds 0, unless `args` say otherwise)."""
     port = port or free_port()
     log_path = tmp_path / f"server-{port}-{time.monotonic_ns()}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orderbook.cli", "serve", "--port", str(port), *args],
+            [sys.executable, "-m", "orderbook.cli", "serve", "--port", str(port), "--drain-seconds", "0", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             env=env,
         )
-    sp = ServerProcess(proc, port, log_path)
+    sp = ServerProcess(proc, port, log_path, tls=ssl is not None)
     try:
-        wait_ready(sp.http, timeout, proc)
+        wait_ready(sp.http, timeout, proc, ssl)
     except BaseException:
         sp.kill()
         raise
     return sp
 
 
-def wait_ready(http: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def wait_ready(http: str, timeout: float, proc: subprocess.Popen | None = None, ssl: SSLContext | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(http + "/readyz", timeout=1) as r:
+            with urllib.request.urlopen(http + "/readyz", timeout=1, context=ssl) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -272,11 +286,12 @@ class Publisher:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, feed_url: str, token: str = FEED_TOKEN) -> AsyncIterator[Publisher]:
+    async def connect(cls, feed_url: str, token: str = FEED_TOKEN, **kw) -> AsyncIterator[Publisher]:
+        # `kw`: more options of websockets.connect (ssl=... for wss://).
         import websockets
 
         async with websockets.connect(
-            feed_url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=None
+            feed_url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=None, **kw
         ) as ws:
             yield cls(ws)
 

@@ -115,6 +115,32 @@ async def test_page_book_equals_the_node_over_simulator_traffic(node):
         assert errors.unexpected() == []
 
 
+async def test_page_stays_live_and_verified_on_a_node_with_compression(node):
+    """Chromium offers permessage-deflate by itself: with --compression the
+    page's socket agrees to it (as the 101 it received says), and every
+    message, the compressed snapshot included, still verifies."""
+    n = node("--compression", "--simulator-rate", "200")
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = PageErrors(page)
+        cdp = await page.context.new_cdp_session(page)
+        handshakes: list[dict] = []
+        cdp.on("Network.webSocketHandshakeResponseReceived", lambda e: handshakes.append(e["response"]))
+        await cdp.send("Network.enable")
+        await page.goto(f"{n.http}/?symbol={SYMBOL}", wait_until="domcontentloaded")
+        await wait_js(page, symbol_js(SYMBOL, "s.state === 'live'"))
+        assert handshakes, "the page's WebSocket handshake was not seen"
+        headers = {k.lower(): v for k, v in handshakes[0]["headers"].items()}
+        assert headers.get("sec-websocket-extensions", "").startswith("permessage-deflate"), headers
+        await wait_js(page, symbol_js(SYMBOL, "s.verified > 100"))
+        await assert_book_matches_node(page, SYMBOL, 0)
+        s = await page.evaluate(f"window.orderbook.symbols[{json.dumps(SYMBOL)}]")
+        assert s["state"] == "live"
+        assert (s["checksumFailures"], s["gaps"], s["resyncs"], s["snapshots"]) == (0, 0, 0, 1), s
+        assert (await page.evaluate("window.orderbook.stats"))["decodeErrors"] == 0
+        assert errors.unexpected() == []
+
+
 async def test_page_opens_the_symbol_and_depth_of_its_url_and_lists_symbols(node):
     n = node()
     symbols = [s["symbol"] for s in http_json(n.http + "/symbols")["symbols"]]

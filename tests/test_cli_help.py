@@ -16,7 +16,17 @@ from orderbook.cli import build_parser, serve_settings
 from orderbook.server.settings import OPTION, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = ("ORDERBOOK_HOST", "PORT", "ORDERBOOK_TOKEN", "ORDERBOOK_FEED_TOKEN", "ORDERBOOK_HTTP_TOKEN", "ORDERBOOK_REDIS")
+ENV = (
+    "ORDERBOOK_HOST",
+    "PORT",
+    "ORDERBOOK_TOKEN",
+    "ORDERBOOK_FEED_TOKEN",
+    "ORDERBOOK_HTTP_TOKEN",
+    "ORDERBOOK_REDIS",
+    "ORDERBOOK_TLS_CERT",
+    "ORDERBOOK_TLS_KEY",
+    "ORDERBOOK_LOG_FORMAT",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -70,9 +70,7 @@ def free_port() -> int:
 
 
 def haproxy_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("ORDERBOOK_BIND", "ORDERBOOK_NODE1", "ORDERBOOK_NODE2", "ORDERBOOK_STATS_BIND", "ORDERBOOK_DNS"):
-        env.pop(key, None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERBOOK_")}
     env.update(ORDERBOOK_NODE1="127.0.0.1:18001", ORDERBOOK_NODE2="127.0.0.1:18002")
     env.update(extra)
     return env
@@ -107,9 +105,36 @@ def test_haproxy_config_is_valid(extra):
 
 def test_haproxy_requires_the_node_addresses():
     env = haproxy_env()
-    del env["ORDERBOOK_NODE2"]
+    del env["ORDERBOOK_NODE1"], env["ORDERBOOK_NODE2"]
     res = haproxy_check(HAPROXY_CFG, env)
     assert res.returncode != 0, res.stdout + res.stderr
+    assert "no nodes: set ORDERBOOK_NODE1" in res.stdout + res.stderr
+
+
+def node_env(n: int) -> dict[str, str]:
+    return {f"ORDERBOOK_NODE{i}": f"127.0.0.1:{18000 + i}" for i in range(1, n + 1)}
+
+
+@pytest.mark.parametrize(
+    "nodes",
+    [
+        node_env(1),
+        node_env(3),
+        node_env(9),
+        {"ORDERBOOK_NODES_DNS": "node:8000"},
+        {"ORDERBOOK_NODES_DNS": "node:8000", "ORDERBOOK_NODE_SLOTS": "200", "ORDERBOOK_DNS": "1"},
+        {"ORDERBOOK_NODES_DNS": "node:8000", **node_env(2)},
+    ],
+    ids=["one", "three", "nine", "dns", "dns-200-slots", "dns-and-addresses"],
+)
+def test_haproxy_takes_any_number_of_nodes(nodes):
+    env = haproxy_env()
+    del env["ORDERBOOK_NODE1"], env["ORDERBOOK_NODE2"]
+    res = haproxy_check(HAPROXY_CFG, dict(env, **nodes))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    warnings = [ln for ln in out.splitlines() if "[WARNING]" in ln and not _HOST_WARNINGS.search(ln)]
+    assert not warnings, out
 
 
 def test_haproxy_unresolvable_node_is_fatal_only_without_dns():
@@ -199,15 +224,13 @@ def http_get(url: str) -> tuple[int | None, str]:
 
 
 @contextmanager
-def running_haproxy(tmp_path: Path, node1: str, node2: str):
-    """HAProxy in the foreground on free ports, as the README describes."""
+def running_haproxy(tmp_path: Path, *nodes: str, **extra: str):
+    """HAProxy in the foreground on free ports, as the README describes, in
+    front of `nodes` (ORDERBOOK_NODE1, 2, ...) and `extra` variables."""
     bind, stats = free_port(), free_port()
-    env = haproxy_env(
-        ORDERBOOK_NODE1=node1,
-        ORDERBOOK_NODE2=node2,
-        ORDERBOOK_BIND=f"127.0.0.1:{bind}",
-        ORDERBOOK_STATS_BIND=f"127.0.0.1:{stats}",
-    )
+    env = haproxy_env(ORDERBOOK_BIND=f"127.0.0.1:{bind}", ORDERBOOK_STATS_BIND=f"127.0.0.1:{stats}")
+    del env["ORDERBOOK_NODE1"], env["ORDERBOOK_NODE2"]
+    env.update({f"ORDERBOOK_NODE{i}": node for i, node in enumerate(nodes, 1)}, **extra)
     log = tmp_path / "haproxy.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -229,11 +252,40 @@ def running_haproxy(tmp_path: Path, node1: str, node2: str):
             proc.wait(5)
 
 
-def server_states(stats_url: str) -> dict[str, str]:
+def server_states(stats_url: str, prefix: str = "node") -> dict[str, str]:
     status, text = http_get(stats_url)
     assert status == 200, text
     rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
-    return {r["svname"]: r["status"] for r in rows if r["pxname"] == "nodes" and r["svname"].startswith("node")}
+    return {r["svname"]: r["status"] for r in rows if r["pxname"] == "nodes" and r["svname"].startswith(prefix)}
+
+
+def test_haproxy_serves_as_many_nodes_as_are_named(tmp_path):
+    stubs = [StubNode(f"node{i}") for i in range(1, 4)]
+    try:
+        with running_haproxy(tmp_path, *(s.address for s in stubs)) as (lb, stats, log):
+            wait_states(stats, {"node1": "UP", "node2": "UP", "node3": "UP"}, log)
+            # The third node takes traffic: with the others not ready, it answers.
+            stubs[0].readyz = stubs[1].readyz = (503, {"status": "starting"})
+            wait_states(stats, {"node1": "DOWN", "node2": "DOWN", "node3": "UP"}, log)
+            assert http_get(lb + "/who") == (200, "node3")
+    finally:
+        for s in stubs:
+            s.close()
+
+
+def test_haproxy_makes_a_slot_per_node_for_a_dns_name(tmp_path):
+    # A name the DNS servers do not know: its slots exist and wait, out of rotation.
+    stub = StubNode("node1")
+    try:
+        extra = {"ORDERBOOK_NODES_DNS": "orderbook-node.invalid:8000", "ORDERBOOK_NODE_SLOTS": "5"}
+        with running_haproxy(tmp_path, stub.address, **extra) as (lb, stats, log):
+            wait_states(stats, {"node1": "UP"}, log)
+            slots = server_states(stats, prefix="dns")
+            assert sorted(slots) == [f"dns{i}" for i in range(1, 6)], slots
+            assert all(state.startswith("MAINT") for state in slots.values()), slots
+            assert http_get(lb + "/who") == (200, "node1")
+    finally:
+        stub.close()
 
 
 def wait_states(stats_url: str, want: dict[str, str], log: Path, timeout: float = 10) -> None:
@@ -342,6 +394,126 @@ def test_nginx_websocket_locations():
     assert "proxy_http_version 1.1;" in text
 
 
+# ------------------------------------------------------------------ TLS-terminating variants
+
+HAPROXY_TLS_CFG = DOCKER / "haproxy-tls.cfg"
+NGINX_TLS_CONF = DOCKER / "nginx-tls.conf"
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, Path]:
+    """A throwaway CA's certificate for 127.0.0.1: the chain, its key, and
+    both in one file (HAProxy's form)."""
+    import trustme
+
+    cert = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    files = {"cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem", "pem": tmp_path / "site.pem"}
+    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(files["pem"]))
+    return files
+
+
+def haproxy_tls_env(pem: Path | None, **extra: str) -> dict[str, str]:
+    env = haproxy_env(**extra)
+    env.pop("ORDERBOOK_TLS_PEM", None)
+    if pem is not None:
+        env["ORDERBOOK_TLS_PEM"] = str(pem)
+    return env
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"ORDERBOOK_BIND": "127.0.0.1:18443", "ORDERBOOK_STATS_BIND": "127.0.0.1:18404"}, {"ORDERBOOK_DNS": "1"}],
+    ids=["defaults", "bind-and-stats", "dns"],
+)
+def test_haproxy_tls_config_is_valid(tls_files, extra):
+    res = haproxy_check(HAPROXY_TLS_CFG, haproxy_tls_env(tls_files["pem"], **extra))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "Configuration file is valid" in out
+    warnings = [ln for ln in out.splitlines() if "[WARNING]" in ln and not _HOST_WARNINGS.search(ln)]
+    assert not warnings, out
+
+
+def test_haproxy_tls_needs_a_certificate_with_its_key(tls_files):
+    res = haproxy_check(HAPROXY_TLS_CFG, haproxy_tls_env(None))
+    assert res.returncode != 0, res.stdout + res.stderr
+    # The chain alone: HAProxy looks for the key beside it and finds none.
+    res = haproxy_check(HAPROXY_TLS_CFG, haproxy_tls_env(tls_files["cert"]))
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert "key" in (res.stdout + res.stderr).lower()
+
+
+def test_haproxy_tls_keeps_the_plain_configs_websocket_and_failover_settings():
+    text = HAPROXY_TLS_CFG.read_text()
+    assert 'ssl crt "${ORDERBOOK_TLS_PEM}"' in text
+    assert "http-request set-header X-Forwarded-Proto https" in text
+    assert "ssl-min-ver TLSv1.2" in text
+    for directive in (
+        "mode http",
+        "timeout tunnel 1h",
+        "timeout client-fin",
+        "timeout http-request 10s",
+        "balance source",
+        "hash-type consistent",
+        "uri /readyz",
+        "on-marked-down shutdown-sessions",
+        "retry-on conn-failure empty-response 503",
+        'server node1 "${ORDERBOOK_NODE1}" check',
+        'server node2 "${ORDERBOOK_NODE2}" check',
+    ):
+        assert directive in text, directive
+    # A draining node stays in (503s are retried elsewhere) so that its
+    # sessions are not all cut at once by shutdown-sessions.
+    expect = next(ln for ln in text.splitlines() if "http-check expect" in ln)
+    for status in ("ready", "full", "draining"):
+        assert status in expect, expect
+    assert "option httpclose" not in text and "option http-server-close" not in text
+
+
+NGINX_TLS_VARS = (*NGINX_VARS, "ORDERBOOK_TLS_CERT", "ORDERBOOK_TLS_KEY")
+
+
+def render_nginx_tls(prefix: Path, cert: Path, key: Path) -> Path:
+    """The TLS template rendered as `envsubst` with its five names would."""
+    text = NGINX_TLS_CONF.read_text()
+    text = text.replace("${ORDERBOOK_TLS_CERT}", str(cert)).replace("${ORDERBOOK_TLS_KEY}", str(key))
+    return render_nginx(prefix, text)
+
+
+def test_nginx_tls_config_is_valid(tmp_path, tls_files):
+    text = NGINX_TLS_CONF.read_text()
+    for name in NGINX_TLS_VARS:
+        assert "${" + name + "}" in text, name
+    res = nginx_test(tmp_path, render_nginx_tls(tmp_path, tls_files["cert"], tls_files["key"]))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "test is successful" in out
+
+
+def test_nginx_tls_refuses_a_missing_key(tmp_path, tls_files):
+    res = nginx_test(tmp_path, render_nginx_tls(tmp_path, tls_files["cert"], tmp_path / "absent.pem"))
+    assert res.returncode != 0, res.stdout + res.stderr
+
+
+def test_nginx_tls_listens_with_tls_and_keeps_the_websocket_locations():
+    text = NGINX_TLS_CONF.read_text()
+    assert re.search(r"listen \$\{ORDERBOOK_BIND\} ssl;", text)
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in text
+    assert "hash $remote_addr consistent;" in text and "proxy_http_version 1.1;" in text
+    for path in ("/ws", "/feed"):
+        m = re.search(r"location = " + re.escape(path) + r" \{(.*?)\n        \}", text, re.S)
+        assert m, path
+        for directive in (
+            "proxy_set_header Upgrade $http_upgrade;",
+            "proxy_set_header Connection $connection_upgrade;",
+            "proxy_read_timeout 3600s;",
+            "proxy_buffering off;",
+        ):
+            assert directive in m.group(1), (path, directive)
+
+
 # ------------------------------------------------------------------ compose
 
 
@@ -377,6 +549,8 @@ def test_compose_structure():
 
     for name in ("node1", "node2"):
         node = services[name]
+        # The alias HAProxy resolves to find every node (ORDERBOOK_NODES_DNS below).
+        assert "node" in node["networks"]["default"]["aliases"]
         build = node["build"]
         context = (COMPOSE.parent / build["context"]).resolve()
         assert context == ROOT
@@ -399,8 +573,13 @@ def test_compose_structure():
     assert any(m[1] == "/usr/local/etc/haproxy/haproxy.cfg" for m in mounts)
     assert any(str(p).split(":")[-2:] == ["8000", "8000"] for p in lb["ports"])
     env = lb["environment"]
-    assert env["ORDERBOOK_NODE1"] == "node1:8000" and env["ORDERBOOK_NODE2"] == "node2:8000"
+    assert env["ORDERBOOK_NODES_DNS"] == "node:8000"
     assert "ORDERBOOK_DNS" in env
+    # haproxy.cfg starts with what compose gives it, and nothing else.
+    only_compose = haproxy_env(**{k: str(v) for k, v in env.items()})
+    del only_compose["ORDERBOOK_NODE1"], only_compose["ORDERBOOK_NODE2"]
+    res = haproxy_check(HAPROXY_CFG, only_compose)
+    assert res.returncode == 0, res.stdout + res.stderr
     assert lb["ulimits"]["nofile"]["soft"] >= 65536
 
     # service_healthy only makes sense for a service that has a health check.
@@ -458,8 +637,12 @@ def test_dockerfile_static():
     assert health and "/healthz" in health[0] and "urllib" in health[0]
     assert "curl" not in health[0] and "wget" not in health[0]
 
+    # The port is $PORT (8000 unless the container is given another), for the
+    # node (`serve` reads it) and its health check alike.
+    assert ("ENV", "PORT=8000") in final
+    assert "os.environ.get('PORT'" in health[0] and ":8000/" not in health[0]
     cmd = [v for k, v in final if k == "CMD"]
-    assert cmd and json.loads(cmd[-1]) == ["orderbook", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert cmd and json.loads(cmd[-1]) == ["orderbook", "serve", "--host", "0.0.0.0"]
     assert kinds.index("USER") < kinds.index("CMD")
 
     # No secrets baked in: no ENV/ARG that sets a token, password or key.
@@ -498,10 +681,9 @@ def test_dockerfile_healthcheck_command_runs(tmp_path):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         port = srv.server_address[1]
-        live = [sys.executable] + [a.replace(":8000/", f":{port}/") for a in argv[1:]]
-        assert run(live).returncode == 0
-        dead = [sys.executable] + [a.replace(":8000/", f":{free_port()}/") for a in argv[1:]]
-        assert run(dead).returncode != 0
+        command = [sys.executable, *argv[1:]]
+        assert run(command, env=dict(os.environ, PORT=str(port))).returncode == 0
+        assert run(command, env=dict(os.environ, PORT=str(free_port()))).returncode != 0
     finally:
         srv.shutdown()
         srv.server_close()

@@ -33,6 +33,7 @@ import pytest
 from orderbook.server import admission
 from orderbook.wire import codec
 from orderbook.wire.codec import SUBPROTOCOL_JSON, Encoding
+from orderbook.wire.compression import deflate
 from orderbook.wire.framing import close_code_valid, close_frame
 
 from .harness import (
@@ -301,6 +302,14 @@ CASES = [
         for rsv in (4, 2, 1, 7)
     ),
     Case("RSV1 on a ping -> 1002", mframe(PING, b"x", rsv=4), 1002),
+    # RFC 7692: an offer the server did not agree to (compression is off by
+    # default) does not make RSV1 valid.
+    Case(
+        "RSV1 after offering permessage-deflate, not agreed -> 1002",
+        mframe(BINARY, deflate(subscribe_bytes()), rsv=4),
+        1002,
+        {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"},
+    ),
     # §5.1 / §5.3: masking
     Case("unmasked binary frame -> 1002", mframe(BINARY, subscribe_bytes(), mask=False), 1002),
     Case("unmasked ping -> 1002", mframe(PING, b"x", mask=False), 1002),

@@ -25,6 +25,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
+from ssl import SSLContext
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -60,6 +61,7 @@ from .connection import (
 )
 from .errors import ClientClosed, ClientError, HandshakeRejected, ResumeMismatch, ServerError, SubscriptionRejected
 from .stats import ClientStats
+from .urls import redact
 from .waiting import Waiters, reached, synced
 
 __all__ = [
@@ -116,6 +118,11 @@ class OrderbookClient:
     every delta applied (`seen_seqs`) and of every snapshot applied
     (`snapshot_seqs`, counted in `snapshot_counts`); meant for tests.
 
+    A ``wss://`` URL is verified against the system's CAs (or
+    ``$SSL_CERT_FILE``), or against ``ssl``, an `ssl.SSLContext` such as
+    ``ssl.create_default_context(cafile=...)``. A certificate that fails
+    verification ends `run()` with `ssl.SSLCertVerificationError`.
+
     Use either ``await client.run()`` in a task of your own and
     ``await client.close()`` to stop it, or ``async with client:`` which runs
     it in the background and closes it on exit. A closed client stays closed.
@@ -137,7 +144,10 @@ class OrderbookClient:
         on_update: OnUpdate | None = None,
         record: bool = False,
         max_size: int | None = 2**24,
+        ssl: SSLContext | None = None,
     ) -> None:
+        if ssl is not None and not url.lower().startswith("wss://"):
+            raise ValueError(f"an ssl context needs a wss:// URL, not {redact(url)}")
         self.url = url
         self.depth = depth
         # Conflation asked for every subscription: at most one delta per interval.
@@ -169,6 +179,7 @@ class OrderbookClient:
             open_timeout=open_timeout,
             ping_interval=ping_interval,
             max_size=max_size,
+            ssl=ssl,
         )
         self._loop = ConnectionLoop(dialer, self.backoff, log, "client closing")
         self._hooks = ConnectionHooks(self._opened, self._received, self._closed, self._failed)

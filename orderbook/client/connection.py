@@ -5,7 +5,8 @@ jittered delay, connect again, until stopped.
 * The delays and the give-up rule are the session's `ReconnectPolicy`: a 4xx
   answer to the upgrade other than 429 ends `run()` with `HandshakeRejected`;
   429 and 503 wait at least their Retry-After; a connection that delivered
-  book data starts the delays over.
+  book data starts the delays over. A certificate that fails verification
+  (wss://) ends `run()` with the `ssl.SSLCertVerificationError`.
 * `stop()` closes the open connection cleanly (1000) while the loop keeps
   reading, so the server's close frame is seen and the closing handshake
   completes; a connection left on an exception is closed and drained too.
@@ -23,6 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from ssl import SSLCertVerificationError, SSLContext
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -38,6 +40,9 @@ from .urls import bearer_subprotocol, redact, with_token
 # Bound on waiting for the closing handshake; the reader keeps draining
 # meanwhile, so a responsive server finishes far sooner.
 CLOSE_TIMEOUT = 5.0
+# The server is stopping or draining ("draining: reconnect"): reconnect, with
+# the usual jitter (a connection that delivered data starts the delays over).
+CLOSE_GOING_AWAY = 1001
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -61,6 +66,9 @@ class Dialer:
     open_timeout: float = 10.0
     ping_interval: float | None = 20.0
     max_size: int | None = 2**24
+    # For a wss:// URL: the context that verifies the server (None: the
+    # system's CAs, or $SSL_CERT_FILE). Only with wss://.
+    ssl: SSLContext | None = None
 
     def target(self) -> tuple[str, list[Subprotocol]]:
         """The URL to connect to and the subprotocols to offer."""
@@ -78,8 +86,12 @@ class Dialer:
 
     async def open(self) -> ClientConnection:
         url, protocols = self.target()
+        # True: websockets' default context for wss://. A context with a ws://
+        # URL is refused by websockets (ValueError): no silent plain text.
+        tls = self.ssl if self.ssl is not None else (True if url.lower().startswith("wss:") else None)
         return await connect(
             url,
+            ssl=tls,
             origin=Origin(self.origin) if self.origin else None,
             subprotocols=protocols,
             open_timeout=self.open_timeout,
@@ -159,8 +171,17 @@ class ConnectionLoop:
             wait = self.policy.after_status(status, retry_after)
             if wait is None:
                 raise HandshakeRejected(status, response.reason_phrase, bytes(response.body or b"")) from exc
-            self.log.warning("%s answered HTTP %d; retrying in %.2f s", url, status, wait)
+            # The server's own words (server full, too many handshakes...) reach the user.
+            said = HandshakeRejected(status, response.reason_phrase, bytes(response.body or b"")).text
+            self.log.warning(
+                "%s answered HTTP %d%s; retrying in %.2f s", url, status, f" ({said})" if said else "", wait
+            )
             return wait
+        except SSLCertVerificationError as exc:
+            # An untrusted certificate (another CA, another name): retrying
+            # will not change it, as for a 4xx. run() ends with it.
+            hooks.failed(exc)
+            raise
         except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed, EOFError) as exc:
             hooks.failed(exc)
             wait = self.policy.after_failure()
@@ -173,8 +194,10 @@ class ConnectionLoop:
         delivered = await self._serve(ws, hooks)
         wait = self.policy.after_connection(delivered)
         if not self.stopping:
-            self.log.warning(
-                "connection to %s closed (code %s %s); reconnecting in %.2f s",
+            # 1001: the server is going away (a restart, a drain); routine, not a fault.
+            level = logging.INFO if ws.close_code == CLOSE_GOING_AWAY else logging.WARNING
+            self.log.log(
+                level, "connection to %s closed (code %s %s); reconnecting in %.2f s",
                 url, ws.close_code, ws.close_reason or "", wait,
             )  # fmt: skip
         return wait

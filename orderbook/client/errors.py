@@ -21,10 +21,12 @@ class HandshakeRejected(ClientError):
     will not fix (401 bad token, 403 Origin not allowed, 426, other 4xx)."""
 
     def __init__(self, status: int, reason: str = "", body: bytes = b"") -> None:
-        text = body.decode("utf-8", "replace").strip()[:200]
+        # The server says why in its body (docs/operations.md §11): one line of it.
+        text = " ".join(body.decode("utf-8", "replace").split())[:200]
         detail = f": {text}" if text else (f" {reason}" if reason else "")
         super().__init__(f"server rejected the WebSocket upgrade: HTTP {status}{detail}")
         self.status, self.reason, self.body = status, reason, body
+        self.text = text  # the server's reason, on one line ("" if it gave none)
 
 
 class ClientClosed(ClientError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Mapping
+from ssl import SSLContext
 from typing import TextIO
 
 from orderbook.core.follower import BookFollower
@@ -72,6 +73,7 @@ async def watch(
     origin: str | None = None,
     timeout: float | None = None,
     interval_ms: int = 0,
+    ssl: SSLContext | None = None,
 ) -> str:
     """Subscribe to `symbols` and redraw their books every `refresh` seconds
     while they change (clearing the screen when `out` is a terminal, plain
@@ -79,8 +81,9 @@ async def watch(
 
     With `once`, print a single table as soon as every symbol is synced and
     return; `timeout` bounds that wait (TimeoutError). Returns the last table
-    drawn. `out` defaults to sys.stdout at call time. Raises what ends the
-    client (e.g. `HandshakeRejected` for a bad token)."""
+    drawn. `out` defaults to sys.stdout at call time; `ssl` verifies a
+    wss:// server (OrderbookClient's). Raises what ends the client (e.g.
+    `HandshakeRejected` for a bad token)."""
     stream = out if out is not None else sys.stdout
     tty = _isatty(stream)
     dirty = True
@@ -98,6 +101,7 @@ async def watch(
         token=token,
         origin=origin,
         on_update=changed,
+        ssl=ssl,
     )
     runner = asyncio.create_task(client.run(), name="orderbook-watch")
     text = ""

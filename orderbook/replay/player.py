@@ -75,6 +75,7 @@ class PlayStats:
     batches: int = 0
     laps: int = 0
     notes: dict[str, int] = field(default_factory=dict)
+    time_ns: int = 0  # recorded time of the last record sent
 
 
 async def pull(it: Iterator[Record], n: int = PULL_CHUNK) -> list[Record]:
@@ -95,11 +96,14 @@ async def play(
     max_batch: int = MAX_BATCH_UPDATES,
     one_record_per_batch: bool = False,
     loop_gap_s: float = 1.0,
+    stats: PlayStats | None = None,
 ) -> PlayStats:
-    """Play `source()` into `sink`; with `loop`, again from its start (at most `laps` times)."""
+    """Play `source()` into `sink`; with `loop`, again from its start (at most
+    `laps` times). `stats`, if given, is kept current while playing (a
+    progress display reads it) and returned."""
     clock = clock or LoopClock()
     pacer = Pacer(speed)
-    stats = PlayStats()
+    stats = stats if stats is not None else PlayStats()
     ids = itertools.count(1)
     t0 = clock.now()
     defined: dict[str, Instrument] = {}
@@ -153,6 +157,8 @@ async def _flush(
     stats.records += len(records)
     stats.updates += len(updates)
     stats.batches += 1
+    if records:
+        stats.time_ns = records[-1].time_ns
     await sink.send(FeedBatch(batch_id, tuple(instruments), tuple(updates)), records)
 
 
@@ -189,9 +195,16 @@ class FeedSink:
     async def connect(cls, url: str, token: str | None, on_ack: AckHandler | None = None, **kw: Any) -> FeedSink:
         # `kw`: more options of websockets.connect, passed through.
         import websockets
+        from websockets.exceptions import InvalidStatus
+
+        from orderbook.client.errors import HandshakeRejected
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        ws = await websockets.connect(feed_url(url), additional_headers=headers, max_size=None, **kw)
+        try:
+            ws = await websockets.connect(feed_url(url), additional_headers=headers, max_size=None, **kw)
+        except InvalidStatus as exc:  # refused: the server's reason is in the body
+            r = exc.response
+            raise HandshakeRejected(r.status_code, r.reason_phrase, bytes(r.body or b"")) from exc
         return cls(ws, on_ack)
 
     async def send(self, batch: FeedBatch, records: list[Record]) -> None:

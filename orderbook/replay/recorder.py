@@ -38,6 +38,7 @@ import os
 import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any, BinaryIO
 
 from websockets.asyncio.client import ClientConnection
@@ -173,7 +174,8 @@ class _Spool:
 class Recorder:
     """Records `symbols` from the /ws endpoint at `url` into `out` (a path,
     or a binary file object that is left open). A path ending in ".gz" is
-    gzip-compressed, as is any `out` with `gzip=True`.
+    gzip-compressed, as is any `out` with `gzip=True`. `ssl` verifies a
+    wss:// server (default: the system's CAs, or $SSL_CERT_FILE).
 
     `positions` holds the last verified (epoch, seq) of each symbol and
     `live` the symbols streaming on the current connection; `summary` is
@@ -199,6 +201,7 @@ class Recorder:
         ping_interval: float | None = 20.0,
         flush_interval: float = 1.0,
         max_size: int = MAX_MESSAGE_BYTES,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.symbols = tuple(dict.fromkeys(symbols))
         if not self.symbols or not all(self.symbols):
@@ -245,6 +248,7 @@ class Recorder:
             open_timeout=open_timeout,
             ping_interval=ping_interval,
             max_size=max_size,
+            ssl=ssl,
         )
         self._loop = ConnectionLoop(dialer, self.backoff, log, "recording stopped")
         self._hooks = ConnectionHooks(self._opened, self._received, self._closed, self._failed)

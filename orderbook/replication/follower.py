@@ -46,6 +46,9 @@ class LogFollower:
         # Replica lag: how long after the sequencer stamped it this node
         # applied the newest change (ms), measured on the last entry applied.
         self.lag_ms = 0.0
+        # Counted for /metrics: failed reads, and returns of Redis after them.
+        self.redis_errors = 0
+        self.reconnects = 0
 
     async def run(self) -> None:
         backoff = 0.05
@@ -61,9 +64,11 @@ class LogFollower:
                 if self.stale:
                     await self._log.drop_idle_connections()
                     log.info("redis is back")
+                    self.reconnects += 1
                 self.stale = False
                 backoff = 0.05
             except RedisError as exc:
+                self.redis_errors += 1
                 if not self.stale:
                     log.warning("redis unavailable; serving the last books as stale: %s", exc)
                 self.stale = True

@@ -43,6 +43,10 @@ class Sequencer:
         self._snapshot_position = 0
         self.token = f"{node or 'node'}:{uuid.uuid4().hex}"
         self.holding = False
+        # Counted for /metrics: leases taken and lost, and Redis errors met.
+        self.leases_acquired = 0
+        self.leases_lost = 0
+        self.redis_errors = 0
         self._market: Market | None = None
         self._position = 0
         self._cursor = "0-0"
@@ -60,9 +64,13 @@ class Sequencer:
             except Fenced as exc:
                 log.warning("lost the sequencer lease: %s", exc)
                 self.holding = False
+                self.leases_lost += 1
             except RedisError as exc:
                 # Whether the last append landed is unknown: rebuild from the
                 # log before sequencing again, never apply a batch twice.
+                self.redis_errors += 1
+                if self.holding:
+                    self.leases_lost += 1
                 self.holding = False
                 log.warning("redis unavailable to the sequencer: %s", exc)
                 await asyncio.sleep(backoff)
@@ -99,6 +107,7 @@ class Sequencer:
         self._market, self._position = market, position
         self._cursor = await rlog.cursor() or "0-0"
         self.holding = True
+        self.leases_acquired += 1
         log.info("sequencing epoch %d from log position %d", epoch, position)
         return True
 

@@ -64,7 +64,7 @@ async def lag_sweeper(current: Callable[[], Hub]) -> None:
         await asyncio.sleep(SWEEP_INTERVAL)
         hub = current()
         for conn in hub.sweep_lagging():
-            hub.stats_slow_closed += 1
+            hub.counts.slow_closed += 1
             log.warning("closing slow client %s: over its buffer limit too long", conn.peer)
             if conn.ws is not None:
                 task = asyncio.ensure_future(close(conn.ws, conn, CLOSE_TRY_AGAIN_LATER, "client too slow"))

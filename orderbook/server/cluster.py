@@ -39,6 +39,11 @@ class Cluster:
         # Definitions this node queued, so that updates right behind them
         # validate before the definitions return through the log.
         self.queued_instruments: dict[str, Instrument] = {}
+        # For /metrics: new epochs followed, and what the followers this one
+        # replaced counted (so the totals never go back).
+        self.epoch_changes = 0
+        self._past_redis_errors = 0
+        self._past_reconnects = 0
         self.sequencer = Sequencer(
             rlog,
             settings.lease_ttl_ms,
@@ -67,6 +72,16 @@ class Cluster:
     def stale(self) -> bool:
         return self.follower is not None and self.follower.stale
 
+    @property
+    def follower_redis_errors(self) -> int:
+        f = self.follower
+        return self._past_redis_errors + (f.redis_errors if f else 0)
+
+    @property
+    def redis_reconnects(self) -> int:
+        f = self.follower
+        return self._past_reconnects + (f.reconnects if f else 0)
+
     def status(self) -> dict:
         f = self.follower
         return {
@@ -82,6 +97,9 @@ class Cluster:
         try:
             while True:
                 hub: Hub = state.hub
+                if self.follower is not None:
+                    self._past_redis_errors += self.follower.redis_errors
+                    self._past_reconnects += self.follower.reconnects
                 self.follower = LogFollower(self.log, hub.epoch, hub.apply_log, hub.restore)
                 await self.follower.run()
                 # The log restarted under us (Redis emptied, a new epoch) or
@@ -91,8 +109,9 @@ class Cluster:
                 log.warning("switching to epoch %d; closing %d subscribers", epoch, len(hub.connections))
                 old = hub
                 self.queued_instruments.clear()
-                state.hub = Hub(self._settings, epoch, asyncio.get_running_loop())
+                state.hub = Hub(self._settings, epoch, asyncio.get_running_loop(), counts=old.counts)
                 self.epoch = epoch
+                self.epoch_changes += 1
                 for conn in list(old.connections):
                     if conn.ws is not None:
                         conn.ws.end_connection(CLOSE_SERVICE_RESTART, "cluster epoch changed")
@@ -109,6 +128,7 @@ class Cluster:
                 assert epoch is not None
                 return epoch
             except Exception as exc:
+                self._past_redis_errors += 1
                 log.warning("waiting for redis: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

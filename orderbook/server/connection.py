@@ -24,7 +24,7 @@ from orderbook.core.ratelimit import TokenBucket
 from orderbook.wire.codec import Encoding
 
 from .channel import Subscription
-from .outgoing import Outgoing
+from .outgoing import DEFLATE, Outgoing, frame_kind
 
 
 class Socket(Protocol):
@@ -39,7 +39,7 @@ class Socket(Protocol):
 class Connection:
     __slots__ = (
         "_backlog",
-        "_json",
+        "_kind",
         "_limit",
         "_on_lag",
         "_pending",
@@ -68,10 +68,13 @@ class Connection:
         schedule: Callable[[Connection], None],
         on_lag: Callable[[Connection], None],
         peer: str = "",
+        deflate: bool = False,
     ) -> None:
         self.transport = transport
         self.encoding = encoding
-        self._json = encoding is Encoding.JSON
+        # Which of a message's frames it gets: its encoding, compressed if it
+        # negotiated permessage-deflate.
+        self._kind = frame_kind(encoding, deflate)
         self.subs: dict[str, Subscription] = {}
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -93,7 +96,7 @@ class Connection:
     # Queueing -------------------------------------------------------------------
     def send(self, out: Outgoing) -> None:
         """Queue a control or resync message; never dropped."""
-        self._queue(out.frame(self.encoding))
+        self._queue(out.frames[self._kind] or out.build(self._kind))
 
     def send_frame(self, data: bytes) -> None:
         """Queue an already framed control frame (a pong); never dropped."""
@@ -126,7 +129,8 @@ class Connection:
         pending_bytes = self._pending_bytes
         if pending_bytes + self._backlog > self._soft and not self._room_for(sub, pending_bytes, now):
             return
-        data = out.frame(self.encoding) if out._proto_frame is None or self._json else out._proto_frame
+        # Built once per message and kind (compressed or not), then shared.
+        data = out.frames[self._kind] or out.build(self._kind)
         self._pending.append(data)
         self._pending_bytes = pending_bytes + len(data)
         if not self._scheduled:
@@ -184,3 +188,8 @@ class Connection:
     @property
     def limit(self) -> int:
         return self._limit
+
+    @property
+    def deflate(self) -> bool:
+        """Whether it negotiated permessage-deflate."""
+        return self._kind >= DEFLATE

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from redis.exceptions import RedisError
 from sanic import Request, response
-from sanic.exceptions import WebsocketClosed
+from sanic.exceptions import SanicException, WebsocketClosed
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.exceptions import ConnectionClosed
 
@@ -15,6 +15,7 @@ from orderbook.core.market import FEED
 from orderbook.wire import codec
 
 from . import admission, handshake_limits
+from .drain import REFUSAL as DRAINING
 from .hub import Hub
 from .sanic_seam import feed_upgrade, run_tracked, upgrading
 from .settings import Settings
@@ -30,26 +31,43 @@ def _bearer(request: Request) -> str | None:
 
 
 @upgrading
+@handshake_limits.refusals_logged("/feed")
 async def feed_endpoint(request: Request) -> response.HTTPResponse | None:
     state: ServerState = request.app.ctx.state
     settings: Settings = state.settings
+    counts = state.hub.counts  # each way out of here is counted by outcome (/metrics)
     if not admission.is_upgrade(request.headers):
+        counts.handshake("/feed", "bad_request")
         return response.text(admission.NOT_WEBSOCKET, status=426, headers={"Upgrade": "websocket"})
+    if state.draining:
+        # Publishers already connected stay until the drain ends; new ones go elsewhere.
+        counts.handshake("/feed", "draining")
+        return response.text(DRAINING.message, status=DRAINING.status, headers=dict(DRAINING.headers))
     gate = state.gate
     ip = gate.source(request)
     refusal = gate.admit(ip, "/feed")
     if refusal is not None:
+        counts.handshake("/feed", "rate_limited")
         return response.text(refusal.message, status=refusal.status, headers=dict(refusal.headers))
     if settings.feed_token is None:
+        counts.handshake("/feed", "disabled")
         return response.text("publishing is disabled: start the server with a feed token\n", status=403)
     offered = admission.offered_subprotocols(request.headers.getall("sec-websocket-protocol", []))
     if not admission.token_matches(settings.feed_token, offered, _bearer(request)):
+        counts.handshake("/feed", "token")
         return response.text("missing or wrong feed token (Authorization: Bearer <token>)\n", status=401)
-    ws = await feed_upgrade(request, settings.max_feed_message_bytes)
+    try:
+        ws = await feed_upgrade(request, settings.max_feed_message_bytes)
+    except SanicException:
+        counts.handshake("/feed", "bad_request")
+        raise
+    counts.handshake("/feed", "accepted")
     gate.opened(ip, ws)
+    counts.publishers += 1
     try:
         await run_tracked(request, ws, lambda: _publisher(ws, state, ip))
     finally:
+        counts.publishers -= 1
         gate.closed(ip, ws)
     return None
 
@@ -62,6 +80,7 @@ def _feed_error_code(exc: InvalidInput) -> int:
 
 
 async def _publisher(ws: WebsocketImplProtocol, state: ServerState, peer: str = "") -> None:
+    counts = state.hub.counts  # the node's: a hub that replaces this one keeps them
     try:
         while True:
             data = await ws.recv()
@@ -81,6 +100,7 @@ async def _publisher(ws: WebsocketImplProtocol, state: ServerState, peer: str = 
                     # Every /feed publisher is the one source FEED.
                     result = hub.ingest(batch, FEED, state.settings.allow_takeover)
                     reply = codec.feed_ack(batch_id, len(result.deltas), result.positions)
+                    counts.feed_accepted += 1
                 else:
                     # Checked here so the publisher hears of a bad batch at
                     # once; then queued for whichever node holds the lease.
@@ -101,6 +121,8 @@ async def _publisher(ws: WebsocketImplProtocol, state: ServerState, peer: str = 
                     try:
                         await cluster.log.submit(bytes(data))
                     except RedisError as exc:
+                        counts.redis_errors_feed += 1
+                        counts.feed_refusal(codec.ErrorCode.ERROR_CODE_INTERNAL)
                         reply = codec.feed_error(
                             codec.ErrorCode.ERROR_CODE_INTERNAL, f"not accepted, redis unavailable: {exc}", "", batch_id
                         )
@@ -108,12 +130,25 @@ async def _publisher(ws: WebsocketImplProtocol, state: ServerState, peer: str = 
                         for inst in batch.instruments:
                             cluster.queued_instruments[inst.symbol] = inst
                         reply = codec.feed_ack(batch_id, 0, ())
+                        counts.feed_accepted += 1
             except InvalidInput as exc:
                 if isinstance(exc, LimitExceeded):
                     handshake_limits.throttled.warning(
-                        "feed_" + exc.limit, "refused feed batch %d from %s: %s", batch_id, peer, exc
+                        "feed_" + exc.limit,
+                        "refused feed batch %d from %s: %s",
+                        batch_id,
+                        peer,
+                        exc,
+                        extra={
+                            "peer": peer,
+                            "conn": handshake_limits.conn_id(ws),
+                            "symbol": getattr(exc, "symbol", ""),
+                            "batch": batch_id,
+                        },
                     )
-                reply = codec.feed_error(_feed_error_code(exc), str(exc), getattr(exc, "symbol", ""), batch_id)
+                code = _feed_error_code(exc)
+                counts.feed_refusal(code)
+                reply = codec.feed_error(code, str(exc), getattr(exc, "symbol", ""), batch_id)
             # Awaiting here paces this publisher alone by its own socket.
             await ws.send(reply)
     except (ConnectionClosed, WebsocketClosed):

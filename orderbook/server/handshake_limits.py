@@ -10,17 +10,24 @@ there and let the proxy limit its clients (docs/operations.md "Limits").
 
 Refusals are logged at WARNING, at most one line per second per kind, with
 the count of refusals the quiet time held back, so a flood cannot flood the
-log (`LogThrottle`; `throttled` is shared by every limit's refusal).
+log (`LogThrottle`; `throttled` is shared by every limit's refusal). The
+endpoints' other refusals (token, Origin, full, malformed, draining) are
+logged the same way, with the reason the client was given
+(`refusals_logged`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 from sanic import Request
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse
 
 from orderbook.core.ratelimit import KeyedBuckets, TokenBucket
 
@@ -44,21 +51,82 @@ class LogThrottle:
         self._next: dict[str, float] = {}
         self._held: dict[str, int] = {}
 
-    def warning(self, key: str, msg: str, *args: object) -> None:
+    def warning(self, key: str, msg: str, *args: object, extra: Mapping[str, object] | None = None) -> None:
+        self.log(logging.WARNING, key, msg, *args, extra=extra)
+
+    def log(self, level: int, key: str, msg: str, *args: object, extra: Mapping[str, object] | None = None) -> None:
+        """`extra`: the fields a JSON log line carries (peer, conn, symbol...)."""
         now = self._clock()
         if now < self._next.get(key, -math.inf):
             self._held[key] = self._held.get(key, 0) + 1
             return
         self._next[key] = now + self._interval
         held = self._held.pop(key, 0)
+        fields = dict(extra or {})
         if held:
-            self._log.warning(msg + " (and %d more like it since the last line)", *args, held)
+            fields["held"] = held
+            self._log.log(level, msg + " (and %d more like it since the last line)", *args, held, extra=fields)
         else:
-            self._log.warning(msg, *args)
+            self._log.log(level, msg, *args, extra=fields)
 
 
 # One per process: limit refusals of every kind (feed, HTTP, handshakes).
 throttled = LogThrottle(log)
+
+UpgradeHandler = Callable[[Request], Coroutine[Any, Any, HTTPResponse | None]]
+# Refusals that are a client's bug or a probe (a plain GET), or routine (a
+# drain), rather than a sign of misconfiguration or attack.
+_ROUTINE_STATUSES = frozenset({400, 426})
+
+
+def conn_id(conn: object) -> str:
+    """A connection's id in log lines (`conn`): unique among open connections."""
+    return f"{id(conn):x}"
+
+
+def _refusal_fields(endpoint: str, peer: str, status: int, reason: str) -> dict[str, object]:
+    return {"peer": peer, "endpoint": endpoint, "status": status, "reason": reason}
+
+
+def refusals_logged(endpoint: str) -> Callable[[UpgradeHandler], UpgradeHandler]:
+    """Log each upgrade `endpoint` refuses (an HTTP answer instead of the 101)
+    with its status, the reason the client was given and the peer: at most
+    one line a second per status (`throttled`), so a storm cannot flood the
+    log. 429s are logged where they are decided (`Gate.admit`, which names
+    the limit)."""
+
+    def wrap(handler: UpgradeHandler) -> UpgradeHandler:
+        @functools.wraps(handler)
+        async def logged(request: Request) -> HTTPResponse | None:
+            try:
+                resp = await handler(request)
+            except SanicException as exc:  # a malformed handshake Sanic answers itself
+                _log_refusal(request, endpoint, exc.status_code, str(exc))
+                raise
+            if resp is not None and resp.status >= 400 and resp.status != 429:
+                _log_refusal(request, endpoint, resp.status, bytes(resp.body or b"").decode("utf-8", "replace"))
+            return resp
+
+        return logged
+
+    return wrap
+
+
+def _log_refusal(request: Request, endpoint: str, status: int, reason: str) -> None:
+    reason = reason.strip()
+    state = getattr(request.app.ctx, "state", None)
+    peer = state.gate.source(request) if state is not None else (request.ip or "")
+    routine = status in _ROUTINE_STATUSES or "draining" in reason
+    throttled.log(
+        logging.INFO if routine else logging.WARNING,
+        f"refused {endpoint} {status}{' routine' if routine else ''}",
+        "refused %s upgrade from %s: %d %s",
+        endpoint,
+        peer,
+        status,
+        reason,
+        extra=_refusal_fields(endpoint, peer, status, reason),
+    )
 
 
 def _retry_after(seconds: float) -> str:
@@ -103,6 +171,7 @@ class Gate:
                 ip,
                 self.connections(ip),
                 self.max_per_ip,
+                extra=_refusal_fields(endpoint, ip, 429, "max_connections_per_ip"),
             )
             return Refusal(
                 429,
@@ -119,6 +188,7 @@ class Gate:
                 endpoint,
                 ip,
                 per_ip.rate,
+                extra=_refusal_fields(endpoint, ip, 429, "handshake_rate"),
             )
             return Refusal(
                 429,
@@ -134,6 +204,7 @@ class Gate:
                 endpoint,
                 ip,
                 glob.rate,
+                extra=_refusal_fields(endpoint, ip, 429, "global_handshake_rate"),
             )
             return Refusal(
                 429,

@@ -19,11 +19,14 @@ async def healthz(request: Request) -> response.HTTPResponse:
 
 
 async def readyz(request: Request) -> response.HTTPResponse:
-    """Ready to take subscribers: 200 "ready"; 503 "starting" or "full"."""
+    """Ready to take subscribers: 200 "ready"; 503 "draining", "starting" or "full"."""
     state = request.app.ctx.state
     hub, s = state.hub, state.settings
     conns = len(hub.connections)
     body = {"connections": conns, "max_connections": s.max_connections, "symbols": len(hub.channels)}
+    if state.draining:
+        # Before the others: a node told to stop takes no one, whatever else holds.
+        return response.json({"status": "draining", **body}, status=503)
     cluster = state.cluster
     if cluster is not None:
         body.update(cluster.status())

@@ -22,12 +22,14 @@ from orderbook.wire.codec import Encoding, ErrorCode, SubscribeRequest
 
 from .channel import Channel, ConflationGroup, Subscription
 from .connection import Connection
+from .counts import DELTA, HEARTBEAT, OTHER, SNAPSHOT, Counts
 from .outgoing import Outgoing
 from .settings import Settings
 
 log = logging.getLogger("orderbook.hub")
 
 MAX_FLUSH_GAP = 0.02  # seconds: the most a busy hub delays a write to coalesce
+LATENCY_SAMPLE_INTERVAL = 0.01  # seconds: at most 100 publish-to-write samples a second
 
 
 class SubscribeRejected(InvalidInput):
@@ -46,8 +48,11 @@ class Hub:
         epoch: int,
         loop: asyncio.AbstractEventLoop,
         wall_ns: Callable[[], int] = time.time_ns,
+        counts: Counts | None = None,
     ) -> None:
         self.settings = settings
+        # The node's counters (/metrics); passed on to the hub that replaces this one.
+        self.counts = counts if counts is not None else Counts()
         self.market = Market(epoch, settings.feed_limits)
         self.channels: dict[str, Channel] = {}
         self.connections: set[Connection] = set()
@@ -58,19 +63,42 @@ class Hub:
         self._last_flush_end = 0.0
         self._flush_gap = 0.0
         self._lagging: set[Connection] = set()
-        self.stats_deltas = 0
-        self.stats_resyncs = 0
-        self.stats_slow_closed = 0
-        self.stats_degraded = 0
+        self._over_limit: set[Connection] = set()  # lagging ones already counted as such
+        # When the oldest change not yet written was published (publish-to-write latency).
+        self._unwritten_since: float | None = None
+        self._next_latency_sample = 0.0
+
+    @property
+    def slow_connections(self) -> int:
+        """Connections now degraded or over their buffer limit (swept until they drain)."""
+        return len(self._lagging)
+
+    @property
+    def stats_deltas(self) -> int:
+        return self.counts.deltas
+
+    @property
+    def stats_resyncs(self) -> int:
+        return self.counts.resyncs["slow_consumer"]
+
+    @property
+    def stats_slow_closed(self) -> int:
+        return self.counts.slow_closed
+
+    @property
+    def stats_degraded(self) -> int:
+        return self.counts.degraded
 
     @property
     def epoch(self) -> int:
         return self.market.epoch
 
     # Connections ---------------------------------------------------------------
-    def new_connection(self, transport: asyncio.Transport, encoding: Encoding, peer: str = "") -> Connection:
+    def new_connection(
+        self, transport: asyncio.Transport, encoding: Encoding, peer: str = "", deflate: bool = False
+    ) -> Connection:
         conn = Connection(
-            transport, encoding, self.settings.client_buffer_limit, self._schedule, self._lagging.add, peer
+            transport, encoding, self.settings.client_buffer_limit, self._schedule, self._lagging.add, peer, deflate
         )
         self.connections.add(conn)
         return conn
@@ -82,6 +110,7 @@ class Hub:
         conn.subs.clear()
         self.connections.discard(conn)
         self._lagging.discard(conn)
+        self._over_limit.discard(conn)
 
     def _schedule(self, conn: Connection) -> None:
         # Coalesce: every frame due to a client goes out in one write at the
@@ -108,6 +137,17 @@ class Hub:
         end = self._loop.time()
         self._last_flush_end = end
         self._flush_gap = min(end - start, MAX_FLUSH_GAP)
+        counts = self.counts
+        counts.writes += len(dirty)  # once per flush, not per connection
+        since = self._unwritten_since
+        if since is not None:
+            self._unwritten_since = None
+            # The oldest change this flush wrote (the worst case of the flush),
+            # at most once per LATENCY_SAMPLE_INTERVAL: a histogram update
+            # costs microseconds, too much to pay on every flush.
+            if end >= self._next_latency_sample:
+                self._next_latency_sample = end + LATENCY_SAMPLE_INTERVAL
+                counts.publish_to_write.observe(end - since)
 
     # Ingest --------------------------------------------------------------------
     def ingest(self, batch: FeedBatch, source: str = FEED, takeover: bool = False) -> BatchResult:
@@ -170,12 +210,18 @@ class Hub:
         ch.history.append(delta.seq, delta.prev_seq, payload, len(payload))
         if ch.snapshots:
             ch.changed()
-        self.stats_deltas += 1
+        counts = self.counts
+        counts.deltas += 1
+        counts.level_changes += len(delta.bids) + len(delta.asks)
         ch.last_sent = now
         if ch.full:
             out.frame(Encoding.PROTOBUF)  # framed once here, not per subscriber
             for sub in ch.full:
                 sub.conn.push(sub, out, now)
+            # Counted once per group, not per subscriber (inline: the hottest spot).
+            n = len(ch.full)
+            counts.messages[DELTA] += n
+            counts.message_bytes[DELTA] += n * len(payload)
         for cg in ch.conflated.values():
             self._conflate(cg, delta, now)
         if ch.groups:
@@ -185,8 +231,11 @@ class Hub:
                     vout = Outgoing(codec.delta_message(vd))
                     for sub in group.subs:
                         sub.conn.push(sub, vout, now)
+                    counts.sent(DELTA, len(group.subs), len(vout.payload))
                 for cg in group.conflated.values():
                     self._conflate(cg, vd, now)
+        if self._unwritten_since is None and self._flush_handle is not None:
+            self._unwritten_since = now
 
     # Conflation ------------------------------------------------------------------
     def _conflate(self, cg: ConflationGroup, delta: Delta, now: float) -> None:
@@ -204,14 +253,18 @@ class Hub:
             return
         now = self._loop.time()
         cg.last_sent = cg.last_delta = now
+        counts = self.counts
         if cg.subs:
             out = Outgoing(codec.delta_message(delta))
             for sub in cg.subs:
                 sub.conn.push(sub, out, now)
+            counts.sent(DELTA, len(cg.subs), len(out.payload))
         if cg.joining:
             for sub, held in cg.joining.items():
                 if held < delta.seq:
-                    sub.conn.push(sub, Outgoing(codec.delta_message(delta._replace(prev_seq=held))), now)
+                    own = Outgoing(codec.delta_message(delta._replace(prev_seq=held)))
+                    sub.conn.push(sub, own, now)
+                    counts.sent(DELTA, 1, len(own.payload))
                 cg.subs.add(sub)
             cg.joining.clear()
         cg.sent_seq = delta.seq
@@ -262,7 +315,10 @@ class Hub:
             decision = decide(sb.epoch, sb.seq, ch.history, req.resume, 0)
         if decision.resumed:
             assert req.resume is not None
-            conn.send(
+            self.counts.resumes += 1
+            self.reply(
+                conn,
+                OTHER,
                 Outgoing(
                     codec.subscribed_message(
                         req.symbol,
@@ -275,14 +331,18 @@ class Hub:
                         sb.instrument,
                         req.interval_ms,
                     )
-                )
+                ),
             )
             for payload in decision.replay:
-                conn.send(Outgoing(payload=payload))
+                self.reply(conn, DELTA, Outgoing(payload=payload))
             held = sb.seq
         else:
+            if req.resume is not None and decision.reason is not None:
+                self.counts.resyncs[decision.reason.name.lower()] += 1
             held, snapshot = ch.shared_snapshot(req.depth, self._wall_ns())
-            conn.send(
+            self.reply(
+                conn,
+                OTHER,
                 Outgoing(
                     codec.subscribed_message(
                         req.symbol,
@@ -295,9 +355,9 @@ class Hub:
                         sb.instrument,
                         req.interval_ms,
                     )
-                )
+                ),
             )
-            conn.send(snapshot)
+            self.reply(conn, SNAPSHOT, snapshot)
         conn.subs[req.symbol] = sub
         ch.add(sub, req.interval_ms, held, now)
 
@@ -306,7 +366,12 @@ class Hub:
         if sub is None:
             raise SubscribeRejected(ErrorCode.ERROR_CODE_NOT_SUBSCRIBED, f"not subscribed to {symbol!r}")
         self._cancel(sub.channel.remove(sub))
-        conn.send(Outgoing(codec.unsubscribed_message(symbol, request_id)))
+        self.reply(conn, OTHER, Outgoing(codec.unsubscribed_message(symbol, request_id)))
+
+    def reply(self, conn: Connection, kind: int, out: Outgoing) -> None:
+        """Queue a message of `kind` (counts.KINDS) that is never dropped, counted."""
+        conn.send(out)
+        self.counts.sent(kind, 1, len(out.payload))
 
     # Periodic duties -------------------------------------------------------------
     def heartbeat(self, stale: bool = False) -> None:
@@ -315,6 +380,7 @@ class Hub:
         now = self._loop.time()
         quiet = now - self.settings.symbol_heartbeat
         wall = self._wall_ns()
+        counts = self.counts
         for ch in self.channels.values():
             sb = ch.seqbook
             if ch.full and ch.last_sent <= quiet:
@@ -322,12 +388,14 @@ class Hub:
                 out = Outgoing(codec.heartbeat_message(sb.instrument.symbol, sb.epoch, sb.seq, wall, stale))
                 for sub in ch.full:
                     sub.conn.push(sub, out, now)
+                counts.sent(HEARTBEAT, len(ch.full), len(out.payload))
             for g in ch.groups.values():
                 if g.subs and g.last_sent <= quiet:
                     g.last_sent = now
                     out = Outgoing(codec.heartbeat_message(sb.instrument.symbol, sb.epoch, g.view.seq, wall, stale))
                     for sub in g.subs:
                         sub.conn.push(sub, out, now)
+                    counts.sent(HEARTBEAT, len(g.subs), len(out.payload))
                 for cg in g.conflated.values():
                     self._conflated_heartbeat(cg, sb.instrument.symbol, sb.epoch, quiet, now, wall, stale)
             for cg in ch.conflated.values():
@@ -343,19 +411,27 @@ class Hub:
             out = Outgoing(codec.heartbeat_message(symbol, epoch, cg.sent_seq, wall, stale))
             for sub in cg.subs:
                 sub.conn.push(sub, out, now)
+            self.counts.sent(HEARTBEAT, len(cg.subs), len(out.payload))
 
     def sweep_lagging(self) -> list[Connection]:
         """Degrade clients that fall behind, resync those that drained, and
         return those stuck over their limit too long."""
         now = self._loop.time()
         stuck = []
+        over_limit = self._over_limit
         for conn in list(self._lagging):
             if conn.closed:
                 self._lagging.discard(conn)
+                over_limit.discard(conn)
                 continue
+            if conn.lagging_since is not None and conn not in over_limit:
+                # Went over its limit since the last sweep: deltas dropped or input paused.
+                over_limit.add(conn)
+                self.counts.lagging += 1
             if conn.buffered() <= conn.limit // 4:
                 self._recover(conn)
                 self._lagging.discard(conn)
+                over_limit.discard(conn)
             elif conn.lagging_since is not None and now - conn.lagging_since > self.settings.slow_client_timeout:
                 stuck.append(conn)
             elif conn.degraded:
@@ -373,7 +449,7 @@ class Hub:
             held = ch.groups[sub.depth].view.seq if sub.depth else ch.seqbook.seq
             sub.degraded = True
             self._cancel(ch.move(sub, interval, held, now))
-            self.stats_degraded += 1
+            self.counts.degraded += 1
 
     def _recover(self, conn: Connection) -> None:
         """A drained client: fresh snapshots where it lost or merged changes, then live again."""
@@ -384,8 +460,8 @@ class Hub:
                 continue
             ch = sub.channel
             seq, snapshot = ch.shared_snapshot(sub.depth, wall)
-            conn.send(snapshot)
-            self.stats_resyncs += 1
+            self.reply(conn, SNAPSHOT, snapshot)
+            self.counts.resyncs["slow_consumer"] += 1
             if sub.degraded or sub.cgroup is not None:
                 # It holds the snapshot's seq from here: live again, or back
                 # to the conflation it asked for.

@@ -1,17 +1,34 @@
-"""A server message encoded at most once per encoding and framed once.
+"""A server message encoded at most once per encoding, framed once, and
+compressed at most once.
 
 Fan-out writes the same frame bytes to every subscriber that negotiated the
-same encoding; the JSON form is only built if some subscriber wants it.
+same encoding and the same compression: a frame's kind (`frame_kind`) is
+its encoding, with or without permessage-deflate, and each kind is built
+only if some subscriber wants it, then kept. Compression has no context
+takeover, so one compressed frame is valid for every client that
+negotiated it; a message too small to gain from it goes out uncompressed
+to them too (`compression.compress`).
 """
 
 from __future__ import annotations
 
+from orderbook.wire import compression
 from orderbook.wire.codec import Encoding, ServerMessage, to_json
 from orderbook.wire.framing import OP_BINARY, OP_TEXT, frame
 
+# The kinds of frame one message is sent as: index into `Outgoing.frames`.
+PROTOBUF = 0
+JSON = 1
+DEFLATE = 2  # added to either: the same encoding, compressed
+KINDS = 4
+
+
+def frame_kind(encoding: Encoding, deflate: bool = False) -> int:
+    return (JSON if encoding is Encoding.JSON else PROTOBUF) + (DEFLATE if deflate else 0)
+
 
 class Outgoing:
-    __slots__ = ("_json_frame", "_msg", "_proto_frame", "payload")
+    __slots__ = ("_json", "_msg", "frames", "payload")
 
     def __init__(self, msg: ServerMessage | None = None, payload: bytes | None = None) -> None:
         if payload is None:
@@ -19,19 +36,39 @@ class Outgoing:
             payload = msg.SerializeToString()
         self._msg = msg
         self.payload = payload
-        self._proto_frame: bytes | None = None
-        self._json_frame: bytes | None = None
+        self._json: bytes | None = None  # the JSON text, UTF-8
+        # Each kind's frame once built; the fan-out reads it here
+        # (`frames[kind] or build(kind)`), so sharing costs one index.
+        self.frames: list[bytes | None] = [None] * KINDS
 
-    def frame(self, encoding: Encoding) -> bytes:
-        if encoding is Encoding.PROTOBUF:
-            f = self._proto_frame
-            if f is None:
-                f = self._proto_frame = frame(self.payload, OP_BINARY)
+    def frame(self, encoding: Encoding, deflate: bool = False) -> bytes:
+        kind = frame_kind(encoding, deflate)
+        return self.frames[kind] or self.build(kind)
+
+    def build(self, kind: int) -> bytes:
+        """The frame of `kind`, built and kept (at most once per kind)."""
+        f = self.frames[kind]
+        if f is not None:
             return f
-        f = self._json_frame
-        if f is None:
+        if kind == PROTOBUF:
+            f = frame(self.payload, OP_BINARY)
+        elif kind == JSON:
+            f = frame(self._json_text(), OP_TEXT)
+        else:
+            data = self.payload if kind == PROTOBUF + DEFLATE else self._json_text()
+            deflated = compression.compress(data)
+            if deflated is None:
+                f = self.build(kind - DEFLATE)  # not worth it: the plain frame, shared too
+            else:
+                f = frame(deflated, OP_BINARY if kind == PROTOBUF + DEFLATE else OP_TEXT, compressed=True)
+        self.frames[kind] = f
+        return f
+
+    def _json_text(self) -> bytes:
+        text = self._json
+        if text is None:
             msg = self._msg
             if msg is None:
                 msg = self._msg = ServerMessage.FromString(self.payload)
-            f = self._json_frame = frame(to_json(msg).encode(), OP_TEXT)
-        return f
+            text = self._json = to_json(msg).encode()
+        return text

@@ -93,6 +93,33 @@ class Settings:
             env="ORDERBOOK_FEED_TOKEN",
         ),
     )
+    # TLS on the node's own port: with both, wss:// and https:// (PEM files,
+    # read once at start; orderbook/server/tls.py). Neither: plain ws:// and http://.
+    tls_cert: str | None = field(
+        default=None,
+        metadata=option(
+            "--tls-cert",
+            "PEM certificate chain: serve wss:// and https:// on --port (with --tls-key); none: plain ws:// and http://",
+            metavar="FILE",
+            env="ORDERBOOK_TLS_CERT",
+        ),
+    )
+    tls_key: str | None = field(
+        default=None,
+        metadata=option("--tls-key", "PEM private key of --tls-cert", metavar="FILE", env="ORDERBOOK_TLS_KEY"),
+    )
+    # On SIGTERM or SIGINT (orderbook/server/drain.py): /readyz says "draining",
+    # new upgrades get 503, subscribers are closed with 1001 spread over this
+    # window so that they do not all reconnect elsewhere at once; then the node stops.
+    drain_seconds: float = field(
+        default=5.0,
+        metadata=option(
+            "--drain-seconds",
+            "on SIGTERM/SIGINT, close subscribers (1001, reconnect) spread over this many seconds, then stop; "
+            "0: all at once; a second signal stops at once",
+            metavar="SECONDS",
+        ),
+    )
     ping_interval: float = field(
         default=25.0, metadata=option("--ping-interval", "seconds between WebSocket pings", metavar="SECONDS")
     )
@@ -219,6 +246,18 @@ class Settings:
             metavar="CIDR",
         ),
     )
+    # permessage-deflate (RFC 7692) on /ws, agreed with clients that offer it:
+    # without context takeover, so each message is compressed once for every
+    # subscriber (orderbook/server/outgoing.py). Off by default: it spends the
+    # node's one core to save bandwidth (docs/operations.md "Compression").
+    compression: bool = field(
+        default=False,
+        metadata=option(
+            "--compression",
+            "agree to permessage-deflate on /ws with clients that offer it (no context takeover: each message is "
+            "compressed once for all of them; small ones are sent as they are)",
+        ),
+    )
     # Bytes queued for one client (in our queue plus the transport's) beyond
     # which its deltas are dropped and a snapshot is sent once it drains.
     client_buffer_limit: int = field(
@@ -299,6 +338,27 @@ class Settings:
             "a /feed batch may take a symbol from the simulator or --replay (it must replace the whole book)",
         ),
     )
+    # Prometheus metrics (orderbook/server/metrics.py, docs/operations.md §12):
+    # GET /metrics on the node's port, or on a port of its own (plain HTTP, on
+    # --host) so that the public port need not expose it.
+    metrics_port: int = field(
+        default=0,
+        metadata=option(
+            "--metrics-port",
+            "serve /metrics on this port instead (plain HTTP; the node's port then answers 404 there); "
+            "0: on the node's port",
+            metavar="N",
+        ),
+    )
+    # Two series per symbol (seq, subscribers): with many thousands of symbols
+    # they cost the scrape more than the rest together.
+    metrics_per_symbol: bool = field(
+        default=True,
+        metadata=option(
+            "--no-metrics-per-symbol",
+            "leave the per-symbol series (labelled by symbol) out of /metrics, for nodes with many symbols",
+        ),
+    )
     # Built-in market simulator (the embedded default feed); off in a cluster
     # and with --replay, whatever this says (the CLI turns it off).
     simulator: bool = field(default=True, metadata=option("--no-simulator", "serve only what /feed publishes"))
@@ -315,6 +375,18 @@ class Settings:
     # Epoch of this process's sequences; None: derived from the start time.
     # With Redis, the cluster's epoch (kept in Redis) is used instead.
     epoch: int | None = None
+    # How log lines are written to stderr (orderbook/logs.py): "text" for
+    # people, "json" (one object per line) for log collectors.
+    log_format: str = field(
+        default="text",
+        metadata=option(
+            "--log-format",
+            "log lines on stderr: text, or json (one object per line with time, level, logger, message, and "
+            "conn, peer, symbol where they apply)",
+            metavar="text|json",
+            env="ORDERBOOK_LOG_FORMAT",
+        ),
+    )
     # Cluster mode: nodes share one sequenced log in Redis (None: embedded).
     redis_url: str | None = field(
         default=None,

@@ -22,9 +22,11 @@ class ServerState:
     gate: Gate  # handshake and per-IP limits
     cluster: Cluster | None = None
     ready: bool = False
+    # Told to stop: subscribers are being closed and no upgrade is taken (app.begin_drain).
+    draining: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def serving(self) -> bool:
-        """Ready to take subscribers: started, and in a cluster caught up."""
-        return self.ready and (self.cluster is None or self.cluster.ready)
+        """Ready to take subscribers: started, not draining, and in a cluster caught up."""
+        return self.ready and not self.draining and (self.cluster is None or self.cluster.ready)

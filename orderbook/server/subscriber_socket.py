@@ -8,6 +8,9 @@ Outbound frames are written by the hub (`Connection`); this object parses
 what the client sends, answers pings and handles the closing handshake.
 Keepalive pings for all subscribers come from one periodic duty
 (`background.keepalive`); the server's stop closes them (`app.stop`).
+
+With permessage-deflate negotiated (`NoContextTakeoverDeflate`, at the
+upgrade), the client's compressed messages are inflated by the frame reader.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from websockets.exceptions import NegotiationError
+from websockets.extensions import Extension
+from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
 from websockets.protocol import State
+from websockets.typing import ExtensionParameter
 
 from orderbook.core.ratelimit import TokenBucket
 from orderbook.wire.framing import (
@@ -46,6 +53,31 @@ SLICE_FRAMES = 64
 SLICE_SECONDS = 0.002
 STALL_POLL = 0.05  # seconds between checks while the output is over budget
 READ_AHEAD = 64 * 1024  # unparsed bytes kept beyond the largest message before reading stops
+
+
+class NoContextTakeoverDeflate(ServerPerMessageDeflateFactory):
+    """The permessage-deflate terms of /ws (RFC 7692 7.1), negotiated by
+    websockets' factory: `server_no_context_takeover` and
+    `client_no_context_takeover` in every agreement, whatever the offer says.
+
+    Server messages are compressed once for every subscriber with a 32 KiB
+    window (`orderbook.wire.compression`), so an offer that asks for a
+    smaller server window cannot be honoured: it is declined, and the
+    client's next offer, if any, is considered; with none left the
+    connection opens without the extension. Any client window is accepted:
+    inflating with a 32 KiB window reads a stream made with a smaller one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(server_no_context_takeover=True, client_no_context_takeover=True)
+
+    def process_request_params(
+        self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Extension]
+    ) -> tuple[list[ExtensionParameter], PerMessageDeflate]:
+        for name, value in params:
+            if name == "server_max_window_bits" and value != "15":
+                raise NegotiationError(f"server_max_window_bits={value} not supported: frames use a 15-bit window")
+        return super().process_request_params(params, accepted_extensions)
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
@@ -89,11 +121,13 @@ class SubscriberSocket(asyncio.Protocol):
         rate: float = 0.0,
         burst: float = 0.0,
         max_fragments: int = 0,
+        deflate: bool = False,
     ) -> None:
         self.transport = transport
         self.loop = loop
         self.state = State.OPEN
-        self._parser = FrameParser(max_message_bytes, max_fragments)
+        # deflate: permessage-deflate was negotiated; compressed messages are inflated.
+        self._parser = FrameParser(max_message_bytes, max_fragments, inflate=deflate)
         self._on_message = on_message
         self._before_close = before_close  # flushes what the hub queued, so the close frame comes last
         self.done: asyncio.Future[None] = loop.create_future()

@@ -2,27 +2,36 @@
 
 Server frames are unmasked, so the bytes of one frame are valid for every
 client: a message is framed once and the same bytes are written to each
-subscriber's transport.
+subscriber's transport. With permessage-deflate negotiated (RFC 7692), a
+frame may carry its message compressed (RSV1 set); the parser of client
+frames inflates such messages (`compression`).
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 
 from orderbook.core.errors import InvalidInput
+
+from .compression import inflate
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 
 
-def frame(payload: bytes, opcode: int = OP_BINARY) -> bytes:
-    """A single final (FIN) unmasked frame carrying `payload`.
+RSV1 = 0x40  # the frame's message is compressed (permessage-deflate)
+
+
+def frame(payload: bytes, opcode: int = OP_BINARY, *, compressed: bool = False) -> bytes:
+    """A single final (FIN) unmasked frame carrying `payload`; `compressed`:
+    `payload` is a message compressed by `compression.deflate` (RSV1 set).
 
     >>> frame(b"hi")
     b'\\x82\\x02hi'
     """
     n = len(payload)
-    first = 0x80 | opcode
+    first = (0x80 | RSV1 | opcode) if compressed else (0x80 | opcode)
     if n < 126:
         return bytes((first, n)) + payload
     if n < 65536:
@@ -87,6 +96,13 @@ class FrameParser:
     protocol violation, a message over `max_size` bytes (1009) or one in more
     than `max_fragments` frames (1009).
 
+    With `inflate` (permessage-deflate negotiated, without client context
+    takeover), a data message whose first frame has RSV1 set is compressed:
+    it comes out inflated, and one that would inflate past `max_size` bytes
+    fails with 1009 without being inflated further (its compressed bytes
+    count against `max_size` too). RSV1 on a continuation or control frame,
+    RSV2 or RSV3, or RSV1 without `inflate`, are protocol errors (1002).
+
     `feed(data, max_frames)` parses at most `max_frames` frames (fragments
     and control frames each count one) and keeps the rest buffered for the
     next call (`feed(b"", n)`), so a caller can spread a burst over several
@@ -96,18 +112,22 @@ class FrameParser:
 
     __slots__ = (
         "_buf",
+        "_fragment_compressed",
         "_fragment_op",
         "_fragment_size",
         "_fragments",
         "_pos",
         "frames",
+        "inflate",
         "max_fragments",
         "max_size",
     )
 
-    def __init__(self, max_size: int, max_fragments: int = 0) -> None:
+    def __init__(self, max_size: int, max_fragments: int = 0, *, inflate: bool = False) -> None:
         self.max_size = max_size
         self.max_fragments = max_fragments  # 0: no limit
+        self.inflate = inflate
+        self._fragment_compressed = False
         self._buf = bytearray()
         self._pos = 0  # parsed up to here; compacted lazily
         self._fragments: list[bytes] = []
@@ -145,7 +165,8 @@ class FrameParser:
         left = -1 if max_frames is None else max_frames
         while n - pos >= 2 and left:
             b0, b1 = buf[pos], buf[pos + 1]
-            if b0 & 0x70:
+            compressed = b0 & 0x70
+            if compressed and (compressed != RSV1 or not self.inflate):
                 raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set")
             if not b1 & 0x80:
                 raise FrameError(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
@@ -170,6 +191,9 @@ class FrameParser:
                     raise FrameError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
             elif opcode not in (OP_CONTINUATION, 0x1, 0x2):
                 raise FrameError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            if compressed and (opcode >= OP_CLOSE or opcode == OP_CONTINUATION):
+                # RFC 7692 6: only a message's first frame says it is compressed.
+                raise FrameError(CLOSE_PROTOCOL_ERROR, "RSV1 set on a control or continuation frame")
             if self._fragment_size + length > self.max_size and opcode < OP_CLOSE:
                 raise FrameError(CLOSE_TOO_BIG, f"message over {self.max_size} bytes")
             end = pos + head + 4 + length
@@ -190,15 +214,28 @@ class FrameParser:
                 self._fragments.append(payload)
                 self._fragment_size += length
                 if fin:
-                    out.append((self._fragment_op, b"".join(self._fragments)))
+                    message = b"".join(self._fragments)
+                    if self._fragment_compressed:
+                        message = self._inflated(message)
+                    out.append((self._fragment_op, message))
                     self._fragments, self._fragment_op, self._fragment_size = [], -1, 0
             else:
                 if self._fragment_op >= 0:
                     raise FrameError(CLOSE_PROTOCOL_ERROR, "new message before the previous one ended")
                 if fin:
-                    out.append((opcode, payload))
+                    out.append((opcode, self._inflated(payload) if compressed else payload))
                 else:
                     self._fragments, self._fragment_op, self._fragment_size = [payload], opcode, length
+                    self._fragment_compressed = bool(compressed)
+
+    def _inflated(self, data: bytes) -> bytes:
+        try:
+            message = inflate(data, self.max_size)
+        except zlib.error as exc:
+            raise FrameError(CLOSE_PROTOCOL_ERROR, f"compressed message is not valid DEFLATE data ({exc})") from None
+        if message is None:
+            raise FrameError(CLOSE_TOO_BIG, f"message over {self.max_size} bytes once inflated")
+        return message
 
 
 def _unmask(payload: bytes, mask: bytes) -> bytes:
