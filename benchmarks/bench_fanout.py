@@ -1,9 +1,21 @@
 """Fan-out: messages delivered per second to 100-5,000 subscribers, latency
 under a steady stream, and server memory per idle subscriber, for our server
-beside two baselines measured in the same run: a naive Sanic broadcast
-(`for ws in clients: await ws.send(...)`) and Node.js `ws`; and, as the
-ceiling of a Python process, pre-framed bytes written straight to each
-transport (benchmarks/baselines/raw_transport.py).
+beside baselines measured in the same run: a naive Sanic broadcast
+(`for ws in clients: await ws.send(...)`), Node.js `ws`, picows
+(`transport.send` to each client) and the websockets library's
+`broadcast()`; and, as the ceiling of a Python process, pre-framed bytes
+written straight to each transport (benchmarks/baselines/raw_transport.py).
+Node.js with uWebSockets.js is not among them: it is distributed from GitHub,
+not from the npm registry.
+
+Columns measured on the server side, over the same window as the rate:
+server CPU µs per delivered message (utime + stime of the server and its
+worker processes, /proc/PID/stat, divided by the messages the subscribers
+counted); messages per write (the messages delivered divided by the
+write/writev system calls the server made, `syscw` of /proc/PID/io; "–" where
+the server sends with send(2), which that count leaves out, as picows does);
+load (1 min) at the end of the window. `--workers 2,4` adds rows of ours
+started with `serve --workers N`.
 
 Every server runs in its own process; the subscribers run in another
 (benchmarks/loadgen.py: raw asyncio protocols that count frames by their
@@ -15,7 +27,11 @@ headers), so the server has one core and the subscribers the other.
 
 Node.js `ws` is installed on first use with `npm ci` into
 benchmarks/baselines/node_ws/node_modules (git-ignored; not a project
-dependency); without node/npm its rows are left out.
+dependency); without node/npm its rows are left out. picows is installed on
+first use with `pip install --target` into ~/.cache/orderbook-bench/picows
+(also not a project dependency, and not into its environment); if that
+fails, its rows are left out and the reason printed. websockets comes with
+Sanic.
 """
 
 from __future__ import annotations
@@ -52,8 +68,11 @@ FEED_TOKEN = "bench-feed"
 NODE_DIR = HERE / "baselines" / "node_ws"
 LABELS = {
     "ours": "ours (orderbook)",
+    "ours-own": "ours, --no-shared-write (a queue and a write per subscriber)",
     "naive": "naive Sanic loop",
     "node": "Node.js `ws`",
+    "picows": "picows, `transport.send` to each",
+    "wsbcast": "websockets `broadcast()`",
     "raw1": "reference: pre-framed, straight to each transport, 1 msg per write",
     "raw10": "reference: the same, 10 msgs per write",
 }
@@ -61,25 +80,80 @@ LABELS = {
 FLOOD_ONLY = {"raw10"}
 NOT_LATENCY = {"raw1", "raw10"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# picows is installed here on first use (`pip install --target`), outside the
+# project's environment; only the picows baseline runs with it on its path.
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orderbook-bench"
+PICOWS_DIR = CACHE / "picows"
+
+
+def is_ours(kind: str) -> bool:
+    """`ours`, or `ours-wN`: our server with `serve --workers N`."""
+    return kind in ("ours", "ours-own") or kind.startswith("ours-w")
+
+
+def workers_of(kind: str) -> int:
+    return int(kind[6:]) if kind.startswith("ours-w") else 0
+
+
+def label(kind: str) -> str:
+    n = workers_of(kind)
+    return f"{LABELS['ours']}, --workers {n}" if n else LABELS[kind]
 
 
 # ----------------------------------------------------------------------------- processes
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a server with --workers is several processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):  # a process that ended meanwhile
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (works for node too)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """utime + stime of a process and its descendants, from /proc (works for node too)."""
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def write_calls(pid: int) -> int:
+    """write/writev system calls made so far by a process and its descendants
+    (`syscw` of /proc/PID/io). uvloop and Node's libuv write to sockets with
+    write/writev, which it counts; send/sendmsg are not counted (stdlib
+    asyncio without uvloop sends with send: its count stays near 0)."""
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{p}/io") as f:
+            for line in f:
+                if line.startswith("syscw:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def run_delay(pid: int) -> float:
-    """Seconds the process's threads spent runnable but waiting for a CPU
-    (/proc/.../schedstat): how much other processes held the cores."""
+    """Seconds the process's threads (and its descendants') spent runnable
+    but waiting for a CPU (/proc/.../schedstat): how much other processes
+    held the cores."""
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that ended meanwhile
-            total += int((task / "schedstat").read_text().split()[1])
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that ended meanwhile
+                    total += int((task / "schedstat").read_text().split()[1])
     return total / 1e9
 
 
@@ -115,10 +189,11 @@ class Server:
     port: int
     proc: subprocess.Popen
     log: Path
+    control_port: int = 0  # the control API's port when not the WebSocket port
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.control_port or self.port}"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -140,7 +215,8 @@ def start_server(kind: str, tmp: Path, payload_bytes: int, profile: Path | None 
     port = free_port()
     log = tmp / f"{kind}-{port}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if kind == "ours":
+    control_port = 0
+    if is_ours(kind):
         # Every simulated subscriber comes from 127.0.0.1: no per-source limits.
         serve = [
             "serve",
@@ -156,6 +232,10 @@ def start_server(kind: str, tmp: Path, payload_bytes: int, profile: Path | None 
             "--global-handshake-rate",
             "0",
         ]
+        if workers_of(kind):
+            serve += ["--workers", str(workers_of(kind))]
+        if kind == "ours-own":
+            serve.append("--no-shared-write")  # each subscriber its own queue: the path before shared writes
         if profile is not None:
             cmd = [sys.executable, str(HERE / "_profiled_server.py"), str(profile), *serve]
         else:
@@ -183,6 +263,22 @@ def start_server(kind: str, tmp: Path, payload_bytes: int, profile: Path | None 
             str(payload_bytes),
         ]
         ready = f"http://127.0.0.1:{port}/stats"
+    elif kind in ("picows", "wsbcast"):
+        control_port = free_port()
+        script = "picows_broadcast.py" if kind == "picows" else "websockets_broadcast.py"
+        cmd = [
+            sys.executable,
+            str(HERE / "baselines" / script),
+            "--port",
+            str(port),
+            "--control-port",
+            str(control_port),
+            "--payload-bytes",
+            str(payload_bytes),
+        ]
+        if kind == "picows":
+            env["PYTHONPATH"] = str(PICOWS_DIR)
+        ready = f"http://127.0.0.1:{control_port}/stats"
     else:
         cmd = [
             shutil.which("node") or "node",
@@ -195,9 +291,9 @@ def start_server(kind: str, tmp: Path, payload_bytes: int, profile: Path | None 
         ready = f"http://127.0.0.1:{port}/stats"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-    server = Server(kind, port, proc, log)
+    server = Server(kind, port, proc, log, control_port)
     try:
-        if kind == "ours":
+        if is_ours(kind):
             wait_ready(f"http://127.0.0.1:{port}", 30, proc)
         else:
             wait_http(ready, proc)
@@ -222,9 +318,9 @@ class LoadGenProc:
             "--url",
             f"ws://127.0.0.1:{port}/ws",
             "--kind",
-            "ours" if kind == "ours" else "baseline",
+            "ours" if is_ours(kind) else "baseline",
         ]
-        if kind == "ours":
+        if is_ours(kind):
             args += ["--feed-url", f"ws://127.0.0.1:{port}/feed", "--feed-token", FEED_TOKEN]
         log = tmp / f"loadgen-{port}.log"
         with await asyncio.to_thread(log.open, "wb") as err:
@@ -288,6 +384,18 @@ class Window:
     gen_cpu: float  # cores
     server_wait: float = 0.0  # runnable but not running, share of the window
     gen_wait: float = 0.0
+    server_writes: int = 0  # write/writev system calls of the server (`write_calls`)
+    load: float = 0.0  # 1-minute load average at the end of the window
+
+    @property
+    def cpu_us_per_msg(self) -> float:
+        """Server CPU time per delivered message, in µs."""
+        return self.server_cpu * self.seconds * 1e6 / self.frames if self.frames else 0.0
+
+    @property
+    def per_write(self) -> float:
+        """Delivered messages per server write system call (0: none counted)."""
+        return self.frames / self.server_writes if self.server_writes else 0.0
 
     @property
     def rate(self) -> float:
@@ -296,10 +404,10 @@ class Window:
 
 async def measure(lg: LoadGenProc, server: Server, seconds: float) -> Window:
     spid = server.proc.pid
-    s0, cpu0 = await lg.cmd(cmd="stats"), cpu_seconds(spid)
+    s0, cpu0, wr0 = await lg.cmd(cmd="stats"), cpu_seconds(spid), write_calls(spid)
     sw0, gw0 = run_delay(spid), run_delay(lg.pid)
     await asyncio.sleep(seconds)  # the measurement window itself
-    s1, cpu1 = await lg.cmd(cmd="stats"), cpu_seconds(spid)
+    s1, cpu1, wr1 = await lg.cmd(cmd="stats"), cpu_seconds(spid), write_calls(spid)
     sw1, gw1 = run_delay(spid), run_delay(lg.pid)
     dt = s1["t"] - s0["t"]
     return Window(
@@ -311,6 +419,8 @@ async def measure(lg: LoadGenProc, server: Server, seconds: float) -> Window:
         (s1["cpu"] - s0["cpu"]) / dt,
         (sw1 - sw0) / dt,
         (gw1 - gw0) / dt,
+        wr1 - wr0,
+        os.getloadavg()[0],
     )
 
 
@@ -343,17 +453,17 @@ async def throughput_run(kind: str, n: int, args, tmp: Path, batch: int, profile
     feed = None
     lg = None
     try:
-        if kind == "ours":
+        if is_ours(kind):
             feed = await define_symbol(server.port)
         lg = await LoadGenProc.start(kind, server.port, tmp)
         await lg.cmd(cmd="connect", n=n, sample=0)
-        if kind != "ours":
+        if not is_ours(kind):
             clients = (await asyncio.to_thread(http_json, server.http + "/stats"))["clients"]
             assert clients == n, f"{kind}: {clients} clients registered, expected {n}"
         if args.rcvlowat > 1:
             await lg.cmd(cmd="lowat", bytes=args.rcvlowat)
         base = (await lg.cmd(cmd="stats"))["frames"]
-        if kind == "ours":
+        if is_ours(kind):
             await lg.cmd(cmd="flood", batch=batch, window=args.window)
         else:
             await asyncio.to_thread(http_json, server.http + "/start?mode=flood")
@@ -363,7 +473,7 @@ async def throughput_run(kind: str, n: int, args, tmp: Path, batch: int, profile
         w = await measure(lg, server, args.seconds)
         if profile is not None:
             server.proc.send_signal(signal.SIGUSR2)
-        if kind == "ours":
+        if is_ours(kind):
             done = await lg.cmd(cmd="stop")
         else:
             await asyncio.to_thread(http_json, server.http + "/stop")
@@ -413,7 +523,7 @@ async def latency_run(kind: str, n: int, rate: float, args, tmp: Path, interval_
     feed = None
     lg = None
     try:
-        if kind == "ours":
+        if is_ours(kind):
             feed = await define_symbol(server.port)
         lg = await LoadGenProc.start(kind, server.port, tmp)
         conn = await lg.cmd(cmd="connect", n=n, sample=args.sample)
@@ -421,7 +531,7 @@ async def latency_run(kind: str, n: int, rate: float, args, tmp: Path, interval_
             # Only the subscribers that are not timed read in large chunks.
             await lg.cmd(cmd="lowat", bytes=args.rcvlowat, bulk_only=True)
         total = args.warmup + args.latency_seconds
-        if kind == "ours":
+        if is_ours(kind):
             pub = asyncio.ensure_future(paced_publish(feed, rate, total + 0.5, interval_ms))
         else:
             await asyncio.to_thread(http_json, server.http + f"/start?mode=rate&rate={rate}")
@@ -429,7 +539,7 @@ async def latency_run(kind: str, n: int, rate: float, args, tmp: Path, interval_
         await lg.cmd(cmd="lat_start")
         w = await measure(lg, server, args.latency_seconds)
         lat = await lg.cmd(cmd="lat_stop")
-        if kind == "ours":
+        if is_ours(kind):
             published = await pub
             if feed.errors:
                 raise RuntimeError(f"/feed refused a batch: {feed.errors[0]}")
@@ -437,7 +547,7 @@ async def latency_run(kind: str, n: int, rate: float, args, tmp: Path, interval_
             await asyncio.to_thread(http_json, server.http + "/stop")
         closed = (await lg.cmd(cmd="stats"))["closed"]
         extra = {"lat": lat, "rate": rate, "sampled": conn["sampled"], "interval_ms": interval_ms}
-        if kind == "ours":
+        if is_ours(kind):
             extra["per_batch"] = published["sent"] / max(1, published["batches"])
         return Run(kind, n, w, not closed, f"{closed} closed" if closed else "", extra)
     finally:
@@ -466,7 +576,7 @@ async def rss_run(kind: str, n: int, args, tmp: Path, trace: Path | None = None)
     feed = None
     lg = None
     try:
-        if kind == "ours":
+        if is_ours(kind):
             feed = await define_symbol(server.port)
         lg = await LoadGenProc.start(kind, server.port, tmp)
         pid = server.proc.pid
@@ -519,6 +629,47 @@ def node_setup(skip: bool) -> str | None:
     node_v = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
     ws_v = json.loads((NODE_DIR / "node_modules" / "ws" / "package.json").read_text())["version"]
     return f"Node.js {node_v}, ws {ws_v}"
+
+
+def picows_setup(skip: bool) -> str | None:
+    """Install picows for its baseline if needed, into a cache directory of
+    its own (not the project's environment); None if it cannot run."""
+    if skip:
+        return None
+    if not (PICOWS_DIR / "picows").is_dir():
+        print(f"> installing picows for its baseline into {PICOWS_DIR} (pip install --target)", file=sys.stderr)
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(PICOWS_DIR), "picows"],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode:
+            shutil.rmtree(PICOWS_DIR, ignore_errors=True)
+            why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"> picows could not be installed ({why}): picows rows left out\n", file=sys.stderr)
+            return None
+    found = subprocess.run(
+        [sys.executable, "-c", "from importlib.metadata import version; print(version('picows'))"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(PICOWS_DIR)),
+    )
+    if found.returncode:
+        print(f"> picows in {PICOWS_DIR} does not import: picows rows left out\n", file=sys.stderr)
+        return None
+    return f"picows {found.stdout.strip()}"
+
+
+def check_workers(servers: list[str]) -> None:
+    """Exit with a clear message if a server runs ours with --workers and
+    `orderbook serve` has no such option."""
+    if not any(workers_of(s) for s in servers):
+        return
+    out = subprocess.run(
+        [sys.executable, "-m", "orderbook.cli", "serve", "--help"], capture_output=True, text=True, cwd=ROOT
+    ).stdout
+    if "--workers" not in out:
+        sys.exit("bench_fanout.py: ours-wN and --workers need `orderbook serve --workers`, which this tree lacks")
 
 
 def tree_state() -> str:
@@ -584,7 +735,7 @@ def throughput_table(results: dict[tuple[str, int], list[Run]], servers: list[st
             runs = results[(kind, n)]
             r = med(runs)
             if r.failed:
-                rows.append([f"{n:,}", LABELS[kind], "failed: " + r.failed, *[""] * 10])
+                rows.append([f"{n:,}", label(kind), "failed: " + r.failed, *[""] * 13])
                 continue
             e = eff(runs)
             rates = [x.window.rate for x in runs]
@@ -592,7 +743,7 @@ def throughput_table(results: dict[tuple[str, int], list[Run]], servers: list[st
             rows.append(
                 [
                     f"{n:,}",
-                    LABELS[kind],
+                    label(kind),
                     c.fmt_rate(r.window.rate),
                     spread,
                     c.fmt_ratio(r.window.rate / base["naive"]) if "naive" in base else "–",
@@ -600,9 +751,12 @@ def throughput_table(results: dict[tuple[str, int], list[Run]], servers: list[st
                     c.fmt_rate(e),
                     c.fmt_ratio(e / base_eff["naive"]) if base_eff.get("naive") else "–",
                     c.fmt_ratio(e / base_eff["node"]) if base_eff.get("node") else "–",
+                    f"{statistics.median(x.window.cpu_us_per_msg for x in runs):.2f}",
                     cpu_wait(r.window.server_cpu, r.window.server_wait),
                     cpu_wait(r.window.gen_cpu, r.window.gen_wait),
+                    f"{r.window.per_write:.1f}" if r.window.server_writes else "–",
                     f"{r.window.frames / max(1, r.window.recvs):.1f}",
+                    f"{r.window.load:.2f}",
                     "yes" if all(x.complete for x in runs) else "NO: " + "; ".join(x.note or x.failed for x in runs),
                 ]
             )
@@ -617,13 +771,16 @@ def throughput_table(results: dict[tuple[str, int], list[Run]], servers: list[st
             "msgs per server CPU-second",
             "vs naive",
             "vs Node",
+            "server CPU µs per msg",
             "server CPU / wait",
             "generator CPU / wait",
+            "msgs per write",
             "msgs per read",
+            "load (1 min)",
             "every msg to every sub",
         ],
         rows,
-        [True, False, True, True, True, True, True, True, True, True, True, True, False],
+        [True, False, True, True, True, True, True, True, True, True, True, True, True, True, True, False],
     )
 
 
@@ -631,23 +788,23 @@ def latency_table(results: list[Run]) -> str:
     rows = []
     for r in results:
         if r.failed:
-            rows.append([f"{r.n:,}", LABELS[r.kind], "failed: " + r.failed, "", "", "", "", "", "", ""])
+            rows.append([f"{r.n:,}", label(r.kind), "failed: " + r.failed, *[""] * 9])
             continue
         lat = r.extra["lat"]
         due = lat["due"]
         delivered = r.window.rate / r.n
-        label = LABELS[r.kind]
-        if r.kind == "ours":
+        name = label(r.kind)
+        if is_ours(r.kind):
             how = (
                 f"FeedBatch every {r.extra['interval_ms']:g} ms"
                 if r.extra["interval_ms"]
                 else "each change sent when due"
             )
-            label += f", {how} ({r.extra['per_batch']:.1f} changes per FeedBatch)"
+            name += f", {how} ({r.extra['per_batch']:.1f} changes per FeedBatch)"
         rows.append(
             [
                 f"{r.n:,} × {r.extra['rate']:,.0f}/s",
-                label,
+                name,
                 c.fmt_rate(delivered),
                 ms(due.get("p50")),
                 ms(due.get("p99")),
@@ -656,9 +813,11 @@ def latency_table(results: list[Run]) -> str:
                 f"{due.get('count', 0):,}",
                 cpu_wait(r.window.server_cpu, r.window.server_wait),
                 cpu_wait(r.window.gen_cpu, r.window.gen_wait),
+                f"{r.window.cpu_us_per_msg:.2f}",
+                f"{r.window.load:.2f}",
             ]
         )
-        if r.kind == "ours":
+        if is_ours(r.kind):
             srv = lat["server"]
             rows.append(
                 [
@@ -670,6 +829,8 @@ def latency_table(results: list[Run]) -> str:
                     ms(srv.get("p999")),
                     ms(srv.get("max")),
                     f"{srv.get('count', 0):,}",
+                    "",
+                    "",
                     "",
                     "",
                 ]
@@ -686,9 +847,11 @@ def latency_table(results: list[Run]) -> str:
             "samples",
             "server CPU / wait",
             "generator CPU / wait",
+            "server CPU µs per msg",
+            "load (1 min)",
         ],
         rows,
-        [False, False, True, True, True, True, True, True, True, True],
+        [False, False, True, True, True, True, True, True, True, True, True, True],
     )
 
 
@@ -696,13 +859,13 @@ def rss_table(results: list[Run]) -> str:
     rows = []
     for r in results:
         if r.failed:
-            rows.append([LABELS[r.kind], f"{r.n:,}", "failed: " + r.failed, "", "", ""])
+            rows.append([label(r.kind), f"{r.n:,}", "failed: " + r.failed, "", "", ""])
             continue
         e = r.extra
         n = r.n
         rows.append(
             [
-                LABELS[r.kind],
+                label(r.kind),
                 f"{n:,}",
                 f"{e['rss0'] / 1024:,.1f}",
                 f"{e['rss1'] / 1024:,.1f}",
@@ -835,10 +998,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sample", type=int, default=50, help="latency: subscribers that time every message (default 50)")
     p.add_argument("--rss-subscribers", type=int, default=2000)
     p.add_argument(
-        "--servers", default="ours,naive,node,raw1,raw10", help="of ours, naive, node, raw1, raw10 (default all)"
+        "--servers",
+        default="ours,naive,node,picows,wsbcast,raw1,raw10",
+        help="of ours, ours-own (--no-shared-write), ours-wN (serve --workers N), naive, node, picows, "
+        "wsbcast (websockets' broadcast()), raw1, raw10 (default ours,naive,node,picows,wsbcast,raw1,raw10)",
+    )
+    p.add_argument(
+        "--workers",
+        default="",
+        help="the workers axis: ours-wN after ours for each N of this list, e.g. 2,4 (needs `serve --workers`)",
     )
     p.add_argument("--sections", default="throughput,latency,rss")
     p.add_argument("--no-node", action="store_true", help="leave out the Node.js baseline")
+    p.add_argument("--no-picows", action="store_true", help="leave out the picows baseline (and its install)")
     p.add_argument(
         "--profile",
         action="store_true",
@@ -858,13 +1030,20 @@ def parse_args() -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> None:
     started = time.monotonic()
     info = c.machine_info()
-    node = node_setup(args.no_node)
-    servers = [s for s in args.servers.split(",") if s and (s != "node" or node)]
+    asked = [s for s in args.servers.split(",") if s]
+    if "ours" in asked:
+        # The workers axis: rows of ours with --workers N right after ours.
+        i = asked.index("ours") + 1
+        asked[i:i] = [f"ours-w{w}" for w in args.workers.split(",") if w and f"ours-w{w}" not in asked]
+    check_workers(asked)
+    node = node_setup(args.no_node or "node" not in asked)
+    picows = picows_setup(args.no_picows or "picows" not in asked)
+    servers = [s for s in asked if (s != "node" or node) and (s != "picows" or picows)]
     ns = [int(x) for x in args.subscribers.split(",") if x]
     rates = [float(x) for x in args.rates.split(",") if x]
     sections = set(args.sections.split(","))
     args.payload_bytes = round(loadgen.mean_delta_payload())
-    info["Servers"] = f"{versions()}; {node or 'Node.js not run'}"
+    info["Servers"] = f"{versions()}; {node or 'Node.js not run'}; {picows or 'picows not run'}"
     info["orderbook commit"] = tree_state()
     argv = sys.argv[1:]
 
@@ -896,7 +1075,7 @@ async def run(args: argparse.Namespace) -> None:
                         else (await guarded(f"batch {b}", "ours", n, throughput_run("ours", n, args, tmp, b)))
                     )
                     if r.failed:
-                        rows.append([str(b), "failed: " + r.failed, "", "", "", "", "", ""])
+                        rows.append([str(b), "failed: " + r.failed, *[""] * 9])
                         continue
                     rows.append(
                         [
@@ -904,9 +1083,12 @@ async def run(args: argparse.Namespace) -> None:
                             c.fmt_rate(r.window.rate),
                             c.fmt_ratio(r.window.rate / ref["naive"]) if "naive" in ref else "–",
                             c.fmt_ratio(r.window.rate / ref["node"]) if "node" in ref else "–",
+                            f"{r.window.cpu_us_per_msg:.2f}",
+                            f"{r.window.per_write:.1f}" if r.window.server_writes else "–",
                             f"{r.window.frames / max(1, r.window.recvs):.1f}",
                             cpu_wait(r.window.server_cpu, r.window.server_wait),
                             cpu_wait(r.window.gen_cpu, r.window.gen_wait),
+                            f"{r.window.load:.2f}",
                             "yes" if r.complete else "NO: " + r.note,
                         ]
                     )
@@ -918,13 +1100,16 @@ async def run(args: argparse.Namespace) -> None:
                             "delivered msgs/s",
                             "vs naive Sanic",
                             "vs Node `ws`",
+                            "server CPU µs per msg",
+                            "msgs per write",
                             "msgs per read",
                             "server CPU / wait",
                             "generator CPU / wait",
+                            "load (1 min)",
                             "every msg to every sub",
                         ],
                         rows,
-                        [True, True, True, True, True, True, True, False],
+                        [True, True, True, True, True, True, True, True, True, True, False],
                     )
                 )
         if "latency" in sections:
@@ -932,7 +1117,7 @@ async def run(args: argparse.Namespace) -> None:
             intervals = [float(x) for x in args.publish_intervals.split(",") if x]
             for rate in rates:
                 for kind in [k for k in servers if k not in NOT_LATENCY]:
-                    for interval in intervals if kind == "ours" else [0.0]:
+                    for interval in intervals if is_ours(kind) else [0.0]:
                         lat_runs.append(
                             await guarded(
                                 f"latency {rate:g}/s",

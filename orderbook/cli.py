@@ -324,6 +324,10 @@ def _serve(args: argparse.Namespace) -> int:
         raise Failure(str(exc)) from exc
     if settings.redis_url:
         _check_redis(settings.redis_url)
+    if settings.workers < 1:
+        raise Failure(f"--workers {settings.workers}: at least 1")
+    if settings.workers > 1:
+        return _serve_workers(args, settings, secure=tls is not None)
     # A connection storm waits in the kernel's accept queue (and meets the
     # handshake limits) instead of having its SYNs dropped and retried 1 s later.
     sock = _listen(args.host, args.port, args.backlog)
@@ -354,6 +358,21 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return 0
+
+
+def _serve_workers(args: argparse.Namespace, settings: Settings, secure: bool) -> int:
+    """`serve --workers N`: this process supervises N workers sharing the port."""
+    from orderbook.server import workers
+
+    # Checked here, so a port in use is one line; each worker binds its own
+    # socket (SO_REUSEPORT) once this one is closed.
+    _listen(args.host, args.port, args.backlog).close()
+    soft, _ = _raise_fd_limit()  # inherited by the workers
+    listen = workers.Listen(
+        args.host, args.port, args.backlog, args.access_log, args.log_format or "text", bool(args.debug)
+    )
+    print(_banner(args, settings, soft, secure=secure) + f"\n  workers    {settings.workers}", flush=True)
+    return workers.run(settings, listen)
 
 
 def _serve_options() -> dict[str, tuple[Option, type]]:

@@ -28,6 +28,7 @@ from orderbook.core.instrument import Instrument
 from orderbook.server.app import PROTOCOL, create_app
 from orderbook.server.hub import Hub
 from orderbook.server.settings import Settings
+from orderbook.session.backoff import Backoff
 from orderbook.wire import codec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -406,3 +407,16 @@ class Subscriber:
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+class FixedDelay(Backoff):
+    """A reconnect backoff of always the same delay: a known window in which a
+    client (or a recorder) is away."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def next_delay(self) -> float:
+        self.attempt += 1
+        return self.delay

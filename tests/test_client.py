@@ -31,6 +31,7 @@ from orderbook.wire.codec import Encoding, ErrorCode
 
 from .harness import (
     FEED_TOKEN,
+    FixedDelay,
     Publisher,
     instrument,
     serve_in_process,
@@ -47,18 +48,6 @@ pytestmark = pytest.mark.timeout(60)
 
 def quick_backoff(seed: int = 0) -> Backoff:
     return Backoff(base=0.02, cap=0.1, rng=random.Random(seed))
-
-
-class FixedDelay(Backoff):
-    """Always the same delay: a known window in which the client is away."""
-
-    def __init__(self, delay: float) -> None:
-        super().__init__()
-        self.delay = delay
-
-    def next_delay(self) -> float:
-        self.attempt += 1
-        return self.delay
 
 
 async def eventually(pred, timeout: float = 10.0, what: str = "condition") -> None:

@@ -37,7 +37,7 @@ from orderbook.wire import codec
 from orderbook.wire import recording as wire
 from orderbook.wire.recording import RecordingTruncated
 
-from .harness import Publisher, eventually, instrument, serve_in_process, test_settings, update
+from .harness import FixedDelay, Publisher, eventually, instrument, serve_in_process, test_settings, update
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,18 +75,6 @@ def server_seq(srv, symbol: str) -> int:
 
 def quick_backoff(seed: int = 0) -> Backoff:
     return Backoff(base=0.02, cap=0.1, rng=random.Random(seed))
-
-
-class FixedDelay(Backoff):
-    """Always the same reconnect delay: a known window while the recorder is away."""
-
-    def __init__(self, delay: float) -> None:
-        super().__init__()
-        self.delay = delay
-
-    def next_delay(self) -> float:
-        self.attempt += 1
-        return self.delay
 
 
 @contextlib.asynccontextmanager

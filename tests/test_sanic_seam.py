@@ -84,3 +84,19 @@ async def test_feed_on_sanic_websocket_fails_invalid_utf8_with_1007():
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 10)
         assert ws.close_code == 1007
+
+
+async def test_a_bug_in_a_feed_session_closes_1011_instead_of_writing_http_onto_the_stream(monkeypatch):
+    from orderbook.server import feed_ws
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(feed_ws, "_publisher", broken)  # the fault injected: a session that raises
+    async with (
+        serve_in_process() as srv,
+        websockets.connect(srv.feed_url, additional_headers={"Authorization": f"Bearer {FEED_TOKEN}"}) as ws,
+    ):
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == 1011

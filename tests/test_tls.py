@@ -42,6 +42,7 @@ from orderbook.wire import codec
 from .harness import (
     FEED_TOKEN,
     ROOT,
+    FixedDelay,
     Publisher,
     eventually,
     free_port,
@@ -102,18 +103,6 @@ def on_loop(kind: str, scenario: Coroutine[Any, Any, None]) -> None:
 
 
 both_loops = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-
-
-class FixedDelay(Backoff):
-    """Always the same delay: a known window in which the client is away."""
-
-    def __init__(self, delay: float) -> None:
-        super().__init__()
-        self.delay = delay
-
-    def next_delay(self) -> float:
-        self.attempt += 1
-        return self.delay
 
 
 def quick_backoff() -> Backoff:
@@ -341,7 +330,8 @@ async def test_watch_record_and_replay_over_tls_with_ca_and_ssl_cert_file(pki, t
         record = asyncio.create_task(
             run_cli("record", "T", "--url", srv.url, "--ca", ca, "--out", str(recording), "--count", "4", env=env)
         )
-        await eventually(lambda: srv.hub.connections, 20, "the recorder to connect")
+        # Subscribed, not just connected: changes before that would not count.
+        await eventually(lambda: any(c.subs for c in srv.hub.connections), 20, "the recorder to subscribe")
         for i in range(5):
             await publish(pub, [update("T", bids=[(980 + i, 1 + i)])])
         rc, out, err = await record

@@ -5,16 +5,17 @@ first from index 0. Runtime complexity: a size change O(1) (dict), a level
 that appears or goes O(log n) (SortedList), top-N views O(log n + N), best
 price O(1).
 
-The book keeps what its checksum needs between updates: per side, the text
-of each of its best `CHECKSUM_DEPTH` levels. A change below them leaves it
-as it is; a size change among them formats that one level again; a level
-that appears or goes among them makes the next `checksum()` find the best
-levels again, formatting only those it has no text for.
+The book keeps what its checksum needs between updates: per side, the keys
+and the text of its best `CHECKSUM_DEPTH` levels, exact after every change.
+A change below them leaves them as they are; a change among them formats
+that one level (and, when one of them goes, the level that moves up), so
+`checksum()` only joins ten pieces per side that changed and runs CRC-32.
 """
 
 from __future__ import annotations
 
 import zlib
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from itertools import islice
 from typing import TypeAlias
@@ -34,33 +35,34 @@ class _Side:
     sorted (best first): a size change is a plain dict store, and only a
     level that appears or goes touches the sorted index.
 
-    `top` maps the key of each of the best `CHECKSUM_DEPTH` levels, best
-    first, to its checksum piece (`f"{price}{size}"`). `exact` is True while
-    `top` holds exactly those keys, in order: a size change among them only
-    replaces a piece; a level that appears or goes among them clears
-    `exact`, and `build` walks the sorted keys again, keeping the pieces of
-    the levels that did not change. `edge` is the key of the last of them
-    (None: the side has fewer levels, so any new level is among them).
-    `text` is the joined pieces, None once the best levels changed.
+    `top` holds the keys of the best `CHECKSUM_DEPTH` levels, best first,
+    and `parts` their checksum pieces (`b"{price}{size}"`) at the same
+    places; both are kept exact on every change, which costs a bisect in a
+    list of ten for a change among them and nothing for one below them.
+    `edge` is the last of them (None: the side has fewer levels, so every
+    level is among them). `text` is the joined pieces, None once one of
+    them changed; `Book.checksum` joins them again.
     """
 
-    __slots__ = ("edge", "exact", "keys", "negate", "sizes", "text", "top")
+    __slots__ = ("edge", "keys", "negate", "parts", "sizes", "text", "top")
 
     def __init__(self, negate: bool, sizes: dict[int, int] | None = None) -> None:
         self.sizes: dict[int, int] = {} if sizes is None else sizes  # key -> size
         self.keys = SortedList(self.sizes)
         self.negate = negate  # bids: key = -price
-        self.top: dict[int, str] = {}
-        self.exact = False
-        self.edge: int | None = None
+        self.top: list[int] = list(islice(self.keys, CHECKSUM_DEPTH))
+        size_of = self.sizes.__getitem__
+        self.parts: list[bytes] = [b"%d%d" % (-k if negate else k, size_of(k)) for k in self.top]
+        self.edge: int | None = self.top[-1] if len(self.top) == CHECKSUM_DEPTH else None
         self.text: bytes | None = None
 
     def copy(self) -> _Side:
         other = _Side(self.negate)
         other.sizes = self.sizes.copy()
         other.keys = self.keys.copy()
-        other.top = self.top.copy()  # the pieces are immutable strings
-        other.exact, other.edge, other.text = self.exact, self.edge, self.text
+        other.top = self.top.copy()
+        other.parts = self.parts.copy()  # the pieces are immutable bytes
+        other.edge, other.text = self.edge, self.text
         return other
 
     def set(self, price: int, size: int) -> int:
@@ -77,33 +79,70 @@ class _Side:
         else:
             del sizes[key]
             self.keys.remove(key)
-        top = self.top
-        if key in top:
-            self.text = None
-            if old and size:
-                top[key] = f"{-key}{size}" if self.negate else f"{key}{size}"
-            else:
-                del top[key]
-                self.exact = False
-        elif self.exact and (self.edge is None or key < self.edge):
-            self.text = None
-            self.exact = False
+        edge = self.edge
+        if edge is None or key <= edge:
+            self.retop(key, price, old, size)
         return old
 
-    def update(self, levels: Iterable[Level]) -> tuple[Level, ...]:
+    def retop(self, key: int, price: int, old: int, size: int) -> None:
+        """Keep `top`, `parts` and `edge` exact after the level at `key`
+        (at or above `edge`, already in `sizes` and `keys`) went from `old`
+        to `size`."""
+        top, parts = self.top, self.parts
+        self.text = None
+        i = bisect_left(top, key)
+        if old and size:  # a size change among the best
+            parts[i] = b"%d%d" % (price, size)
+        elif size:  # a new level among the best: the last one may drop out
+            top.insert(i, key)
+            parts.insert(i, b"%d%d" % (price, size))
+            if len(top) > CHECKSUM_DEPTH:
+                del top[CHECKSUM_DEPTH:], parts[CHECKSUM_DEPTH:]
+            if len(top) == CHECKSUM_DEPTH:
+                self.edge = top[-1]
+        else:  # one of the best went: the next one below moves up
+            del top[i], parts[i]
+            keys = self.keys
+            if len(keys) >= CHECKSUM_DEPTH:
+                k = keys[CHECKSUM_DEPTH - 1]
+                top.append(k)
+                parts.append(b"%d%d" % (-k if self.negate else k, self.sizes[k]))
+                self.edge = k
+            else:
+                self.edge = None
+
+    def update(self, levels: tuple[Level, ...]) -> tuple[Level, ...]:
         """Apply (price, size) levels in order; return the levels that changed
         the side, once per price, each with its final size.
 
-        The hot path of ingest: `set` inlined, one pass with no Python call
-        per level except a sorted-index insert or removal when a level
-        appears or goes.
+        The hot path of ingest: one pass with no Python call per level
+        except a sorted-index insert or removal when a level appears or goes,
+        and `retop` for a level among the best.
         """
-        if not isinstance(levels, tuple):
-            levels = tuple(levels)
         n = len(levels)
+        sizes = self.sizes
         if n == 1:
+            # One level, the most common update: `set` inlined.
             price, size = levels[0]
-            return levels if self.set(price, size) != size else ()
+            key = -price if self.negate else price
+            old = sizes.get(key, 0)
+            if old == size:
+                return ()
+            if size:
+                sizes[key] = size
+                if not old:
+                    self.keys.add(key)
+            else:
+                del sizes[key]
+                self.keys.remove(key)
+            edge = self.edge
+            if edge is None or key <= edge:
+                if old and size:  # a size change among the best: `retop` inlined
+                    self.parts[bisect_left(self.top, key)] = b"%d%d" % (price, size)
+                    self.text = None
+                else:
+                    self.retop(key, price, old, size)
+            return levels
         if n > 1:
             final = dict(levels)
             if len(final) < n:
@@ -112,14 +151,10 @@ class _Side:
                 # price's first appearance.
                 levels = tuple(final.items())
                 n = len(levels)
-        sizes = self.sizes
         get = sizes.get
         add = self.keys.add
         remove = self.keys.remove
-        top = self.top
-        exact = self.exact
-        edge = self.edge
-        text = self.text
+        retop = self.retop
         negate = self.negate
         changed = []
         for level in levels:
@@ -136,40 +171,10 @@ class _Side:
                 del sizes[key]
                 remove(key)
             changed.append(level)
-            if key in top:
-                text = None
-                if old and size:
-                    # From the key, as `build` does, so both write the same text.
-                    top[key] = f"{-key}{size}" if negate else f"{key}{size}"
-                else:
-                    del top[key]
-                    exact = False
-            elif exact and (edge is None or key < edge):
-                text = None  # a new level among the best
-                exact = False
-        self.text = text
-        self.exact = exact
+            edge = self.edge  # `retop` may move it
+            if edge is None or key <= edge:
+                retop(key, price, old, size)
         return levels if len(changed) == n else tuple(changed)
-
-    def build(self) -> bytes:
-        """Join the pieces of the best levels into `text`; first, unless
-        `exact`, find those levels again, formatting only missing pieces."""
-        if not self.exact:
-            size_of = self.sizes.__getitem__
-            old = self.top
-            top: dict[int, str] = {}
-            key = None
-            if self.negate:
-                for key in islice(self.keys, CHECKSUM_DEPTH):
-                    top[key] = old.get(key) or f"{-key}{size_of(key)}"
-            else:
-                for key in islice(self.keys, CHECKSUM_DEPTH):
-                    top[key] = old.get(key) or f"{key}{size_of(key)}"
-            self.top = top
-            self.edge = key if len(top) == CHECKSUM_DEPTH else None
-            self.exact = True
-        text = self.text = "".join(self.top.values()).encode("ascii")
-        return text
 
 
 class Book:
@@ -209,11 +214,16 @@ class Book:
         """Set bid levels in order (last write wins per price); return the
         effective changes: each price whose size differs from before the
         call, once, with its final size, in order of first appearance."""
-        return self._bid.update(levels)
+        return self._bid.update(levels if isinstance(levels, tuple) else tuple(levels))
 
     def apply_asks(self, levels: Iterable[Level]) -> tuple[Level, ...]:
         """As `apply_bids`, for asks."""
-        return self._ask.update(levels)
+        return self._ask.update(levels if isinstance(levels, tuple) else tuple(levels))
+
+    def apply(self, bids: tuple[Level, ...], asks: tuple[Level, ...]) -> tuple[tuple[Level, ...], tuple[Level, ...]]:
+        """`apply_bids` then `apply_asks` in one call (the ingest path: one
+        call fewer per update); an empty side is not looked at."""
+        return (self._bid.update(bids) if bids else (), self._ask.update(asks) if asks else ())
 
     def clear(self) -> None:
         self._bid = _Side(negate=True)
@@ -283,12 +293,15 @@ class Book:
         only when a change reached the top of a side since the last call.
         """
         ask, bid = self._ask, self._bid
-        if ask.text is None or bid.text is None:
+        bid_text = bid.text
+        if ask.text is None or bid_text is None:
             # Asks first, then bids: the CRC of the bids' text continues the
             # CRC of the asks' text, which is kept for updates of bids only.
             if ask.text is None:
-                self._ask_crc = zlib.crc32(ask.build())
-            bid_text = bid.build() if bid.text is None else bid.text
+                ask_text = ask.text = b"".join(ask.parts)
+                self._ask_crc = zlib.crc32(ask_text)
+            if bid_text is None:
+                bid_text = bid.text = b"".join(bid.parts)
             self._checksum = zlib.crc32(bid_text, self._ask_crc)
         return self._checksum
 
@@ -336,13 +349,15 @@ class Book:
                 if size % size_increment:
                     raise InvariantViolation(f"{name} {price}: size {size} off the size grid")
         for name, side in (("bid", self._bid), ("ask", self._ask)):
-            if side.text is not None and not side.exact:
-                raise InvariantViolation(f"{name} side: checksum text kept for stale top levels")
-            if side.exact:
-                best = list(islice(side.keys, CHECKSUM_DEPTH))
-                edge = best[-1] if len(best) == CHECKSUM_DEPTH else None
-                if list(side.top) != best or side.edge != edge:
-                    raise InvariantViolation(f"{name} side: kept top levels are not the best levels")
+            best = list(islice(side.keys, CHECKSUM_DEPTH))
+            edge = best[-1] if len(best) == CHECKSUM_DEPTH else None
+            if side.top != best or side.edge != edge:
+                raise InvariantViolation(f"{name} side: kept top levels are not the best levels")
+            pieces = [b"%d%d" % (-k if side.negate else k, side.sizes[k]) for k in best]
+            if side.parts != pieces:
+                raise InvariantViolation(f"{name} side: kept checksum pieces are not those of the best levels")
+            if side.text is not None and side.text != b"".join(pieces):
+                raise InvariantViolation(f"{name} side: kept checksum text is stale")
         fresh = book_checksum(self.asks(CHECKSUM_DEPTH), self.bids(CHECKSUM_DEPTH))
         if self.checksum() != fresh:
             raise InvariantViolation(f"kept checksum {self.checksum()} != {fresh} computed afresh")

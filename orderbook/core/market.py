@@ -255,6 +255,15 @@ class Market:
 
     def _check_owners(self, updates: tuple[BookUpdate, ...], source: str, takeover: bool) -> None:
         owners = self._owners
+        # Most batches come from the owner of every symbol they touch: one
+        # pass over the distinct symbols says so; only a batch with a
+        # conflict is walked in order, to name its first conflicting update.
+        for symbol in {u.symbol for u in updates}:
+            owner = owners.get(symbol)
+            if owner is not None and owner != source:
+                break
+        else:
+            return
         seen: set[str] = set()
         for update in updates:
             symbol = update.symbol
@@ -302,15 +311,15 @@ class Market:
         owners = self._owners
         for inst in new:
             owners[inst.symbol] = source
-        for update in batch.updates:
-            owners[update.symbol] = source
         deltas = []
         touched: dict[str, SequencedBook] = {}
         books = self._books
         for update in batch.updates:
             symbol = update.symbol
             sb = books[symbol]
-            touched[symbol] = sb
+            if symbol not in touched:
+                touched[symbol] = sb
+                owners[symbol] = source
             delta = sb.apply(update, now_ns)
             if delta is not None:
                 deltas.append(delta)

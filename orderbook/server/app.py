@@ -23,6 +23,7 @@ from .drain import CLOSE_REASON as DRAIN_CLOSE_REASON
 from .drain import DrainSchedule
 from .feed_ws import feed_endpoint
 from .hub import Hub
+from .local_node import LocalNode, exit_when_orphaned
 from .metrics import NodeMetrics, check_settings, metrics_endpoint
 from .settings import Settings
 from .state import ServerState
@@ -98,7 +99,12 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
         tick = max(settings.symbol_heartbeat / 4, 0.01)
         # A cluster may replace the hub when its epoch changes: look it up each time.
         current = lambda: state.hub  # noqa: E731
-        stale = lambda: cluster is not None and cluster.stale  # noqa: E731
+        # A worker of `serve --workers N` without Redis follows the supervisor's sequencer.
+        local = None
+        if settings.sequencer_socket is not None and cluster is None:
+            local = LocalNode(settings, settings.sequencer_socket, state)
+        app.ctx.local = local
+        stale = lambda: (cluster is not None and cluster.stale) or (local is not None and local.stale)  # noqa: E731
         duties = [
             background.heartbeats(current, tick, stale),
             background.lag_sweeper(current),
@@ -106,8 +112,12 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
         ]
         if settings.ping_interval and settings.ping_interval > 0:
             duties.append(background.keepalive(current, settings.ping_interval, settings.ping_timeout))
+        if settings.worker is not None:
+            duties.append(exit_when_orphaned(lambda: app.stop(terminate=False)))
         if cluster is not None:
             duties.append(cluster.run(state))
+        elif local is not None:
+            duties.append(local.run())
         elif settings.replay is not None:
             duties.append(background.replay(hub, settings.replay))
         elif settings.simulator:
@@ -119,6 +129,8 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
         if settings.ui_dir is not None and not (settings.ui_dir / ui.INDEX).is_file():
             log.info("no trading page in %s: GET / answers how to build it", settings.ui_dir)
         feed = "replay" if settings.replay else "simulator" if settings.simulator and cluster is None else "feed only"
+        if local is not None:
+            feed = "following the local sequencer"
         log.info("epoch %d; %s", epoch, feed)
 
     @app.after_server_start

@@ -7,9 +7,11 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from orderbook.core.errors import InvalidInput
-from orderbook.core.market import REPLAY, SIMULATOR
+from orderbook.core.events import BatchResult, FeedBatch
+from orderbook.core.market import REPLAY, SIMULATOR, Market
 from orderbook.feeds.simulator import MarketSimulator
 from orderbook.replay.player import HubSink, ReplayPlan, play
 
@@ -73,7 +75,17 @@ async def lag_sweeper(current: Callable[[], Hub]) -> None:
             hub.drop_connection(conn)
 
 
-async def simulate(hub: Hub, rate: float, seed: int | None) -> None:
+class Sequences(Protocol):
+    """What the simulator and a replay feed: a node's hub, or the sequencer
+    of `serve --workers N` (orderbook/replication/local.py)."""
+
+    @property
+    def market(self) -> Market: ...
+
+    def ingest(self, batch: FeedBatch, source: str = ..., takeover: bool = ...) -> BatchResult: ...
+
+
+async def simulate(hub: Sequences, rate: float, seed: int | None) -> None:
     """Feed the hub from the built-in simulator at about `rate` updates/s.
     Symbols a publisher took over (--allow-takeover) are left alone."""
     sim = MarketSimulator(random.Random(seed))
@@ -93,7 +105,7 @@ async def simulate(hub: Hub, rate: float, seed: int | None) -> None:
             hub.ingest(market.keep_own(sim.next_batch(time.time_ns(), n), SIMULATOR), SIMULATOR)
 
 
-async def replay(hub: Hub, plan: ReplayPlan) -> None:
+async def replay(hub: Sequences, plan: ReplayPlan) -> None:
     """Feed the hub from a recording (serve --replay); a bad file stops the
     replay, never the server."""
     log.info(

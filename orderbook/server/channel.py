@@ -4,7 +4,15 @@ one depth-limited view per depth, each either live (every change) or
 conflated (one merged delta per interval, per interval). A Subscription is a
 connection's membership of one channel; the connection is known here only by
 what the fan-out calls on it (`Subscriber`), so this module does not import
-the connection's."""
+the connection's.
+
+Each live set has a `Fanout`: the stream messages published to the group
+since the last flush, kept once for all its members instead of once per
+member. At the flush each member that has nothing else queued gets them as
+one shared write; the others (`direct` ones, whose client has several
+subscriptions, so their messages interleave across groups, and any that
+has its own replies or snapshots queued) get them one by one on their own
+queue, so every client's byte stream is what it would be without sharing."""
 
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ from orderbook.core.history import History, HistoryLimits
 from orderbook.core.sequencer import SequencedBook
 from orderbook.wire import codec
 
-from .outgoing import Outgoing
+from .outgoing import Joined, Outgoing
 
 
 class Subscriber(Protocol):
@@ -27,9 +35,17 @@ class Subscriber(Protocol):
 
     def push(self, sub: Subscription, out: Outgoing, now: float) -> None: ...
 
+    def share(self, sub: Subscription) -> bool: ...
+
+    def unshare(self, sub: Subscription) -> None: ...
+
+    def catch_up(self) -> None: ...
+
+    def deliver(self, sub: Subscription, joined: Joined) -> bool: ...
+
 
 class Subscription:
-    __slots__ = ("cgroup", "channel", "conn", "degraded", "depth", "interval_ms", "lagging")
+    __slots__ = ("cgroup", "channel", "conn", "degraded", "depth", "fan", "interval_ms", "lagging", "skip")
 
     def __init__(self, conn: Subscriber, channel: Channel, depth: int, interval_ms: int = 0) -> None:
         self.conn = conn
@@ -39,6 +55,51 @@ class Subscription:
         self.lagging = False  # over the buffer limit: gets nothing until resynced
         self.degraded = False  # moved to conflated updates because its client fell behind
         self.cgroup: ConflationGroup | None = None
+        # Set while it takes its group's shared write: the group, and how many
+        # of the group's waiting messages it already has (or must not get).
+        self.fan: Fanout | None = None
+        self.skip = 0
+
+
+class Fanout:
+    """A group's live members (`subs`, the group's own set) split into those
+    served by the shared write (`shared`) and those pushed one message at a
+    time as each is published (`direct`), and the messages (`msgs`) waiting
+    for the shared ones since the last flush."""
+
+    __slots__ = ("direct", "msgs", "queued", "shared", "subs")
+
+    def __init__(self, subs: set[Subscription]) -> None:
+        self.subs = subs
+        self.shared: set[Subscription] = set()
+        self.direct: set[Subscription] = set()
+        self.msgs: list[Outgoing] = []
+        self.queued = False  # in the hub's list of groups to flush
+
+    def add(self, sub: Subscription) -> None:
+        self.subs.add(sub)
+        if sub.conn.share(sub):
+            sub.fan = self
+            sub.skip = len(self.msgs)  # it joined after these: not for it
+            self.shared.add(sub)
+        else:
+            self.direct.add(sub)
+
+    def demote(self, sub: Subscription) -> None:
+        """Off the shared write: what it is owed is queued for it now, in order."""
+        sub.conn.catch_up()
+        sub.conn.unshare(sub)
+        self.shared.discard(sub)
+        sub.fan = None
+        sub.skip = 0
+        if sub in self.subs:
+            self.direct.add(sub)
+
+    def discard(self, sub: Subscription) -> None:
+        if sub.fan is self:
+            self.demote(sub)
+        self.direct.discard(sub)
+        self.subs.discard(sub)
 
 
 class ConflationGroup:
@@ -58,6 +119,7 @@ class ConflationGroup:
     __slots__ = (
         "conflator",
         "depth",
+        "fan",
         "interval",
         "interval_ms",
         "joining",
@@ -74,6 +136,7 @@ class ConflationGroup:
         self.depth = depth
         self.conflator = Conflator(symbol)
         self.subs: set[Subscription] = set()
+        self.fan = Fanout(self.subs)
         self.joining: dict[Subscription, int] = {}
         self.sent_seq = seq
         self.last_sent = now
@@ -85,10 +148,10 @@ class ConflationGroup:
         if self.conflator or held != self.sent_seq:
             self.joining[sub] = held
         else:
-            self.subs.add(sub)
+            self.fan.add(sub)
 
     def leave(self, sub: Subscription) -> None:
-        self.subs.discard(sub)
+        self.fan.discard(sub)
         self.joining.pop(sub, None)
         sub.cgroup = None
 
@@ -99,23 +162,25 @@ class ConflationGroup:
 class DepthGroup:
     """The subscribers of one depth; they share the view and its encoded deltas."""
 
-    __slots__ = ("conflated", "last_sent", "subs", "view")
+    __slots__ = ("conflated", "fan", "last_sent", "subs", "view")
 
     def __init__(self, view: TopNView, now: float) -> None:
         self.view = view
         self.subs: set[Subscription] = set()
+        self.fan = Fanout(self.subs)
         self.last_sent = now
         self.conflated: dict[int, ConflationGroup] = {}
 
 
 class Channel:
-    __slots__ = ("conflated", "full", "groups", "history", "last_sent", "seqbook", "snapshots")
+    __slots__ = ("conflated", "fan", "full", "groups", "history", "last_sent", "seqbook", "snapshots")
 
     def __init__(self, seqbook: SequencedBook, limits: HistoryLimits, now: float, start_seq: int) -> None:
         self.seqbook = seqbook
         # start_seq: the seq before the first change this channel will publish.
         self.history: History[bytes] = History(limits, start_seq=start_seq)
         self.full: set[Subscription] = set()
+        self.fan = Fanout(self.full)
         self.groups: dict[int, DepthGroup] = {}
         self.last_sent = now
         self.conflated: dict[int, ConflationGroup] = {}  # interval_ms -> full-book group
@@ -170,9 +235,9 @@ class Channel:
         if interval_ms:
             self.conflation_group(sub.depth, interval_ms, now).join(sub, held)
         elif sub.depth:
-            self.group(sub.depth, now).subs.add(sub)
+            self.group(sub.depth, now).fan.add(sub)
         else:
-            self.full.add(sub)
+            self.fan.add(sub)
 
     def remove(self, sub: Subscription) -> list[ConflationGroup]:
         """Unregister `sub`; return conflation groups left empty (their timers must go)."""
@@ -201,9 +266,9 @@ class Channel:
         if sub.depth:
             g = self.groups.get(sub.depth)
             if g is not None:
-                g.subs.discard(sub)
+                g.fan.discard(sub)
         else:
-            self.full.discard(sub)
+            self.fan.discard(sub)
         return emptied
 
     def subscriber_count(self) -> int:

@@ -12,11 +12,20 @@ asks for (acks, pongs, errors, snapshots, replays): those are never dropped;
 instead the client's input is not read while it is over (`accepts_input`).
 Nothing here ever waits for a client, so
 a slow one cannot slow anyone else.
+
+A client with one subscription takes its group's shared write
+(`deliver`): the group's messages of a flush, joined once for all, in one
+write. It falls back to its own queue (`catch_up`: the same messages one by
+one, as `push` queues them) whenever that write would not be exactly what
+its own queue would send: it has something else queued, it is degraded or
+lagging, it joined mid-flush, or the write would take it past half its
+limit, where the budget rules above decide message by message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -24,7 +33,7 @@ from orderbook.core.ratelimit import TokenBucket
 from orderbook.wire.codec import Encoding
 
 from .channel import Subscription
-from .outgoing import DEFLATE, Outgoing, frame_kind
+from .outgoing import DEFLATE, Joined, Outgoing, frame_kind
 
 
 class Socket(Protocol):
@@ -39,6 +48,7 @@ class Socket(Protocol):
 class Connection:
     __slots__ = (
         "_backlog",
+        "_clock",
         "_kind",
         "_limit",
         "_on_lag",
@@ -46,6 +56,7 @@ class Connection:
         "_pending_bytes",
         "_schedule",
         "_scheduled",
+        "_share",
         "_soft",
         "churn",
         "closed",
@@ -55,6 +66,7 @@ class Connection:
         "input_stalled",
         "lagging_since",
         "peer",
+        "shared",
         "subs",
         "transport",
         "ws",
@@ -69,6 +81,8 @@ class Connection:
         on_lag: Callable[[Connection], None],
         peer: str = "",
         deflate: bool = False,
+        share: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.transport = transport
         self.encoding = encoding
@@ -92,6 +106,65 @@ class Connection:
         self.ws: Socket | None = None  # the edge's WebSocket object, for closing
         self.input_stalled = False  # its own replies filled its budget: its input waits
         self.churn: TokenBucket | None = None  # subscribe/unsubscribe rate (--churn-rate)
+        self._share = share  # may take shared writes (else always its own queue)
+        self.shared: Subscription | None = None  # its subscription on a shared write
+        self._clock = clock  # the hub's loop time, for lag marks made while catching up
+
+    # Shared writes --------------------------------------------------------------
+    def share(self, sub: Subscription) -> bool:
+        """Whether `sub`, joining a group's live set, takes the shared write:
+        only a client's sole subscription does (several subscriptions'
+        messages interleave, which one write per group cannot keep). A second
+        subscription moves the first to its own queue."""
+        shared = self.shared
+        if shared is not None and shared is not sub:
+            assert shared.fan is not None
+            shared.fan.demote(shared)
+            self.shared = None
+        if not self._share or len(self.subs) > 1 or self.closed:
+            return False
+        self.shared = sub
+        return True
+
+    def unshare(self, sub: Subscription) -> None:
+        if self.shared is sub:
+            self.shared = None
+
+    def catch_up(self) -> None:
+        """Queue, one by one, the group's waiting messages its shared
+        subscription has not been given: anything queued after them then
+        follows them, as without sharing."""
+        sub = self.shared
+        if sub is None:
+            return
+        fan = sub.fan
+        assert fan is not None
+        msgs = fan.msgs
+        skip = sub.skip
+        n = len(msgs)
+        if skip < n:
+            sub.skip = n
+            now = self._clock()
+            for out in msgs[skip:]:
+                self.push(sub, out, now)
+
+    def deliver(self, sub: Subscription, joined: Joined) -> bool:
+        """At a flush: write the group's joined messages to this client if
+        that is exactly what its own queue would write; else catch up."""
+        if sub.skip or self._pending or self.degraded or sub.lagging or self.closed:
+            self.catch_up()
+            return False
+        data = joined.get(self._kind)
+        if len(data) + self._backlog > self._soft:
+            self.catch_up()  # near its budget: message by message, as push decides
+            return False
+        transport = self.transport
+        if transport.is_closing():
+            self.closed = True
+            return False
+        transport.write(data)
+        self._backlog = transport.get_write_buffer_size()
+        return True
 
     # Queueing -------------------------------------------------------------------
     def send(self, out: Outgoing) -> None:
@@ -155,6 +228,8 @@ class Connection:
     def _queue(self, data: bytes) -> None:
         if self.closed:
             return
+        if self.shared is not None:
+            self.catch_up()  # what its group published before this goes first
         self._pending.append(data)
         self._pending_bytes += len(data)
         if not self._scheduled:

@@ -17,6 +17,7 @@ from orderbook.wire import codec
 from . import admission, handshake_limits
 from .drain import REFUSAL as DRAINING
 from .hub import Hub
+from .local_node import LocalNode
 from .sanic_seam import feed_upgrade, run_tracked, upgrading
 from .settings import Settings
 from .state import ServerState
@@ -65,7 +66,8 @@ async def feed_endpoint(request: Request) -> response.HTTPResponse | None:
     gate.opened(ip, ws)
     counts.publishers += 1
     try:
-        await run_tracked(request, ws, lambda: _publisher(ws, state, ip))
+        local = getattr(request.app.ctx, "local", None)
+        await run_tracked(request, ws, lambda: _publisher(ws, state, ip, local))
     finally:
         counts.publishers -= 1
         gate.closed(ip, ws)
@@ -79,7 +81,9 @@ def _feed_error_code(exc: InvalidInput) -> int:
     return codec.error_code_for(exc)
 
 
-async def _publisher(ws: WebsocketImplProtocol, state: ServerState, peer: str = "") -> None:
+async def _publisher(
+    ws: WebsocketImplProtocol, state: ServerState, peer: str = "", local: LocalNode | None = None
+) -> None:
     counts = state.hub.counts  # the node's: a hub that replaces this one keeps them
     try:
         while True:
@@ -96,7 +100,15 @@ async def _publisher(ws: WebsocketImplProtocol, state: ServerState, peer: str = 
                 hub: Hub = state.hub
                 hub.market.check_counts(pb)  # before the levels become objects
                 batch = codec.feed_batch_from_pb(pb)
-                if state.cluster is None:
+                if local is not None and state.cluster is None:
+                    # A worker: the supervisor sequences; its exact reply goes back.
+                    reply = await local.follower.submit(bytes(data))
+                    answer = codec.parse_feed_reply(reply)
+                    if answer.HasField("error"):
+                        counts.feed_refusal(answer.error.code)
+                    else:
+                        counts.feed_accepted += 1
+                elif state.cluster is None:
                     # Every /feed publisher is the one source FEED.
                     result = hub.ingest(batch, FEED, state.settings.allow_takeover)
                     reply = codec.feed_ack(batch_id, len(result.deltas), result.positions)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import os
 from urllib.parse import unquote
 
 from sanic import Request, response
@@ -15,7 +16,11 @@ from .handshake_limits import throttled
 async def healthz(request: Request) -> response.HTTPResponse:
     """Up: the process serves HTTP. Says nothing about capacity."""
     state = request.app.ctx.state
-    return response.json({"status": "up", "epoch": str(state.hub.epoch)})
+    body: dict[str, str | int] = {"status": "up", "epoch": str(state.hub.epoch)}
+    if state.settings.worker is not None:
+        # `serve --workers N`: which worker process answered (its pid).
+        body["worker"] = os.getpid()
+    return response.json(body)
 
 
 async def readyz(request: Request) -> response.HTTPResponse:
@@ -32,6 +37,15 @@ async def readyz(request: Request) -> response.HTTPResponse:
         body.update(cluster.status())
         if cluster.stale:
             return response.json({"status": "stale", **body}, status=503)
+    local = getattr(request.app.ctx, "local", None)
+    if state.settings.worker is not None:
+        body["worker"] = os.getpid()
+    if local is not None:
+        body.update(local.status())
+        if local.stale:
+            return response.json({"status": "stale", **body}, status=503)
+        if not local.ready:
+            return response.json({"status": "starting", **body}, status=503)
     if not state.serving:
         return response.json({"status": "starting", **body}, status=503)
     if conns >= s.max_connections:

@@ -20,15 +20,19 @@ from orderbook.core.resume import decide
 from orderbook.wire import codec
 from orderbook.wire.codec import Encoding, ErrorCode, SubscribeRequest
 
-from .channel import Channel, ConflationGroup, Subscription
+from .channel import Channel, ConflationGroup, Fanout, Subscription
 from .connection import Connection
 from .counts import DELTA, HEARTBEAT, OTHER, SNAPSHOT, Counts
-from .outgoing import Outgoing
+from .outgoing import Joined, Outgoing
 from .settings import Settings
 
 log = logging.getLogger("orderbook.hub")
 
 MAX_FLUSH_GAP = 0.02  # seconds: the most a busy hub delays a write to coalesce
+# Changes waiting that make a flush due at once, whatever the gap: a write of
+# this many messages already spreads its cost over them; waiting longer only
+# adds latency (docs/protocol.md §10, "When the server writes").
+FLUSH_MESSAGES = 64
 LATENCY_SAMPLE_INTERVAL = 0.01  # seconds: at most 100 publish-to-write samples a second
 
 
@@ -49,8 +53,12 @@ class Hub:
         loop: asyncio.AbstractEventLoop,
         wall_ns: Callable[[], int] = time.time_ns,
         counts: Counts | None = None,
+        shared_write: bool | None = None,
     ) -> None:
         self.settings = settings
+        # One write per group per flush for subscribers that can take it;
+        # off, every subscriber has its own queue (the reference path).
+        self.shared_write = settings.shared_write if shared_write is None else shared_write
         # The node's counters (/metrics); passed on to the hub that replaces this one.
         self.counts = counts if counts is not None else Counts()
         self.market = Market(epoch, settings.feed_limits)
@@ -59,9 +67,12 @@ class Hub:
         self._loop = loop
         self._wall_ns = wall_ns
         self._dirty: list[Connection] = []
+        self._fans: list[Fanout] = []  # groups with messages waiting for their shared write
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._last_flush_end = 0.0
         self._flush_gap = 0.0
+        self._flush_soon = False  # the pending flush runs at the end of this loop turn
+        self._waiting = 0  # changes published since the last flush
         self._lagging: set[Connection] = set()
         self._over_limit: set[Connection] = set()  # lagging ones already counted as such
         # When the oldest change not yet written was published (publish-to-write latency).
@@ -98,7 +109,15 @@ class Hub:
         self, transport: asyncio.Transport, encoding: Encoding, peer: str = "", deflate: bool = False
     ) -> Connection:
         conn = Connection(
-            transport, encoding, self.settings.client_buffer_limit, self._schedule, self._lagging.add, peer, deflate
+            transport,
+            encoding,
+            self.settings.client_buffer_limit,
+            self._schedule,
+            self._lagging.add,
+            peer,
+            deflate,
+            self.shared_write,
+            self._loop.time,
         )
         self.connections.add(conn)
         return conn
@@ -121,24 +140,50 @@ class Hub:
         # about one flush rather than without bound.
         self._dirty.append(conn)
         if self._flush_handle is None:
-            loop = self._loop
-            at = self._last_flush_end + self._flush_gap
-            if at <= loop.time():
-                self._flush_handle = loop.call_soon(self._flush)
-            else:
-                self._flush_handle = loop.call_at(at, self._flush)
+            self._want_flush()
+
+    def _fan_out(self, fan: Fanout, out: Outgoing, now: float) -> None:
+        """Queue a stream message for a group: pushed to its direct members
+        now, kept once for the shared write of the others."""
+        for sub in fan.direct:
+            sub.conn.push(sub, out, now)
+        if fan.shared:
+            fan.msgs.append(out)
+            if not fan.queued:
+                fan.queued = True
+                self._fans.append(fan)
+                if self._flush_handle is None:
+                    self._want_flush()
+
+    def _want_flush(self) -> None:
+        loop = self._loop
+        at = self._last_flush_end + self._flush_gap
+        self._flush_soon = at <= loop.time()
+        if self._flush_soon:
+            self._flush_handle = loop.call_soon(self._flush)
+        else:
+            self._flush_handle = loop.call_at(at, self._flush)
 
     def _flush(self) -> None:
-        self._flush_handle = None
-        dirty, self._dirty = self._dirty, []
         start = self._loop.time()
+        shared = 0
+        if self._fans:
+            # Groups first: a member that cannot take the shared write catches
+            # up on its own queue, which is written below in the same flush.
+            # The flush handle stays set meanwhile, so that schedules nothing.
+            fans, self._fans = self._fans, []
+            for fan in fans:
+                shared += self._write_shared(fan)
+        self._flush_handle = None
+        self._waiting = 0
+        dirty, self._dirty = self._dirty, []
         for conn in dirty:
             conn.flush()
         end = self._loop.time()
         self._last_flush_end = end
         self._flush_gap = min(end - start, MAX_FLUSH_GAP)
         counts = self.counts
-        counts.writes += len(dirty)  # once per flush, not per connection
+        counts.writes += len(dirty) + shared  # once per flush, not per connection
         since = self._unwritten_since
         if since is not None:
             self._unwritten_since = None
@@ -148,6 +193,19 @@ class Hub:
             if end >= self._next_latency_sample:
                 self._next_latency_sample = end + LATENCY_SAMPLE_INTERVAL
                 counts.publish_to_write.observe(end - since)
+
+    def _write_shared(self, fan: Fanout) -> int:
+        """One group's waiting messages to its shared members: joined once per
+        frame kind, one write each. Returns the writes made."""
+        fan.queued = False
+        joined = Joined(fan.msgs)
+        n = 0
+        for sub in fan.shared:
+            if sub.conn.deliver(sub, joined):
+                n += 1
+            sub.skip = 0
+        fan.msgs = []
+        return n
 
     # Ingest --------------------------------------------------------------------
     def ingest(self, batch: FeedBatch, source: str = FEED, takeover: bool = False) -> BatchResult:
@@ -216,8 +274,7 @@ class Hub:
         ch.last_sent = now
         if ch.full:
             out.frame(Encoding.PROTOBUF)  # framed once here, not per subscriber
-            for sub in ch.full:
-                sub.conn.push(sub, out, now)
+            self._fan_out(ch.fan, out, now)
             # Counted once per group, not per subscriber (inline: the hottest spot).
             n = len(ch.full)
             counts.messages[DELTA] += n
@@ -229,13 +286,20 @@ class Hub:
                 if group.subs:
                     group.last_sent = now
                     vout = Outgoing(codec.delta_message(vd))
-                    for sub in group.subs:
-                        sub.conn.push(sub, vout, now)
+                    self._fan_out(group.fan, vout, now)
                     counts.sent(DELTA, len(group.subs), len(vout.payload))
                 for cg in group.conflated.values():
                     self._conflate(cg, vd, now)
-        if self._unwritten_since is None and self._flush_handle is not None:
-            self._unwritten_since = now
+        handle = self._flush_handle
+        if handle is not None:
+            if self._unwritten_since is None:
+                self._unwritten_since = now
+            self._waiting += 1
+            if self._waiting >= FLUSH_MESSAGES and not self._flush_soon:
+                # Enough waiting to fill a write: no point waiting out the gap.
+                handle.cancel()
+                self._flush_handle = self._loop.call_soon(self._flush)
+                self._flush_soon = True
 
     # Conflation ------------------------------------------------------------------
     def _conflate(self, cg: ConflationGroup, delta: Delta, now: float) -> None:
@@ -256,8 +320,7 @@ class Hub:
         counts = self.counts
         if cg.subs:
             out = Outgoing(codec.delta_message(delta))
-            for sub in cg.subs:
-                sub.conn.push(sub, out, now)
+            self._fan_out(cg.fan, out, now)
             counts.sent(DELTA, len(cg.subs), len(out.payload))
         if cg.joining:
             for sub, held in cg.joining.items():
@@ -265,7 +328,7 @@ class Hub:
                     own = Outgoing(codec.delta_message(delta._replace(prev_seq=held)))
                     sub.conn.push(sub, own, now)
                     counts.sent(DELTA, 1, len(own.payload))
-                cg.subs.add(sub)
+                cg.fan.add(sub)
             cg.joining.clear()
         cg.sent_seq = delta.seq
 
@@ -386,15 +449,13 @@ class Hub:
             if ch.full and ch.last_sent <= quiet:
                 ch.last_sent = now
                 out = Outgoing(codec.heartbeat_message(sb.instrument.symbol, sb.epoch, sb.seq, wall, stale))
-                for sub in ch.full:
-                    sub.conn.push(sub, out, now)
+                self._fan_out(ch.fan, out, now)
                 counts.sent(HEARTBEAT, len(ch.full), len(out.payload))
             for g in ch.groups.values():
                 if g.subs and g.last_sent <= quiet:
                     g.last_sent = now
                     out = Outgoing(codec.heartbeat_message(sb.instrument.symbol, sb.epoch, g.view.seq, wall, stale))
-                    for sub in g.subs:
-                        sub.conn.push(sub, out, now)
+                    self._fan_out(g.fan, out, now)
                     counts.sent(HEARTBEAT, len(g.subs), len(out.payload))
                 for cg in g.conflated.values():
                     self._conflated_heartbeat(cg, sb.instrument.symbol, sb.epoch, quiet, now, wall, stale)
@@ -409,8 +470,7 @@ class Hub:
         if cg.subs and not cg.conflator and cg.last_sent <= quiet:
             cg.last_sent = now
             out = Outgoing(codec.heartbeat_message(symbol, epoch, cg.sent_seq, wall, stale))
-            for sub in cg.subs:
-                sub.conn.push(sub, out, now)
+            self._fan_out(cg.fan, out, now)
             self.counts.sent(HEARTBEAT, len(cg.subs), len(out.payload))
 
     def sweep_lagging(self) -> list[Connection]:

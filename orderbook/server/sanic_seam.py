@@ -17,6 +17,7 @@ hundred bytes per idle subscriber instead of Sanic's several kilobytes.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -28,6 +29,8 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 
 from . import admission
 from .accept_pacing import AcceptPacer
+
+log = logging.getLogger("orderbook.server")
 
 SUPPORTED = "sanic>=25.3"
 
@@ -174,7 +177,9 @@ def _fail_on_invalid_utf8(ws: WebsocketImplProtocol) -> None:
 
 async def run_tracked(request: Request, ws: WebsocketImplProtocol, session: Callable[[], Awaitable[None]]) -> None:
     """Run a session as Sanic runs its own websocket handlers: tracked, so the
-    server cancels it on shutdown, and closed with 1001 when cancelled."""
+    server cancels it on shutdown, and closed with 1001 when cancelled. A bug
+    in the session closes the connection with 1011; it must not reach Sanic,
+    which would write an HTTP 500 onto the upgraded stream."""
     app = request.app
     fut = asyncio.ensure_future(session())
     app.websocket_tasks.add(fut)
@@ -182,6 +187,9 @@ async def run_tracked(request: Request, ws: WebsocketImplProtocol, session: Call
         await fut
     except asyncio.CancelledError:
         ws.end_connection(1001, "server shutting down")
+    except Exception:
+        log.exception("WebSocket session failed")
+        ws.fail_connection(1011, "internal error")
     finally:
         app.websocket_tasks.discard(fut)
 

@@ -258,6 +258,16 @@ class Settings:
             "compressed once for all of them; small ones are sent as they are)",
         ),
     )
+    # Off: every subscriber gets its own queue and write, the reference path
+    # the shared write must match byte for byte (tests and benchmarks).
+    shared_write: bool = field(
+        default=True,
+        metadata=option(
+            "--no-shared-write",
+            "give each subscriber its own queue of frames instead of one write per group of subscribers per flush "
+            "(same bytes, more work; for comparison)",
+        ),
+    )
     # Bytes queued for one client (in our queue plus the transport's) beyond
     # which its deltas are dropped and a snapshot is sent once it drains.
     client_buffer_limit: int = field(
@@ -387,6 +397,21 @@ class Settings:
             env="ORDERBOOK_LOG_FORMAT",
         ),
     )
+    # Worker processes sharing the port (SO_REUSEPORT), each serving the same
+    # sequenced stream; 1: this process serves alone (orderbook/server/workers.py).
+    workers: int = field(
+        default=1,
+        metadata=option(
+            "--workers",
+            "worker processes serving on the one port (the kernel spreads connections); above 1 the first "
+            "process supervises them and, without --redis, sequences for them",
+            metavar="N",
+        ),
+    )
+    # Set by the supervisor for its workers: the local channel to the
+    # sequencer (without Redis), and the worker's number (from 0).
+    sequencer_socket: str | None = None
+    worker: int | None = None
     # Cluster mode: nodes share one sequenced log in Redis (None: embedded).
     redis_url: str | None = field(
         default=None,
