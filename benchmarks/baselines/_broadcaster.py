@@ -9,6 +9,7 @@ naive_sanic.py.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import resource
@@ -116,3 +117,14 @@ def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         asyncio.run(main())
     else:
         uvloop.run(main())
+
+
+def main(description: str, serve: Callable[[int, int, int], Coroutine[Any, Any, None]]) -> None:
+    """The command line every baseline takes: its port, the control port and
+    the payload size, then `serve` run by `run`."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--control-port", type=int, required=True)
+    p.add_argument("--payload-bytes", type=int, default=60)
+    args = p.parse_args()
+    run(lambda: serve(args.port, args.control_port, args.payload_bytes))

@@ -10,10 +10,9 @@ Control API and payload: see _broadcaster.py.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
-from _broadcaster import Broadcaster, run, serve_control
+from _broadcaster import Broadcaster, main, serve_control
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 
@@ -67,14 +66,5 @@ async def serve(port: int, control_port: int, payload_bytes: int) -> None:
         await asyncio.gather(server.serve_forever(), control.serve_forever())
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description="picows broadcast baseline")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--control-port", type=int, required=True)
-    p.add_argument("--payload-bytes", type=int, default=60)
-    args = p.parse_args()
-    run(lambda: serve(args.port, args.control_port, args.payload_bytes))
-
-
 if __name__ == "__main__":
-    main()
+    main("picows broadcast baseline", serve)

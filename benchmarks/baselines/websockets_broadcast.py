@@ -13,10 +13,9 @@ see _broadcaster.py.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
-from _broadcaster import Broadcaster, run, serve_control
+from _broadcaster import Broadcaster, main, serve_control
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.asyncio.server import serve as ws_serve
 
@@ -63,14 +62,5 @@ async def serve(port: int, control_port: int, payload_bytes: int) -> None:
         await asyncio.gather(server.serve_forever(), control.serve_forever())
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description="websockets broadcast() baseline")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--control-port", type=int, required=True)
-    p.add_argument("--payload-bytes", type=int, default=60)
-    args = p.parse_args()
-    run(lambda: serve(args.port, args.control_port, args.payload_bytes))
-
-
 if __name__ == "__main__":
-    main()
+    main("websockets broadcast() baseline", serve)
