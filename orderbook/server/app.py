@@ -103,7 +103,7 @@ def create_app(settings: Settings, name: str = "orderbook") -> Sanic:
         local = None
         if settings.sequencer_socket is not None and cluster is None:
             local = LocalNode(settings, settings.sequencer_socket, state)
-        app.ctx.local = local
+        state.local = local
         stale = lambda: (cluster is not None and cluster.stale) or (local is not None and local.stale)  # noqa: E731
         duties = [
             background.heartbeats(current, tick, stale),

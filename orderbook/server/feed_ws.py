@@ -66,7 +66,7 @@ async def feed_endpoint(request: Request) -> response.HTTPResponse | None:
     gate.opened(ip, ws)
     counts.publishers += 1
     try:
-        local = getattr(request.app.ctx, "local", None)
+        local = state.local
         await run_tracked(request, ws, lambda: _publisher(ws, state, ip, local))
     finally:
         counts.publishers -= 1

@@ -37,7 +37,7 @@ async def readyz(request: Request) -> response.HTTPResponse:
         body.update(cluster.status())
         if cluster.stale:
             return response.json({"status": "stale", **body}, status=503)
-    local = getattr(request.app.ctx, "local", None)
+    local = state.local
     if state.settings.worker is not None:
         body["worker"] = os.getpid()
     if local is not None:

@@ -13,6 +13,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .cluster import Cluster
+    from .local_node import LocalNode
 
 
 @dataclass
@@ -21,6 +22,8 @@ class ServerState:
     hub: Hub
     gate: Gate  # handshake and per-IP limits
     cluster: Cluster | None = None
+    # A worker of `serve --workers N` without Redis: it follows the supervisor.
+    local: LocalNode | None = None
     ready: bool = False
     # Told to stop: subscribers are being closed and no upgrade is taken (app.begin_drain).
     draining: bool = False
@@ -28,5 +31,11 @@ class ServerState:
 
     @property
     def serving(self) -> bool:
-        """Ready to take subscribers: started, not draining, and in a cluster caught up."""
-        return self.ready and not self.draining and (self.cluster is None or self.cluster.ready)
+        """Ready to take subscribers: started, not draining, and in a cluster
+        (or as a worker following its supervisor) caught up."""
+        return (
+            self.ready
+            and not self.draining
+            and (self.cluster is None or self.cluster.ready)
+            and (self.local is None or self.local.ready)
+        )
