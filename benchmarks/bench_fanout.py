@@ -75,10 +75,11 @@ LABELS = {
     "wsbcast": "websockets `broadcast()`",
     "raw1": "reference: pre-framed, straight to each transport, 1 msg per write",
     "raw10": "reference: the same, 10 msgs per write",
+    "raw50": "reference: the same, 50 msgs per write",
 }
 # The references only flood; they are not run for latency.
-FLOOD_ONLY = {"raw10"}
-NOT_LATENCY = {"raw1", "raw10"}
+FLOOD_ONLY = {"raw10", "raw50"}
+NOT_LATENCY = {"raw1", "raw10", "raw50"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # picows is installed here on first use (`pip install --target`), outside the
 # project's environment; only the picows baseline runs with it on its path.
@@ -241,7 +242,7 @@ def start_server(kind: str, tmp: Path, payload_bytes: int, profile: Path | None 
         else:
             cmd = [sys.executable, "-m", "orderbook.cli", *serve]
         ready = f"http://127.0.0.1:{port}/readyz"
-    elif kind in ("raw1", "raw10"):
+    elif kind in ("raw1", "raw10", "raw50"):
         cmd = [
             sys.executable,
             str(HERE / "baselines" / "raw_transport.py"),
@@ -1001,7 +1002,7 @@ def parse_args() -> argparse.Namespace:
         "--servers",
         default="ours,naive,node,picows,wsbcast,raw1,raw10",
         help="of ours, ours-own (--no-shared-write), ours-wN (serve --workers N), naive, node, picows, "
-        "wsbcast (websockets' broadcast()), raw1, raw10 (default ours,naive,node,picows,wsbcast,raw1,raw10)",
+        "wsbcast (websockets' broadcast()), raw1, raw10, raw50 (default ours,naive,node,picows,wsbcast,raw1,raw10)",
     )
     p.add_argument(
         "--workers",
