@@ -155,20 +155,24 @@ def test_haproxy_rejects_a_broken_copy(tmp_path):
     assert res.returncode != 0, res.stdout + res.stderr
 
 
+# What both HAProxy configs (plain and TLS) need for WebSockets and failover.
+HAPROXY_WS_DIRECTIVES = (
+    "mode http",
+    "timeout tunnel 1h",
+    "timeout client-fin",
+    "timeout http-request 10s",
+    "balance source",
+    "hash-type consistent",
+    "uri /readyz",
+    "on-marked-down shutdown-sessions",
+    'server node1 "${ORDERBOOK_NODE1}" check',
+    'server node2 "${ORDERBOOK_NODE2}" check',
+)
+
+
 def test_haproxy_settings_for_websockets_and_failover():
     text = HAPROXY_CFG.read_text()
-    for directive in (
-        "mode http",
-        "timeout tunnel 1h",
-        "timeout client-fin",
-        "timeout http-request 10s",
-        "balance source",
-        "hash-type consistent",
-        "uri /readyz",
-        "on-marked-down shutdown-sessions",
-        'server node1 "${ORDERBOOK_NODE1}" check',
-        'server node2 "${ORDERBOOK_NODE2}" check',
-    ):
+    for directive in HAPROXY_WS_DIRECTIVES:
         assert directive in text, directive
     # Either of these would end the connection after each request and break
     # keep-alive, which the WebSocket upgrade does not need anyway.
@@ -450,19 +454,7 @@ def test_haproxy_tls_keeps_the_plain_configs_websocket_and_failover_settings():
     assert 'ssl crt "${ORDERBOOK_TLS_PEM}"' in text
     assert "http-request set-header X-Forwarded-Proto https" in text
     assert "ssl-min-ver TLSv1.2" in text
-    for directive in (
-        "mode http",
-        "timeout tunnel 1h",
-        "timeout client-fin",
-        "timeout http-request 10s",
-        "balance source",
-        "hash-type consistent",
-        "uri /readyz",
-        "on-marked-down shutdown-sessions",
-        "retry-on conn-failure empty-response 503",
-        'server node1 "${ORDERBOOK_NODE1}" check',
-        'server node2 "${ORDERBOOK_NODE2}" check',
-    ):
+    for directive in (*HAPROXY_WS_DIRECTIVES, "retry-on conn-failure empty-response 503"):
         assert directive in text, directive
     # A draining node stays in (503s are retried elsewhere) so that its
     # sessions are not all cut at once by shutdown-sessions.
