@@ -95,6 +95,14 @@ async def wait_js(page, expression: str, timeout: float = 20.0, arg=None):
     return await handle.json_value()
 
 
+async def wait_text(page, text: str, timeout: float = 20.0) -> None:
+    """Wait until the page shows `text` (case-insensitive). The page draws at
+    most once per animation frame, so what it shows trails its state."""
+    await page.wait_for_function(
+        "t => document.body.innerText.toLowerCase().includes(t)", arg=text.lower(), timeout=timeout * 1000, polling=50
+    )
+
+
 # Run inside the page: fetch /book at the node while recording the page's own
 # book at every seq it reaches, then return the page's book as it stood at the
 # node's seq (a depth-limited subscription's book stands from its last delta's

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from .browser_harness import ARTIFACTS, BOOK_AT_NODE_SEQ, PageErrors, chromium, trim, wait_js
+from .browser_harness import ARTIFACTS, BOOK_AT_NODE_SEQ, PageErrors, chromium, trim, wait_js, wait_text
 from .harness import (
     FEED_TOKEN,
     Publisher,
@@ -154,7 +154,7 @@ async def test_page_opens_the_symbol_and_depth_of_its_url_and_lists_symbols(node
         # An unknown symbol falls back to the first one, and says so.
         await page.goto(f"{n.http}/?symbol=NOPE", wait_until="domcontentloaded")
         await wait_js(page, symbol_js(symbols[0], "s.state === 'live'"))
-        assert "NOPE" in await page.inner_text("body")
+        await wait_text(page, "NOPE")
         # The window.orderbook object is read-only.
         await page.evaluate("(() => { try { window.orderbook.connection = 'x'; } catch (e) {} })()")
         assert await page.evaluate("window.orderbook.connection") == "live"
@@ -222,7 +222,7 @@ async def test_node_killed_and_restarted_page_rebuilds_from_a_new_epoch_without_
 
         first.kill()  # SIGKILL: no close frame
         await wait_js(page, "window.orderbook.connection === 'reconnecting'")
-        assert "reconnecting" in (await page.inner_text("body")).lower()
+        await wait_text(page, "reconnecting")
         await wait_js(page, symbol_js(SYMBOL, "s.state === 'stale'"))
 
         second = node(port=port)
@@ -232,7 +232,7 @@ async def test_node_killed_and_restarted_page_rebuilds_from_a_new_epoch_without_
         s = await page.evaluate(f"window.orderbook.symbols[{json.dumps(SYMBOL)}]")
         assert s["lastStart"] == "snapshot" and s["lastReason"] == "stale_epoch" and s["newEpoch"], s
         assert await page.evaluate("window.__marker") == "still the same page", "the page reloaded"
-        assert "new epoch" in (await page.inner_text("body")).lower()
+        await wait_text(page, "new epoch")
         await assert_book_matches_node(page, SYMBOL, 0)
         # The socket's failed reconnects are the browser's own console noise.
         assert errors.unexpected("WebSocket", "ERR_CONNECTION_REFUSED", "readyz") == []
@@ -274,7 +274,7 @@ async def test_page_behind_haproxy_resumes_on_the_survivor_with_no_gap_and_no_sn
         assert (s["gaps"], s["checksumFailures"], s["resyncs"]) == (0, 0, 0), s
         assert await page.evaluate("window.__marker") == 1, "the page reloaded"
         assert connections(survivor) == 1
-        assert "resumed" in (await page.inner_text("body")).lower()
+        await wait_text(page, "resumed")
         await assert_book_matches_node(page, "F", 0)
         assert errors.unexpected("WebSocket", "ERR_CONNECTION", "readyz") == []
 
