@@ -8,6 +8,8 @@ Sanic's own WebSocket (1001 on shutdown, 1007 on invalid UTF-8)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import signal
 
 import pytest
@@ -56,6 +58,23 @@ async def test_sanic_lets_go_of_a_subscriber_it_upgraded_and_the_stream_outlives
             await sub.until(lambda: len(sub.seen.get("A", [])) >= 5)
         # The feed socket is Sanic's own WebSocket: Sanic still tracks it.
         assert any(isinstance(p, sanic_seam.PacedProtocol) for p in srv.server.connections)
+
+
+async def test_nothing_keeps_sanics_protocol_of_an_upgraded_subscriber_alive():
+    # Its events, ConnInfo and timeout timer cost ~2.5 KB per idle subscriber.
+    async with serve_in_process() as srv, contextlib.AsyncExitStack() as stack:
+        subs = [await stack.enter_async_context(Subscriber.connect(srv.url)) for _ in range(5)]
+        for sub in subs:
+            await sub.send(codec.ping_message(1))
+            await sub.until(lambda sub=sub: sub.pongs)
+        assert len(srv.hub.connections) == 5
+        gc.collect()
+        taken_over = [
+            o
+            for o in gc.get_objects()
+            if isinstance(o, WebSocketProtocol) and o.transport is not None and o.transport.get_protocol() is not o
+        ]
+        assert taken_over == []
 
 
 async def test_shutdown_closes_subscribers_and_publishers_with_1001(tmp_path):

@@ -39,6 +39,7 @@ _NEEDED: tuple[tuple[type, str], ...] = (
     (WebSocketProtocol, "websocket_handshake"),  # the /feed upgrade
     (WebSocketProtocol, "websocket"),  # released on takeover
     (WebSocketProtocol, "connections"),  # the server's set, left on takeover
+    (WebSocketProtocol, "_callback_check_timeouts"),  # its timer, cancelled on takeover
     (WebSocketProtocol, "transport"),
     (WebSocketProtocol, "app"),
     (WebSocketProtocol, "loop"),
@@ -218,3 +219,10 @@ def take_over(transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
     if isinstance(sanic_protocol, WebSocketProtocol):
         sanic_protocol.websocket = _RELEASED  # type: ignore[assignment]
         sanic_protocol.connections.discard(sanic_protocol)
+        # Its timeout timer re-arms itself for as long as it runs and so kept
+        # the whole protocol (events, ConnInfo, timer) alive per subscriber;
+        # Sanic's HTTP timeouts no longer apply to a connection that is ours.
+        timer = getattr(sanic_protocol, "_callback_check_timeouts", None)
+        if timer is not None:
+            timer.cancel()
+            sanic_protocol._callback_check_timeouts = None
