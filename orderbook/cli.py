@@ -455,7 +455,9 @@ def _feed_description(args: argparse.Namespace) -> str:
 _FORMAT_OPTIONS = {
     "kraken": ("depth",),
     "coinbase": ("price_scale", "size_scale"),
-    "binance": ("snapshots",),
+    "binance": ("snapshots", "gaps"),
+    "okx": ("instruments", "gaps"),
+    "deribit": ("instruments", "gaps"),
     "lobster": ("symbol", "levels"),
     "tardis": ("price_scale", "size_scale"),
     "recording": ("gaps",),
@@ -472,7 +474,7 @@ def _source(args: argparse.Namespace) -> Source:
     if fmt == "auto":
         fmt = detect_format(path)
     options: dict[str, Any] = {}
-    for name in ("depth", "price_scale", "size_scale", "snapshots", "symbol", "levels", "gaps"):
+    for name in ("depth", "price_scale", "size_scale", "snapshots", "instruments", "symbol", "levels", "gaps"):
         value = getattr(args, name, None)
         if value is None:
             continue
@@ -718,14 +720,24 @@ def _add_source_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--depth", type=int, help="kraken: the subscribed book depth (default: from the channel name)")
     g.add_argument("--price-scale", type=int, help="tardis, coinbase: decimals of prices (default: from the data)")
     g.add_argument("--size-scale", type=int, help="tardis, coinbase: decimals of sizes (default: from the data)")
-    g.add_argument("--snapshots", help="binance: the REST snapshot file (default: *.http.* beside the capture)")
+    g.add_argument(
+        "--snapshots",
+        help="binance: the REST snapshot file (default: inline in the capture, else *.http.* beside it)",
+    )
+    g.add_argument(
+        "--instruments",
+        help="okx, deribit: cryptofeed's saved REST instruments file, for tick and lot sizes "
+        "(default: OKX.0 beside OKX.ws.1.0, else scales from the data)",
+    )
     g.add_argument("--symbol", help="lobster: the symbol (default: from the file name)")
     g.add_argument("--levels", type=int, help="lobster: levels in the file (default: from the file name)")
     g.add_argument(
         "--gaps",
         choices=("error", "resync"),
-        help="recording: a break in a symbol's sequence is an error, or with resync skipped to the symbol's "
-        "next snapshot (default: error)",
+        help="recording, binance, okx, deribit: a break in a symbol's sequence (binance: or a damaged line; okx: "
+        "a checksum that does not match) is an error, or with resync skipped to the symbol's next snapshot "
+        "(default: recording, okx, deribit error; binance: a break in the update ids resyncs, a damaged line "
+        "is an error)",
     )
 
 

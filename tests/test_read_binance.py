@@ -376,7 +376,7 @@ def test_crlf_line_endings_and_other_streams():
 def test_more_decimals_than_the_snapshot_is_an_error():
     line = depth(101.0, 101, 101).replace('"b": []', '"b": [["0.000000101", "1.00000000"]]')
     records = binance.read([OPEN, line], [snapshot(100.5, 100, bids=[(10, 1)], asks=[(20, 1)])])
-    with pytest.raises(FormatError, match=r"binance:2: .*more than 8 decimal places"):
+    with pytest.raises(FormatError, match=r"binance:2: FTMUSDT: .*more than 8 decimal places"):
         list(records)
 
 
@@ -391,12 +391,12 @@ def test_scales_follow_the_snapshot():
     "ws_lines, http, message",
     [
         ([OPEN, "101.0: not json\n"], [], r"binance:2: not JSON"),
-        ([OPEN, depth(101.0, 105, 101)], [], r"binance:2: first update id U=105 is after the final u=101"),
-        ([OPEN, depth(101.0, 101, 101).replace('"u": 101', '"u": "101"')], [], r"binance:2: 'u' must be"),
+        ([OPEN, depth(101.0, 105, 101)], [], r"binance:2: FTMUSDT: first update id U=105 is after the final u=101"),
+        ([OPEN, depth(101.0, 101, 101).replace('"u": 101', '"u": "101"')], [], r"binance:2: FTMUSDT: 'u' must be"),
         (
             [OPEN, depth(101.0, 101, 101).replace('"b": []', '"b": [[1.5, "1"]]')],
             [snapshot(100.5, 100, bids=[(10, 1)])],
-            r"binance:2: expected a decimal string",
+            r"binance:2: FTMUSDT: expected a decimal string",
         ),
         (
             [OPEN],

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from .records import FormatError, Record
 
-FORMATS = ("kraken", "coinbase", "binance", "lobster", "tardis", "recording")
+FORMATS = ("kraken", "coinbase", "binance", "okx", "deribit", "lobster", "tardis", "recording")
 # Formats whose files carry no venue reference (no checksum, no reference book).
 FORMATS_WITHOUT_REFERENCES = ("tardis",)
 GZIP_MAGIC = b"\x1f\x8b"
@@ -56,13 +56,42 @@ def _one(candidates: list[Path], what: str, near: Path) -> Path:
     return candidates[0]
 
 
-def binance_files(path: Path, snapshots: Path | None = None) -> tuple[Path, Path]:
+def binance_files(path: Path, snapshots: Path | None = None) -> tuple[Path, Path | None]:
     """The WebSocket capture and its REST snapshots: a folder holding both,
-    or the capture with `*.http.*` beside it unless named explicitly."""
+    or the capture with `*.http.*` beside it unless named explicitly; None
+    for a capture of cryptofeed's older layout, which holds its snapshots
+    inline (told by its content, whatever files lie beside it)."""
     ws = _one(sorted(path.glob("*.ws.*")), "WebSocket capture (*.ws.*)", path) if path.is_dir() else path
     if snapshots is None:
-        snapshots = _one(sorted(ws.parent.glob("*.http.*")), "REST snapshot file (*.http.*)", ws)
+        from .formats import binance
+
+        with open_text(ws) as f:
+            if binance.has_inline_snapshots(f):
+                return ws, None
+        beside = sorted(ws.parent.glob("*.http.*"))
+        if not beside:
+            return ws, None  # an older-layout capture whose first snapshot lies deep in the file
+        snapshots = _one(beside, "REST snapshot file (*.http.*)", ws)
     return ws, snapshots
+
+
+def instruments_file(capture: Path, instruments: Path | None = None) -> Path | None:
+    """The instruments cryptofeed saved beside an OKX or Deribit capture (its
+    REST responses): named explicitly, else `OKX.0` for `OKX.ws.1.0` (the
+    same rotation, `OKX.5` for `OKX.ws.1.5`, else `OKX.0`); None if absent."""
+    if instruments is not None:
+        if not instruments.is_file():
+            raise FormatError(str(instruments), "no such instruments file")
+        return instruments
+    prefix, sep, rest = capture.name.partition(".ws.")
+    if not sep:
+        return None
+    rotation = rest.rpartition(".")[2]
+    for name in dict.fromkeys((f"{prefix}.{rotation}", f"{prefix}.0")):
+        candidate = capture.with_name(name)
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def lobster_files(path: Path) -> tuple[Path, Path]:
@@ -106,9 +135,22 @@ def _records(path: Path, fmt: str, options: dict[str, Any]) -> Iterator[Record]:
             ws, http = binance_files(path, Path(snapshots) if snapshots else None)
             yield from binance.read(
                 stack.enter_context(open_text(ws)),
-                stack.enter_context(open_text(http)),
+                stack.enter_context(open_text(http)) if http else (),
                 source=ws.name,
-                snapshot_source=http.name,
+                snapshot_source=http.name if http else None,
+                **options,
+            )
+        elif fmt in ("okx", "deribit"):
+            from .formats import deribit, okx
+
+            read = okx.read if fmt == "okx" else deribit.read
+            given = options.pop("instruments", None)
+            defs = instruments_file(path, Path(given) if given else None)
+            yield from read(
+                stack.enter_context(open_text(path)),
+                instruments=stack.enter_context(open_text(defs)) if defs else None,
+                source=path.name,
+                instruments_source=defs.name if defs else "instruments",
                 **options,
             )
         elif fmt == "lobster":
@@ -155,14 +197,28 @@ def detect_format(path: Path) -> str:
             return "recording"
     with open_binary(path) as f:
         head = f.read(4096)
+        if head.startswith(b"configuration: "):
+            # A long configuration line first: read past it, to a whole line
+            # (a cut through a multi-byte character would look binary).
+            head += f.read(1 << 20)
+            head = head[: head.rfind(b"\n") + 1] or head
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         return "recording"
     first = text.lstrip().lower()
+    # cryptofeed's older recorder may open a capture with its configuration, which can name any venue.
+    while first.startswith("configuration: "):
+        first = first.partition("\n")[2].lstrip()
     if first.startswith("exchange,symbol,timestamp"):
         return "tardis"
-    for marker, fmt in (("kraken.com", "kraken"), ("coinbase.com", "coinbase"), ("binance.com", "binance")):
+    for marker, fmt in (
+        ("kraken.com", "kraken"),
+        ("coinbase.com", "coinbase"),
+        ("binance.com", "binance"),
+        ("okx.com", "okx"),
+        ("deribit.com", "deribit"),
+    ):
         if marker in first[:1024]:
             return fmt
     if not text.isprintable() and "\n" not in text[:200]:

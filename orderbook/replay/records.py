@@ -63,6 +63,9 @@ class TopLevels:
     bids: tuple[Level, ...]
     asks: tuple[Level, ...]
     depth: int = 0
+    # What vouched for these levels, as reports name it: "book" for a venue's
+    # own book file; a venue check that the reader passed ("okx checksum").
+    kind: str = "book"
 
 
 Reference = Checksum | BestPrices | TopLevels

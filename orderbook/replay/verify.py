@@ -68,7 +68,9 @@ def _check_top(book: Book, ref: TopLevels) -> str | None:
 
 
 def reference_kind(ref: Reference) -> str:
-    return {Checksum: "checksum", BestPrices: "best bid/ask", TopLevels: "book"}[type(ref)]
+    if isinstance(ref, TopLevels):
+        return ref.kind
+    return {Checksum: "checksum", BestPrices: "best bid/ask"}[type(ref)]
 
 
 @dataclass(slots=True)

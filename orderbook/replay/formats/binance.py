@@ -1,6 +1,7 @@
 """Binance spot diff-depth captures (the cryptofeed recorder's raw format).
 
-Two files, both in the capture format of `capture.py`, on one local clock:
+Two files, both in the capture format of `capture.py`, on one local clock
+(or one: see "Older layout" below):
 
 - the WebSocket capture: combined-stream envelopes `{"stream": ..., "data": ...}`
   of `<sym>@depth@100ms` diffs (`{"e":"depthUpdate","E":ms,"s":SYM,"U":first id,
@@ -39,16 +40,43 @@ Any other bookTicker falls inside a batch and cannot be checked exactly.
 Record times are receive times; a buffered diff is released no earlier than
 its snapshot, so times never step back. `event_time_ns` is the venue's `E`
 (the snapshot has none: its receive time).
+
+Older layout: cryptofeed's earlier recorder wrote one file per connection
+with each REST response inline (`.../api/v1/depth?symbol=SYM&limit=1000 ->
+<ts>: {"lastUpdateId":...}`), fetched lazily when the symbol's first diff
+came in, so a symbol's first diffs precede its snapshot line. `read(lines,
+[])` reads it: a REST line is a snapshot wherever it stands, and the diffs
+before it are buffered like any others.
+
+Bad input (a line that is not JSON or was cut short, a REST error body
+instead of a snapshot, a value the scale cannot hold) and breaks in the
+update ids follow `gaps`:
+
+- None (the default): a break in the ids is noted "gap" and the symbol
+  resyncs from its next snapshot, as Binance documents; bad input is a
+  FormatError naming the line and the symbol;
+- "error": both are a FormatError;
+- "resync": both are noted "gap" (bad input with no symbol to blame:
+  "unreadable line"), the symbol waits for its next snapshot, and a record
+  noted "resync: SYM skipped N records" follows that snapshot's drain (N:
+  the symbol's damaged lines plus the diffs found stale at the resync; a
+  symbol still waiting at the end is noted "no snapshot: SYM skipped N
+  records to the end").
+
+Every record is built whole before it is yielded: an error never leaves half
+of a message applied.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
+import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from orderbook.core.book import Level
@@ -57,7 +85,7 @@ from orderbook.core.instrument import Instrument
 from orderbook.core.units import MAX_SCALE
 
 from ..records import BestPrices, FormatError, Record, decimals, units
-from .capture import RECEIVED, REST, CaptureLine, read_capture
+from .capture import BAD, RECEIVED, REST, CaptureLine, read_capture
 
 VENUE = "binance"
 BINANCE_DECIMALS = 8  # what Binance writes; the scale only of a snapshot with no level at all
@@ -68,6 +96,9 @@ NS_PER_MS = 1_000_000
 STALE = "stale diff"
 GAP = "gap"
 NO_SNAPSHOT = "no snapshot"
+UNREADABLE = "unreadable line"
+
+Gaps = Literal["error", "resync"]
 
 RawLevel = tuple[str, str]  # (price, qty) as written: converted once the scale is known
 
@@ -95,11 +126,51 @@ class Ticker:
     where: str
 
 
+class BadInput(FormatError):
+    """A line the reader cannot use, with the symbol it belongs to where known."""
+
+    def __init__(self, where: str, symbol: str | None, problem: str) -> None:
+        super().__init__(where, f"{symbol}: {problem}" if symbol else problem)
+        self.symbol = symbol
+        self.problem = problem
+
+
 def _json(line: CaptureLine) -> object:
     try:
         return json.loads(line.body)
     except ValueError as exc:
+        if not line.ended:
+            raise FormatError(line.where, f"cut short, the file ends mid-message: {line.body[-40:]!r}") from None
         raise FormatError(line.where, f"not JSON: {exc}") from None
+
+
+_SYMBOL_IN_TEXT = (
+    re.compile(r'"s"\s*:\s*"([A-Za-z0-9]+)"'),
+    re.compile(r'"stream"\s*:\s*"([A-Za-z0-9]+)@'),
+    re.compile(r"[?&]symbol=([A-Za-z0-9]+)"),
+)
+
+
+def guess_symbol(text: str) -> str | None:
+    """The symbol a damaged line names, if any of it survives."""
+    for pattern in _SYMBOL_IN_TEXT:
+        found = pattern.search(text)
+        if found:
+            return found[1].upper()
+    return None
+
+
+def is_inline_snapshot(text: str) -> bool:
+    """Whether a capture line is a REST depth response (cryptofeed's older layout writes them inline)."""
+    head = text.partition(": ")[0]
+    return " -> " in head and "/depth?" in head
+
+
+def has_inline_snapshots(lines: Iterable[str], limit: int = 50_000) -> bool:
+    """Whether one of the first `limit` lines is a REST depth response.
+    The older recorder fetched each snapshot on the symbol's first diff, so
+    the first one comes within the first moments of the connection."""
+    return any(is_inline_snapshot(line) for line in islice(lines, limit))
 
 
 def _int(obj: dict[str, object], key: str, where: str) -> int:
@@ -225,6 +296,8 @@ class SymbolSync:
     applied: bool = False  # a diff has been applied since the snapshot
     buffered: deque[Diff] = field(default_factory=lambda: deque(maxlen=MAX_BUFFERED))
     tickers: deque[Ticker] = field(default_factory=lambda: deque(maxlen=MAX_TICKERS))
+    waiting: bool = False  # gaps="resync": a gap was noted and no snapshot has come since
+    skipped: int = 0  # gaps="resync": the symbol's records lost since the gap
 
     def take_tickers(self, final: int) -> list[Ticker]:
         """Discard the held bookTickers a diff ending at `final` passes; return those at it."""
@@ -244,7 +317,10 @@ class SymbolSync:
 class BinanceReader:
     """Turns merged capture lines into records; holds only the per-symbol sync state."""
 
-    def __init__(self) -> None:
+    def __init__(self, gaps: Gaps | None = None) -> None:
+        if gaps not in (None, "error", "resync"):
+            raise ValueError(f"gaps must be 'error' or 'resync', not {gaps!r}")
+        self.gaps = gaps
         self.symbols: dict[str, SymbolSync] = {}
         self.now_ns = 0
 
@@ -256,6 +332,14 @@ class BinanceReader:
 
     def line(self, line: CaptureLine) -> Iterator[Record]:
         self.now_ns = max(self.now_ns, line.time_ns)
+        try:
+            yield from self._line(line)
+        except FormatError as exc:
+            yield from self.bad_input(line, exc)
+
+    def _line(self, line: CaptureLine) -> Iterator[Record]:
+        if line.kind == BAD:
+            raise FormatError(line.where, line.body)
         if line.kind == REST:
             symbol = _snapshot_symbol(line)
             if symbol is not None:
@@ -266,39 +350,87 @@ class BinanceReader:
                 return
             kind, data = found
             state = self.sync(_str(data, "s", line.where))
+            try:
+                if kind == DEPTH:
+                    diff = _diff(line, data)
+                else:
+                    ticker = _ticker(line, data)
+            except FormatError as exc:
+                raise BadInput(exc.where, state.symbol, str(exc).removeprefix(f"{exc.where}: ")) from None
             if kind == DEPTH:
-                yield from self.depth(state, _diff(line, data))
+                yield from self.depth(state, diff)
             else:
-                yield from self.ticker(state, _ticker(line, data))
+                yield from self.ticker(state, ticker)
+
+    def bad_input(self, line: CaptureLine, exc: FormatError) -> Iterator[Record]:
+        """A line the reader cannot use: an error naming it and its symbol, or
+        with gaps="resync" a gap on that symbol until its next snapshot."""
+        if isinstance(exc, BadInput):
+            symbol, where, problem = exc.symbol, exc.where, exc.problem
+        else:
+            symbol, where = guess_symbol(line.url + " " + line.body), exc.where
+            problem = str(exc).removeprefix(f"{where}: ")
+        if self.gaps != "resync":
+            if symbol is None:
+                raise FormatError(where, f"{problem} (symbol unknown)") from None
+            raise BadInput(where, symbol, problem) from None
+        if symbol is None:
+            # Nothing to hold back: a depth diff lost here breaks its symbol's
+            # id chain, which the next diff shows.
+            yield Record(self.now_ns, note=UNREADABLE)
+            return
+        state = self.sync(symbol)
+        state.skipped += 1
+        yield from self.wait_for_snapshot(state, self.now_ns)
+
+    def wait_for_snapshot(self, state: SymbolSync, time_ns: int) -> Iterator[Record]:
+        state.lose_sync()
+        if not state.waiting:
+            state.waiting = True
+            yield Record(time_ns, note=GAP)
 
     def snapshot(self, symbol: str, line: CaptureLine) -> Iterator[Record]:
         msg = _json(line)
         if not isinstance(msg, dict) or "lastUpdateId" not in msg:
-            raise FormatError(line.where, f"{symbol}: not a depth snapshot: {line.body[:120]!r}")
-        last_id = _int(msg, "lastUpdateId", line.where)
-        bids, asks = _raw_levels(msg, "bids", line.where), _raw_levels(msg, "asks", line.where)
-        state = self.sync(symbol)
-        new = state.instrument is None
-        if state.instrument is None:
+            if isinstance(msg, dict) and "code" in msg:
+                problem = f"not a depth snapshot but an error: code {msg.get('code')}, {msg.get('msg')!r}"
+            else:
+                problem = f"not a depth snapshot: {line.body[:120]!r}"
+            raise BadInput(line.where, symbol, problem)
+        try:
+            last_id = _int(msg, "lastUpdateId", line.where)
+            bids, asks = _raw_levels(msg, "bids", line.where), _raw_levels(msg, "asks", line.where)
+            state = self.sync(symbol)
+            new = state.instrument is None
             # A resync keeps the first snapshot's scales: a value needing more is an error.
-            state.instrument = _instrument(symbol, bids, asks, line.where)
-        inst = state.instrument
-        book = _levels(inst, bids, line.where), _levels(inst, asks, line.where)
+            inst = state.instrument or _instrument(symbol, bids, asks, line.where)
+            book = _levels(inst, bids, line.where), _levels(inst, asks, line.where)
+        except FormatError as exc:
+            raise BadInput(exc.where, symbol, str(exc).removeprefix(f"{exc.where}: ")) from None
+        state.instrument = inst
         update = BookUpdate(symbol, *book, replace=True, event_time_ns=line.time_ns)
         state.last_id = last_id
         state.applied = False
         # Held bookTickers at or before the snapshot match no diff that will be applied.
         state.take_tickers(last_id)
         yield Record(line.time_ns, (inst,) if new else (), (update,))
+        resyncing, state.waiting = state.waiting, False
         held, state.buffered = state.buffered, deque(maxlen=MAX_BUFFERED)
         for diff in held:
             # A gap while draining re-buffers the rest, for the next snapshot.
-            yield from self.depth(state, diff, released_ns=line.time_ns)
+            for record in self.depth(state, diff, released_ns=line.time_ns):
+                state.skipped += record.note == STALE
+                yield record
+        if resyncing:
+            yield Record(line.time_ns, note=f"resync: {symbol} skipped {_records(state.skipped)}")
+        state.skipped = 0
 
     def depth(self, state: SymbolSync, diff: Diff, released_ns: int = 0) -> Iterator[Record]:
         time_ns = max(diff.time_ns, released_ns)
         last = state.last_id
         if last is None:
+            if state.waiting and len(state.buffered) == state.buffered.maxlen:
+                state.skipped += 1  # the oldest falls out
             state.buffered.append(diff)
             return
         if diff.final <= last:
@@ -306,15 +438,25 @@ class BinanceReader:
             return
         follows = diff.first <= last + 1 if not state.applied else diff.first == last + 1
         if not follows:
-            state.lose_sync()
+            want = f"U <= {last + 1} <= u" if not state.applied else f"U == {last + 1}"
+            problem = f"update ids break: U={diff.first} u={diff.final}, expected {want}"
+            if self.gaps == "error":
+                raise BadInput(diff.where, state.symbol, problem + "; the capture lost data here")
             state.buffered.append(diff)
-            yield Record(time_ns, note=GAP)
+            if self.gaps == "resync":
+                yield from self.wait_for_snapshot(state, time_ns)
+            else:
+                state.lose_sync()
+                yield Record(time_ns, note=GAP)
             return
         inst = state.instrument
         assert inst is not None  # set by the snapshot that synced the symbol
-        bids, asks = _levels(inst, diff.bids, diff.where), _levels(inst, diff.asks, diff.where)
+        try:
+            bids, asks = _levels(inst, diff.bids, diff.where), _levels(inst, diff.asks, diff.where)
+            checks = tuple(self.best_prices(state, t) for t in state.take_tickers(diff.final))
+        except FormatError as exc:
+            raise BadInput(exc.where, state.symbol, str(exc).removeprefix(f"{exc.where}: ")) from None
         update = BookUpdate(state.symbol, bids, asks, replace=False, event_time_ns=diff.event_ns)
-        checks = tuple(self.best_prices(state, t) for t in state.take_tickers(diff.final))
         state.last_id = diff.final
         state.applied = True
         yield Record(time_ns, updates=(update,), checks=checks)
@@ -324,7 +466,11 @@ class BinanceReader:
         if last is None or ticker.update_id > last:
             state.tickers.append(ticker)
         elif state.applied and ticker.update_id == last:
-            yield Record(ticker.time_ns, checks=(self.best_prices(state, ticker),))
+            try:
+                check = self.best_prices(state, ticker)
+            except FormatError as exc:
+                raise BadInput(exc.where, state.symbol, str(exc).removeprefix(f"{exc.where}: ")) from None
+            yield Record(ticker.time_ns, checks=(check,))
 
     def best_prices(self, state: SymbolSync, ticker: Ticker) -> BestPrices:
         inst = state.instrument
@@ -333,23 +479,43 @@ class BinanceReader:
 
     def finish(self) -> Iterator[Record]:
         for state in self.symbols.values():
-            if state.last_id is None and state.buffered:
+            if state.waiting:
+                lost = _records(state.skipped + len(state.buffered))
+                yield Record(self.now_ns, note=f"{NO_SNAPSHOT}: {state.symbol} skipped {lost} to the end")
+            elif state.last_id is None and state.buffered:
                 yield Record(self.now_ns, note=NO_SNAPSHOT)
+
+
+def _records(n: int) -> str:
+    return f"{n} record" if n == 1 else f"{n} records"
 
 
 def read(
     ws_lines: Iterable[str],
-    snapshot_lines: Iterable[str],
+    snapshot_lines: Iterable[str] = (),
     *,
     source: str = "binance",
     snapshot_source: str | None = None,
+    gaps: Gaps | None = None,
 ) -> Iterator[Record]:
     """Records of a WebSocket capture and its REST snapshots, merged by receive
     time; errors name `source:line` (`snapshot_source`, default "<source>
-    snapshots", for the snapshot file)."""
-    ws = read_capture(ws_lines, source)
-    rest = read_capture(snapshot_lines, snapshot_source or f"{source} snapshots")
-    reader = BinanceReader()
+    snapshots", for the snapshot file). A capture of the older layout carries
+    its snapshots inline: pass no `snapshot_lines`. `gaps`: see the module."""
+    reader = BinanceReader(gaps)  # checks `gaps` now, not at the first record
+    return _read(reader, ws_lines, snapshot_lines, source, snapshot_source)
+
+
+def _read(
+    reader: BinanceReader,
+    ws_lines: Iterable[str],
+    snapshot_lines: Iterable[str],
+    source: str,
+    snapshot_source: str | None,
+) -> Iterator[Record]:
+    # Lines that are no capture lines come through too, so that the error names their symbol.
+    ws = read_capture(ws_lines, source, bad_lines=True)
+    rest = read_capture(snapshot_lines, snapshot_source or f"{source} snapshots", bad_lines=True)
     # On equal times the WebSocket line goes first; a diff it holds is buffered either way.
     for line in heapq.merge(ws, rest, key=_time):
         yield from reader.line(line)

@@ -7,6 +7,10 @@ Coinbase and Binance readers. One record per line:
     <url> -> <ts>: <body>       a REST response
     configuration: <json>       the recorder's configuration
 
+cryptofeed's older recorder wrote the same lines, one file per connection
+(`<EXCHANGE>-<6 hex>.<n>`), REST responses inline among the WebSocket
+messages; its timestamps are Python float reprs of any length.
+
 The body is exactly what the venue sent, so it is split off at the first
 ": " and never re-parsed as anything but JSON by the venue reader.
 """
@@ -23,6 +27,7 @@ SENT = "sent"
 OPENED = "opened"
 REST = "rest"
 CONFIGURATION = "configuration"
+BAD = "bad"  # not a capture line; yielded only to readers that ask (`bad_lines`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,29 +37,46 @@ class CaptureLine:
     body: str  # the JSON text ('' for an opened connection)
     url: str  # '' for received messages
     where: str  # "source:lineno", for error messages
+    # False for a last line with no line break: a recorder stopped mid-write may have cut it.
+    ended: bool = True
 
 
-def read_capture(lines: Iterable[str], source: str = "capture") -> Iterator[CaptureLine]:
-    """Split each line of a capture; blank lines (trailing ones included) are skipped."""
+def read_capture(lines: Iterable[str], source: str = "capture", *, bad_lines: bool = False) -> Iterator[CaptureLine]:
+    """Split each line of a capture; blank lines (trailing ones included) are skipped.
+
+    A line that is no capture line is a FormatError, or with `bad_lines` a
+    `BAD` line (body: the problem, url: the text) at the previous line's
+    time, so a reader that can skip damage goes on after it."""
+    last_ns = 0
     for lineno, raw in enumerate(lines, 1):
         line = raw.rstrip("\r\n")
         if not line.strip():
             continue
         where = f"{source}:{lineno}"
-        if line.startswith("configuration: "):
-            yield CaptureLine(CONFIGURATION, 0, line[len("configuration: ") :], "", where)
-            continue
-        head, sep, body = line.partition(": ")
-        if " <-> " in head and not sep:
-            url, _, ts = line.partition(" <-> ")
-            yield CaptureLine(OPENED, seconds_to_ns(ts, where), "", url, where)
-            continue
-        if not sep:
-            raise FormatError(where, f"not a capture line: {line[:80]!r}")
-        for arrow, kind in ((" <- ", SENT), (" -> ", REST)):
-            if arrow in head:
-                url, _, ts = head.rpartition(arrow)
-                yield CaptureLine(kind, seconds_to_ns(ts, where), body, url, where)
-                break
-        else:
-            yield CaptureLine(RECEIVED, seconds_to_ns(head, where), body, "", where)
+        ended = line != raw
+        try:
+            parsed = _split(line, where, ended)
+        except FormatError as exc:
+            if not bad_lines:
+                raise
+            problem = str(exc).removeprefix(f"{where}: ")
+            parsed = CaptureLine(BAD, last_ns, problem, line, where, ended)
+        last_ns = max(last_ns, parsed.time_ns)
+        yield parsed
+
+
+def _split(line: str, where: str, ended: bool) -> CaptureLine:
+    if line.startswith("configuration: "):
+        return CaptureLine(CONFIGURATION, 0, line[len("configuration: ") :], "", where, ended)
+    head, sep, body = line.partition(": ")
+    if " <-> " in head and not sep:
+        url, _, ts = line.partition(" <-> ")
+        return CaptureLine(OPENED, seconds_to_ns(ts, where), "", url, where, ended)
+    if not sep:
+        cut = "" if ended else " (cut short: the file ends mid-line)"
+        raise FormatError(where, f"not a capture line{cut}: {line[:80]!r}")
+    for arrow, kind in ((" <- ", SENT), (" -> ", REST)):
+        if arrow in head:
+            url, _, ts = head.rpartition(arrow)
+            return CaptureLine(kind, seconds_to_ns(ts, where), body, url, where, ended)
+    return CaptureLine(RECEIVED, seconds_to_ns(head, where), body, "", where, ended)
