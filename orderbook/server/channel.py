@@ -26,7 +26,7 @@ from orderbook.core.history import History, HistoryLimits
 from orderbook.core.sequencer import SequencedBook
 from orderbook.wire import codec
 
-from .outgoing import Joined, Outgoing
+from .outgoing import Outgoing
 
 
 class Subscriber(Protocol):
@@ -40,8 +40,6 @@ class Subscriber(Protocol):
     def unshare(self, sub: Subscription) -> None: ...
 
     def catch_up(self) -> None: ...
-
-    def deliver(self, sub: Subscription, joined: Joined) -> bool: ...
 
 
 class Subscription:

@@ -21,7 +21,7 @@ from orderbook.wire import codec
 from orderbook.wire.codec import Encoding, ErrorCode, SubscribeRequest
 
 from .channel import Channel, ConflationGroup, Fanout, Subscription
-from .connection import Connection
+from .connection import Connection, write_shared
 from .counts import DELTA, HEARTBEAT, OTHER, SNAPSHOT, Counts
 from .outgoing import Joined, Outgoing
 from .settings import Settings
@@ -198,12 +198,7 @@ class Hub:
         """One group's waiting messages to its shared members: joined once per
         frame kind, one write each. Returns the writes made."""
         fan.queued = False
-        joined = Joined(fan.msgs)
-        n = 0
-        for sub in fan.shared:
-            if sub.conn.deliver(sub, joined):
-                n += 1
-            sub.skip = 0
+        n = write_shared(fan.shared, Joined(fan.msgs))
         fan.msgs = []
         return n
 

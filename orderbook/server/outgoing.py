@@ -78,19 +78,20 @@ class Joined:
     """A group's waiting messages as one write per kind: each kind's frames
     joined once per flush, only if some member takes that kind."""
 
-    __slots__ = ("_frames", "msgs")
+    __slots__ = ("frames", "msgs")
 
     def __init__(self, msgs: list[Outgoing]) -> None:
         self.msgs = msgs
-        self._frames: list[bytes | None] = [None] * KINDS
+        # Each kind's joined bytes once built (`frames[kind] or get(kind)`).
+        self.frames: list[bytes | None] = [None] * KINDS
 
     def get(self, kind: int) -> bytes:
-        data = self._frames[kind]
+        data = self.frames[kind]
         if data is None:
             msgs = self.msgs
             if len(msgs) == 1:
                 data = msgs[0].frames[kind] or msgs[0].build(kind)
             else:
                 data = b"".join([m.frames[kind] or m.build(kind) for m in msgs])
-            self._frames[kind] = data
+            self.frames[kind] = data
         return data
