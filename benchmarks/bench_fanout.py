@@ -979,7 +979,11 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--sweep-subscribers", type=int, default=1000)
     p.add_argument(
-        "--window", type=int, default=64, help="ours: updates in flight in the flood, at least 4 batches (default 64)"
+        "--window",
+        type=int,
+        default=512,
+        help="ours: updates in flight in the flood, at least 4 batches (default 512: more than the node joins in "
+        "one write, so the load generator never sets its messages per write)",
     )
     p.add_argument(
         "--rcvlowat",
