@@ -291,7 +291,9 @@ GENERATED = {
 FOCUS = (
     ("`Book.apply_bids` / `apply_asks` (book mutation, change detection)", "orderbook/core/book.py", "update"),
     ("`Book.checksum` (top-10 text + CRC-32)", "orderbook/core/book.py", "checksum"),
-    ("`validate_update` (whole-batch validation)", "orderbook/core/sequencer.py", "validate_update"),
+    ("`validate_updates` (whole-batch validation)", "orderbook/core/sequencer.py", "validate_updates"),
+    ("`_Keys.add` (sorted index: a level appears)", "orderbook/core/book.py", "add"),
+    ("`_Keys.remove` (sorted index: a level goes)", "orderbook/core/book.py", "remove"),
     ("`Delta` construction (a named tuple's `__new__`)", "<string>", "__new__"),
 )
 

@@ -16,7 +16,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from orderbook.core.book import Book
+from orderbook.core.book import Book, _Keys
 from orderbook.core.errors import InvariantViolation
 
 pytestmark = pytest.mark.timeout(120)
@@ -156,6 +156,52 @@ class BookMachine(RuleBasedStateMachine):
 TestBookMachine = BookMachine.TestCase
 # One bug shrunk at a time: shrinking several at once can run for minutes.
 TestBookMachine.settings = settings(max_examples=120, stateful_step_count=40, deadline=None, report_multiple_bugs=False)
+
+
+class SmallHeadBookMachine(BookMachine):
+    """The same rules with the plain-list head of each side's keys cut to
+    11-12 keys, so that keys move between it and the sorted rest all the
+    time (with the real limits, 64-128 keys, few books here reach them)."""
+
+    def __init__(self) -> None:
+        self._limits = (_Keys.HEAD_MAX, _Keys.HEAD_REFILL)
+        _Keys.HEAD_MAX, _Keys.HEAD_REFILL = 12, 11
+        super().__init__()
+
+    def teardown(self) -> None:
+        _Keys.HEAD_MAX, _Keys.HEAD_REFILL = self._limits
+
+    @rule(
+        bid=st.booleans(),
+        changes=st.lists(st.tuples(st.integers(min_value=-40, max_value=40), sizes0), min_size=5, max_size=40),
+    )
+    def many_sets(self, bid, changes):
+        # One level at a time, so a side grows past the head and shrinks below it.
+        for price, size in changes:
+            if bid:
+                self._set(self.bids, self.book.set_bid, price, size)
+            else:
+                self._set(self.asks, self.book.set_ask, price, size)
+
+
+TestSmallHeadBookMachine = SmallHeadBookMachine.TestCase
+TestSmallHeadBookMachine.settings = settings(
+    max_examples=120, stateful_step_count=60, deadline=None, report_multiple_bugs=False
+)
+
+
+def test_keys_move_between_head_and_rest_in_order(monkeypatch):
+    monkeypatch.setattr(_Keys, "HEAD_MAX", 12)
+    monkeypatch.setattr(_Keys, "HEAD_REFILL", 11)
+    book = Book()
+    for p in range(100):
+        book.set_ask(p, 1)
+    book.check()
+    for p in range(95):  # from the best: the head drains and refills from the rest
+        book.set_ask(p, 0)
+        book.check()
+        assert book.asks(3) == [(q, 1) for q in range(p + 1, min(p + 4, 100))]
+    assert book.asks() == [(q, 1) for q in range(95, 100)]
 
 
 # ----------------------------------------------------------------------------- examples

@@ -2,8 +2,9 @@
 
 Bids are stored under the negated price so that both sides iterate best
 first from index 0. Runtime complexity: a size change O(1) (dict), a level
-that appears or goes O(log n) (SortedList), top-N views O(log n + N), best
-price O(1).
+that appears or goes O(log n) (SortedList; near the top of the book, a
+plain list of at most `_Keys.HEAD_MAX` keys), top-N views O(log n + N),
+best price O(1).
 
 The book keeps what its checksum needs between updates: per side, the keys
 and the text of its best `CHECKSUM_DEPTH` levels, exact after every change.
@@ -15,9 +16,9 @@ that one level (and, when one of them goes, the level that moves up), so
 from __future__ import annotations
 
 import zlib
-from bisect import bisect_left
-from collections.abc import Iterable, Sequence
-from itertools import islice
+from bisect import bisect_left, insort
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, islice, pairwise
 from typing import TypeAlias
 
 from sortedcontainers import SortedList
@@ -26,14 +27,98 @@ from .checksum import CHECKSUM_DEPTH, book_checksum
 from .errors import InvariantViolation
 
 Level: TypeAlias = tuple[int, int]  # (price ticks, size lots)
+# A side's update: levels in, the effective changes out (`Book.apply_bids`).
+SideUpdate: TypeAlias = Callable[[tuple[Level, ...]], tuple[Level, ...]]
+
+
+class _Keys:
+    """The keys of one side, sorted: the part of `SortedList` the book uses
+    (`add`, `remove`, indexing, iteration), with the best keys apart.
+
+    Most levels that appear or go are near the top of a book. `head` is a
+    plain sorted list of the best keys (at most `HEAD_MAX`), where such a
+    change is one insort or delete in C, against two Python calls of
+    `SortedList`; the other keys are in `rest`, a `SortedList`. Every key of
+    `head` is below every key of `rest`, and `head` holds at least
+    `CHECKSUM_DEPTH` keys while `rest` holds any, so the best
+    `CHECKSUM_DEPTH` keys are always in `head`.
+    """
+
+    __slots__ = ("head", "rest")
+
+    # The gap between the two keeps a level that comes and goes at the
+    # boundary from moving keys between `head` and `rest` every time.
+    HEAD_MAX = 128  # past this, the last key of `head` moves to `rest`
+    HEAD_REFILL = 64  # `head` below CHECKSUM_DEPTH takes keys from `rest` up to this
+
+    def __init__(self, keys: Iterable[int] = ()) -> None:
+        ordered = sorted(keys)
+        self.head: list[int] = ordered[: self.HEAD_REFILL]
+        self.rest = SortedList(ordered[self.HEAD_REFILL :])
+
+    def copy(self) -> _Keys:
+        other = _Keys()
+        other.head = self.head.copy()
+        other.rest = self.rest.copy()
+        return other
+
+    def add(self, key: int) -> None:
+        """Add a key that is not there."""
+        head = self.head
+        if self.rest and key > head[-1]:
+            self.rest.add(key)
+            return
+        insort(head, key)
+        if len(head) > self.HEAD_MAX:
+            self.rest.add(head.pop())
+
+    def remove(self, key: int) -> None:
+        """Remove a key that is there."""
+        head = self.head
+        if key > head[-1]:
+            self.rest.remove(key)
+            return
+        del head[bisect_left(head, key)]
+        rest = self.rest
+        if len(head) < CHECKSUM_DEPTH and rest:
+            n = self.HEAD_REFILL - len(head)
+            head += rest[:n]
+            del rest[:n]
+
+    def __len__(self) -> int:
+        return len(self.head) + len(self.rest)
+
+    def __iter__(self) -> Iterator[int]:
+        return chain(self.head, self.rest)
+
+    def __getitem__(self, i: int) -> int:
+        """The i-th key; negative counts from the end, as in a list."""
+        head = self.head
+        if 0 <= i < len(head):
+            return head[i]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("index out of range")
+        return head[i] if i < len(head) else self.rest[i - len(head)]
+
+    def check(self) -> None:
+        """Raise `InvariantViolation` unless the keys are sorted and split as described."""
+        self.rest._check()
+        head, rest = self.head, self.rest
+        if any(a >= b for a, b in pairwise(head)) or len(head) > self.HEAD_MAX:
+            raise InvariantViolation("sorted index: head not sorted or too long")
+        if rest and (len(head) < CHECKSUM_DEPTH or head[-1] >= rest[0]):
+            raise InvariantViolation("sorted index: head and rest overlap, or head too short")
 
 
 class _Side:
     """The levels of one side, best first, and the checksum text of the best ones.
 
     `sizes` maps each level's key to its size, `keys` holds the same keys
-    sorted (best first): a size change is a plain dict store, and only a
-    level that appears or goes touches the sorted index.
+    sorted (best first, `_Keys`): a size change is a plain dict store, and
+    only a level that appears or goes touches the sorted index.
 
     `top` holds the keys of the best `CHECKSUM_DEPTH` levels, best first,
     and `parts` their checksum pieces (`b"{price}{size}"`) at the same
@@ -48,7 +133,7 @@ class _Side:
 
     def __init__(self, negate: bool, sizes: dict[int, int] | None = None) -> None:
         self.sizes: dict[int, int] = {} if sizes is None else sizes  # key -> size
-        self.keys = SortedList(self.sizes)
+        self.keys = _Keys(self.sizes)
         self.negate = negate  # bids: key = -price
         self.top: list[int] = list(islice(self.keys, CHECKSUM_DEPTH))
         size_of = self.sizes.__getitem__
@@ -102,9 +187,9 @@ class _Side:
                 self.edge = top[-1]
         else:  # one of the best went: the next one below moves up
             del top[i], parts[i]
-            keys = self.keys
-            if len(keys) >= CHECKSUM_DEPTH:
-                k = keys[CHECKSUM_DEPTH - 1]
+            head = self.keys.head  # holds the best CHECKSUM_DEPTH keys, if there are as many
+            if len(head) >= CHECKSUM_DEPTH:
+                k = head[CHECKSUM_DEPTH - 1]
                 top.append(k)
                 parts.append(b"%d%d" % (-k if self.negate else k, self.sizes[k]))
                 self.edge = k
@@ -225,6 +310,12 @@ class Book:
         call fewer per update); an empty side is not looked at."""
         return (self._bid.update(bids) if bids else (), self._ask.update(asks) if asks else ())
 
+    def updaters(self) -> tuple[SideUpdate, SideUpdate]:
+        """`apply_bids` and `apply_asks` for tuples, without their call in
+        between: for a loop over many updates. Valid until `clear` or
+        `replace` (which give the book new sides)."""
+        return self._bid.update, self._ask.update
+
     def clear(self) -> None:
         self._bid = _Side(negate=True)
         self._ask = _Side(negate=False)
@@ -245,14 +336,14 @@ class Book:
         side = self._bid
         if not side.sizes:
             return None
-        k = side.keys[0]
+        k = side.keys.head[0]
         return -k, side.sizes[k]
 
     def best_ask(self) -> Level | None:
         side = self._ask
         if not side.sizes:
             return None
-        k = side.keys[0]
+        k = side.keys.head[0]
         return k, side.sizes[k]
 
     def bids(self, depth: int | None = None) -> list[Level]:
@@ -335,7 +426,7 @@ class Book:
         scratch.
         """
         for name, side in (("bid", self._bid), ("ask", self._ask)):
-            side.keys._check()
+            side.keys.check()
             if len(side.keys) != len(side.sizes) or any(k not in side.sizes for k in side.keys):
                 raise InvariantViolation(f"{name} side: sorted index and levels disagree")
         for name, levels in (("bid", self.bids()), ("ask", self.asks())):
@@ -363,10 +454,10 @@ class Book:
             raise InvariantViolation(f"kept checksum {self.checksum()} != {fresh} computed afresh")
 
 
-def _first(keys: Sequence[int], depth: int | None) -> Iterable[int]:
+def _first(keys: _Keys, depth: int | None) -> Iterable[int]:
     """`keys` in order, the first `depth` only if given (0 = all)."""
     if not depth:
         return keys
     if depth > 0:
         return islice(keys, depth)
-    return keys[:depth]  # negative: all but the last, as a slice does
+    return list(keys)[:depth]  # negative: all but the last, as a slice does

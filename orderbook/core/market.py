@@ -9,7 +9,7 @@ from typing import Protocol
 from .errors import LimitExceeded, SourceConflict, UnknownSymbol
 from .events import BatchResult, BookUpdate, Delta, FeedBatch, Position, Snapshot
 from .instrument import Instrument
-from .sequencer import SequencedBook, validate_update
+from .sequencer import SequencedBook, validate_updates
 
 # Sources: who writes a symbol's book. One source per book (docs/protocol.md §12.5).
 SIMULATOR = "simulator"  # the built-in market simulator
@@ -135,6 +135,11 @@ class Market:
     def validate(self, batch: FeedBatch, source: str = FEED, takeover: bool = False) -> None:
         """Raise unless every definition and update of `batch` may be applied
         by `source` (with `takeover`: may take symbols from other sources)."""
+        self._validate(batch, source, takeover)
+
+    def _validate(self, batch: FeedBatch, source: str, takeover: bool) -> list[tuple[str, tuple[BookUpdate, ...]]]:
+        """`validate`; return the batch's updates cut into runs of consecutive
+        updates to one symbol, in order, as (symbol, updates)."""
         pending: dict[str, Instrument] = {}
         books = self._books
         if self.limits is not NO_LIMITS:
@@ -147,19 +152,36 @@ class Market:
             if prior is not None:
                 prior.check_redefinition(inst)
             pending[inst.symbol] = inst
-        for update in batch.updates:
-            sb = books.get(update.symbol)
-            if sb is not None:
-                validate_update(sb.instrument, update)
-            else:
-                defined = pending.get(update.symbol)
-                if defined is None:
-                    raise UnknownSymbol(update.symbol)
-                validate_update(defined, update)
+        # Most batches update one symbol, or a few in long runs: each run is
+        # validated in one call, and the updates are looked at once here.
+        # A run is validated before the next symbol is looked up, so the
+        # first bad update (or unknown symbol) in order is the one reported.
+        updates = batch.updates
+        runs: list[tuple[str, tuple[BookUpdate, ...]]] = []
+        symbol = ""
+        instrument: Instrument | None = None
+        start = 0
+        for i, update in enumerate(updates):
+            if update.symbol != symbol or instrument is None:
+                if instrument is not None:
+                    run = updates[start:i]
+                    validate_updates(instrument, run)
+                    runs.append((symbol, run))
+                symbol = update.symbol
+                sb = books.get(symbol)
+                instrument = sb.instrument if sb is not None else pending.get(symbol)
+                if instrument is None:
+                    raise UnknownSymbol(symbol)
+                start = i
+        if instrument is not None:
+            run = updates[start:] if start else updates
+            validate_updates(instrument, run)
+            runs.append((symbol, run))
         if self._owners:
-            self._check_owners(batch.updates, source, takeover)
+            self._check_owners(updates, {s for s, _ in runs}, source, takeover)
         if self.limits.max_levels_per_side:
-            self._check_sides(batch.updates, self.limits.max_levels_per_side)
+            self._check_sides(updates, self.limits.max_levels_per_side)
+        return runs
 
     def check_counts(self, batch: BatchCounts) -> None:
         """The limits that need no look at the levels: symbols, batch levels.
@@ -253,12 +275,13 @@ class Market:
                 )
             allowed = max(cap, count)  # a side beyond the cap may shrink, never grow back
 
-    def _check_owners(self, updates: tuple[BookUpdate, ...], source: str, takeover: bool) -> None:
+    def _check_owners(self, updates: tuple[BookUpdate, ...], symbols: set[str], source: str, takeover: bool) -> None:
+        """`symbols`: those of `updates`."""
         owners = self._owners
         # Most batches come from the owner of every symbol they touch: one
         # pass over the distinct symbols says so; only a batch with a
         # conflict is walked in order, to name its first conflicting update.
-        for symbol in {u.symbol for u in updates}:
+        for symbol in symbols:
             owner = owners.get(symbol)
             if owner is not None and owner != source:
                 break
@@ -306,24 +329,19 @@ class Market:
         batch not yet applied). Symbols the batch defines or updates belong
         to `source` afterwards (with `takeover`, also those it took).
         """
-        self.validate(batch, source, takeover)
+        runs = self._validate(batch, source, takeover)
         new = tuple(i for i in batch.instruments if self.define(i))
         owners = self._owners
         for inst in new:
             owners[inst.symbol] = source
-        deltas = []
+        deltas: list[Delta] = []
         touched: dict[str, SequencedBook] = {}
         books = self._books
-        for update in batch.updates:
-            symbol = update.symbol
+        for symbol, updates in runs:
             sb = books[symbol]
             if symbol not in touched:
                 touched[symbol] = sb
                 owners[symbol] = source
-            delta = sb.apply(update, now_ns)
-            if delta is not None:
-                deltas.append(delta)
-                if on_delta is not None:
-                    on_delta(delta)
+            sb.apply_all(updates, now_ns, deltas, on_delta)
         positions = tuple(Position(s, sb.epoch, sb.seq) for s, sb in touched.items())
         return BatchResult(tuple(deltas), positions, new)
