@@ -258,6 +258,39 @@ async def test_feed_through_any_of_three_workers_is_sequenced_once(tmp_path):
         stop_and_check_workers_gone(node, pids)
 
 
+async def test_a_publisher_on_a_worker_streams_batches_and_gets_every_reply_in_order(tmp_path):
+    # The worker forwards each batch without waiting for the one before's
+    # reply; the replies, and the refusals it decides itself, keep the order.
+    node = start_workers(tmp_path, 2, "--no-simulator")
+    pids: set[int] = set()
+    try:
+        pids = await worker_pids(node.port, 2)
+        async with on_worker(node, feed=True) as (_, pub):
+            reply = await pub.send([instrument("P")], [update("P", bids=[(100, 1)], asks=[(101, 1)])])
+            assert reply.WhichOneof("kind") == "ack", reply
+            sent: list[tuple[int, str]] = []  # (batch id the reply names, reply kind)
+            for batch_id in range(1000, 1300):
+                if batch_id % 50 == 7:  # refused by the sequencer
+                    data = codec.feed_message(FeedBatch(batch_id, (), (update("NOPE", bids=[(90, 1)]),)))
+                    sent.append((batch_id, "error"))
+                elif batch_id % 50 == 23:  # refused by the worker itself: not a FeedMessage
+                    await pub.ws.send(b"\xff\xff\xff")
+                    sent.append((0, "error"))
+                    continue
+                else:
+                    data = codec.feed_message(FeedBatch(batch_id, (), (update("P", bids=[(90, 1 + batch_id % 7)]),)))
+                    sent.append((batch_id, "ack"))
+                await pub.ws.send(data.SerializeToString())
+            got = []
+            for _ in sent:
+                r = codec.parse_feed_reply(await asyncio.wait_for(pub.ws.recv(), 20))
+                kind = r.WhichOneof("kind")
+                got.append((r.ack.batch_id if kind == "ack" else r.error.request_id, kind))
+            assert got == sent
+    finally:
+        stop_and_check_workers_gone(node, pids)
+
+
 async def keep_publishing(pub: Publisher, symbol: str) -> None:
     for i in range(100_000):
         reply = await pub.send(updates=[update(symbol, bids=[(100 - i % 5, 1 + i)], asks=[(101 + i % 3, 1)])])

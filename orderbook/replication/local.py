@@ -266,17 +266,31 @@ class LocalFollower:
 
     async def submit(self, data: bytes) -> bytes:
         """Forward a publisher's FeedMessage; the sequencer's exact FeedReply."""
+        return await (await self.send(data))
+
+    async def send(self, data: bytes) -> asyncio.Future[bytes]:
+        """Forward a publisher's FeedMessage without waiting for its reply:
+        the future of the sequencer's exact FeedReply (replies come in the
+        order sent), so a publisher's batches stream to the sequencer rather
+        than one round trip each."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
         writer = self._writer
         if writer is None or writer.is_closing():
-            return codec.feed_error(codec.ErrorCode.ERROR_CODE_INTERNAL, "not accepted: the sequencer is unreachable")
-        if len(self._pending) >= MAX_PENDING_FEEDS:
-            return codec.feed_error(
-                codec.ErrorCode.ERROR_CODE_INTERNAL, "not accepted: too many batches waiting for the sequencer"
+            fut.set_result(
+                codec.feed_error(codec.ErrorCode.ERROR_CODE_INTERNAL, "not accepted: the sequencer is unreachable")
             )
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            return fut
+        if len(self._pending) >= MAX_PENDING_FEEDS:
+            fut.set_result(
+                codec.feed_error(
+                    codec.ErrorCode.ERROR_CODE_INTERNAL, "not accepted: too many batches waiting for the sequencer"
+                )
+            )
+            return fut
         self._pending.append(fut)
         writer.write(frame(FEED_BATCH, data))
         # Paced by the channel: what a publisher sends waits in its own socket, not here.
         with contextlib.suppress(ConnectionError):
             await writer.drain()  # a broken channel answers `fut` (run's `finally`)
-        return await fut
+        return fut

@@ -3,6 +3,9 @@ binary message is a FeedMessage answered by one FeedReply."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from redis.exceptions import RedisError
 from sanic import Request, response
 from sanic.exceptions import SanicException, WebsocketClosed
@@ -15,6 +18,7 @@ from orderbook.core.market import FEED
 from orderbook.wire import codec
 
 from . import admission, handshake_limits
+from .counts import Counts
 from .drain import REFUSAL as DRAINING
 from .hub import Hub
 from .local_node import LocalNode
@@ -22,6 +26,9 @@ from .sanic_seam import feed_upgrade, run_tracked, upgrading
 from .settings import Settings
 from .state import ServerState
 from .subscriber_ws import CLOSE_UNSUPPORTED_DATA
+
+# Batches of one publisher a worker has forwarded and not yet answered.
+MAX_PIPELINED_BATCHES = 64
 
 
 def _bearer(request: Request) -> str | None:
@@ -85,12 +92,23 @@ async def _publisher(
     ws: WebsocketImplProtocol, state: ServerState, peer: str = "", local: LocalNode | None = None
 ) -> None:
     counts = state.hub.counts  # the node's: a hub that replaces this one keeps them
+    # A worker forwards each batch to the supervisor and streams the next one
+    # without waiting for its reply: the replies (and refusals decided here)
+    # go back in order from this bounded queue, so a publisher's rate is not
+    # one local round trip per batch.
+    replies: asyncio.Queue[asyncio.Future[bytes]] | None = None
+    replier: asyncio.Task[None] | None = None
+    if local is not None:
+        replies = asyncio.Queue(MAX_PIPELINED_BATCHES)
+        replier = asyncio.ensure_future(_send_replies(ws, replies, counts))
     try:
         while True:
             data = await ws.recv()
             if data is None:
                 continue
             if isinstance(data, str):
+                if replies is not None:
+                    await replies.join()  # the replies to its earlier batches first
                 await ws.close(CLOSE_UNSUPPORTED_DATA, "the feed protocol is binary protobuf")
                 return
             batch_id = 0
@@ -100,15 +118,11 @@ async def _publisher(
                 hub: Hub = state.hub
                 hub.market.check_counts(pb)  # before the levels become objects
                 batch = codec.feed_batch_from_pb(pb)
-                if local is not None and state.cluster is None:
+                if local is not None and replies is not None and state.cluster is None:
                     # A worker: the supervisor sequences; its exact reply goes back.
-                    reply = await local.follower.submit(bytes(data))
-                    answer = codec.parse_feed_reply(reply)
-                    if answer.HasField("error"):
-                        counts.feed_refusal(answer.error.code)
-                    else:
-                        counts.feed_accepted += 1
-                elif state.cluster is None:
+                    await replies.put(await local.follower.send(bytes(data)))
+                    continue
+                if state.cluster is None:
                     # Every /feed publisher is the one source FEED.
                     result = hub.ingest(batch, FEED, state.settings.allow_takeover)
                     reply = codec.feed_ack(batch_id, len(result.deltas), result.positions)
@@ -161,7 +175,40 @@ async def _publisher(
                 code = _feed_error_code(exc)
                 counts.feed_refusal(code)
                 reply = codec.feed_error(code, str(exc), getattr(exc, "symbol", ""), batch_id)
+            if replies is not None:
+                done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+                done.set_result(reply)
+                await replies.put(done)
+                continue
             # Awaiting here paces this publisher alone by its own socket.
             await ws.send(reply)
     except (ConnectionClosed, WebsocketClosed):
         return
+    finally:
+        if replier is not None:
+            replier.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, WebsocketClosed):
+                await replier
+
+
+async def _send_replies(
+    ws: WebsocketImplProtocol, replies: asyncio.Queue[asyncio.Future[bytes]], counts: Counts
+) -> None:
+    """A worker's replies to one publisher, in the order of its batches. It
+    takes every reply even once the socket is gone, so the reading side
+    never waits on a full queue."""
+    closed = False
+    while True:
+        fut = await replies.get()
+        reply = await fut
+        answer = codec.parse_feed_reply(reply)
+        if answer.HasField("error"):
+            counts.feed_refusal(answer.error.code)
+        else:
+            counts.feed_accepted += 1
+        if not closed:
+            try:
+                await ws.send(reply)
+            except (ConnectionClosed, WebsocketClosed):
+                closed = True
+        replies.task_done()
