@@ -3,21 +3,43 @@ and replayed at full speed through /feed into a node with 100 subscribers.
 
 The node runs in its own process; the replayer and the subscribers share
 this one. Reads the shared recordings in place (../shared/data, or
-$ORDERBOOK_SHARED_DATA). Prints Markdown tables; not part of the test run.
+$ORDERBOOK_SHARED_DATA) and the small OKX and Deribit samples in
+tests/data. Prints Markdown tables; not part of the test run.
+
+Reading alone runs in child processes, one core each, timed in CPU seconds
+(`time.process_time`: what other work on a shared machine takes is not
+counted): each child reads every dataset enough times for a stable figure.
+With `--against REV` the same children run the package as of git revision
+REV (extracted with `git archive`), alternating with this tree's, so the
+speedup is a ratio measured in one run.
+
+    python benchmarks/bench_replay.py [--datasets NAME...] [--repeats N]
+        [--against REV] [--no-server] [--subscribers N]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import io
+import json
+import math
 import os
+import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# A child measuring another revision: its package goes first on the path.
+if "--tree" in sys.argv:
+    sys.path.insert(0, sys.argv[sys.argv.index("--tree") + 1])
 
 import _common as c  # noqa: E402
 
@@ -28,18 +50,32 @@ from orderbook.replay.verify import verify  # noqa: E402
 from orderbook.wire import codec  # noqa: E402
 from tests.harness import FEED_TOKEN, start_server_process  # noqa: E402
 
+# name -> (path, format); a path starting "tests/" is in this repository.
 DATASETS = {
     "kraken": ("kraken-book-2021-04-17/KRAKEN.ws.50.0", "kraken"),
     "coinbase": ("coinbase-level2-2021-04-17/COINBASE.ws.28.0", "coinbase"),
     "binance": ("binance-depth-2021/2021-04-17", "binance"),
+    "okx": ("tests/data/cryptofeed-sample-data/OKX.ws.1.0", "okx"),
+    "deribit": ("tests/data/cryptofeed-sample-data/DERIBIT.ws.1.0", "deribit"),
     "lobster-aapl": ("lobster-2012-06-21/aapl-l10-first999", "lobster"),
     "lobster-amzn": ("lobster-2012-06-21/amzn-l1-fullday", "lobster"),
+    "tardis": ("tardis-deribit-2020-04-01/deribit_incremental_book_L2_BTC-PERPETUAL.csv", "tardis"),
 }
+# Each timed sample reads a dataset for about this many CPU seconds (a small
+# file several times over; the same number of times for every revision).
+SAMPLE_SECONDS = 0.4
+# A replay through a node whose subscribers fall silent fails after this, rather than hanging.
+DELIVERY_TIMEOUT_S = 300
 
 
 def data_dir() -> Path:
     env = os.environ.get("ORDERBOOK_SHARED_DATA")
     return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+def dataset_path(name: str) -> Path:
+    rel = DATASETS[name][0]
+    return ROOT / rel if rel.startswith("tests/") else data_dir() / rel
 
 
 def count_changes(path: Path, fmt: str) -> tuple[int, int]:
@@ -49,6 +85,142 @@ def count_changes(path: Path, fmt: str) -> tuple[int, int]:
         for u in rec.updates:
             changes += len(u.bids) + len(u.asks)
     return records, changes
+
+
+def cpu_seconds(body: Callable[[], object], loops: int) -> float:
+    """CPU seconds of `loops` calls of `body`, the cyclic GC off while timing."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.process_time()
+        for _ in range(loops):
+            body()
+        return time.process_time() - start
+    finally:
+        gc.enable()
+
+
+def reads_per_sample(name: str) -> int:
+    """How many reads of a dataset make one sample (timed once with this tree)."""
+    path, fmt = dataset_path(name), DATASETS[name][1]
+    verify(open_records(path, fmt))  # (imports, caches: not timed)
+    once = cpu_seconds(lambda: verify(open_records(path, fmt)), 1)
+    return max(1, math.ceil(SAMPLE_SECONDS / max(once, 1e-6)))
+
+
+def measure(jobs: list[str]) -> dict[str, dict[str, float | str]]:
+    """One sample per `NAME:READS` job: records, level changes and the CPU
+    seconds of reading the dataset READS times (reader alone) and verifying
+    it READS times (reader + books + checks)."""
+    out: dict[str, dict[str, float | str]] = {}
+    for job in jobs:
+        name, _, reads = job.partition(":")
+        path, fmt, loops = dataset_path(name), DATASETS[name][1], int(reads)
+        try:
+            records, changes = count_changes(path, fmt)
+            parse = cpu_seconds(lambda path=path, fmt=fmt: count_changes(path, fmt), loops)
+            report = verify(open_records(path, fmt))
+            check = cpu_seconds(lambda path=path, fmt=fmt: verify(open_records(path, fmt)), loops)
+        except Exception as exc:  # an older revision may not read a format
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"[:120]}
+            continue
+        out[name] = {
+            "records": records,
+            "changes": changes,
+            "loops": loops,
+            "parse_s": parse,
+            "verify_s": check,
+            "checked": report.checked,
+            "matched": report.matched,
+        }
+    return out
+
+
+def extract(rev: str, into: Path) -> Path:
+    """The `orderbook` package as of git revision `rev`, under `into`."""
+    try:
+        archive = subprocess.run(["git", "archive", rev, "orderbook"], cwd=ROOT, capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        sys.exit(f"--against {rev}: cannot read orderbook/ from git: {exc}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def child_sample(jobs: list[str], tree: Path | None) -> dict[str, dict[str, float | str]]:
+    cmd = [sys.executable, __file__, "--measure", *jobs]
+    if tree is not None:
+        cmd += ["--tree", str(tree)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"measuring child failed:\n{done.stderr[-2000:]}")
+    result: dict[str, dict[str, float | str]] = json.loads(done.stdout)
+    return result
+
+
+def reading_tables(names: list[str], repeats: int, against: str | None) -> None:
+    trees: dict[str, Path | None] = {"this tree": None}
+    with tempfile.TemporaryDirectory() as tmp:
+        if against:
+            # Named by its commit, so a table says what it was compared with.
+            rev = subprocess.run(
+                ["git", "rev-parse", "--short", against], cwd=ROOT, capture_output=True, text=True, check=False
+            ).stdout.strip()
+            against = rev or against
+            trees[against] = extract(against, Path(tmp))
+        # Round-robin over the trees, so a change of load on the machine falls on both alike.
+        jobs = [f"{name}:{reads_per_sample(name)}" for name in names]
+        samples: dict[str, list[dict[str, dict[str, float | str]]]] = {t: [] for t in trees}
+        for _ in range(repeats):
+            for label, tree in trees.items():
+                samples[label].append(child_sample(jobs, tree))
+
+    def rate(label: str, name: str, key: str) -> float | None:
+        runs = [run[name] for run in samples[label]]
+        if "error" in runs[0]:
+            return None
+        return statistics.median(float(r["changes"]) * float(r["loops"]) / float(r[key]) for r in runs)
+
+    head = samples["this tree"][0]
+    rows = []
+    for name in names:
+        first = head[name]
+        if "error" in first:
+            rows.append([name, "-", "-", "-", "-", "-", str(first["error"])])
+            continue
+        parse, check = rate("this tree", name, "parse_s"), rate("this tree", name, "verify_s")
+        assert parse is not None and check is not None
+        row = [
+            name,
+            f"{first['records']:,}",
+            f"{first['changes']:,}",
+            f"{first['loops']}",
+            c.fmt_rate(parse),
+            c.fmt_rate(check),
+            f"{first['matched']:,} of {first['checked']:,}",
+        ]
+        if against:
+            old_parse, old_check = rate(against, name, "parse_s"), rate(against, name, "verify_s")
+            row += [
+                c.fmt_rate(old_parse) if old_parse else "n/a",
+                c.fmt_rate(old_check) if old_check else "n/a",
+                c.fmt_ratio(parse / old_parse) if old_parse else "n/a",
+                c.fmt_ratio(check / old_check) if old_check else "n/a",
+            ]
+        rows.append(row)
+    columns = [
+        "dataset",
+        "records",
+        "level changes",
+        "reads per sample",
+        "reader alone (changes/s)",
+        "verify (changes/s)",
+        "references matched",
+    ]
+    if against:
+        columns += [f"reader at {against}", f"verify at {against}", "reader speedup", "verify speedup"]
+    print(f"\n## Reading alone, one core (level changes per CPU second, median of {repeats} runs)\n")
+    print(c.markdown_table(columns, rows, [False] + [True] * (len(columns) - 1)))
 
 
 class Subscribers:
@@ -64,7 +236,7 @@ class Subscribers:
         import websockets
 
         for i in range(n):
-            ws = await websockets.connect(url, max_size=None)
+            ws = await websockets.connect(url, max_size=None, close_timeout=2)
             self.sockets.append(ws)
             self.last.append({})
             for s in symbols:
@@ -87,8 +259,9 @@ class Subscribers:
     async def close(self) -> None:
         for t in self.tasks:
             t.cancel()
-        for ws in self.sockets:
-            await ws.close()
+        # All at once: one by one, a node slow to answer the closing
+        # handshakes would hold each socket for its whole close timeout.
+        await asyncio.gather(*(ws.close() for ws in self.sockets))
 
 
 async def through_server(path: Path, fmt: str, n_subs: int, tmp: Path) -> dict[str, float]:
@@ -111,7 +284,10 @@ async def through_server(path: Path, fmt: str, n_subs: int, tmp: Path) -> dict[s
         stats = await play(lambda: iter(records), sink, speed=0)
         published = time.perf_counter() - start
         # Polled: an event set from the receive loop would add work to every measured message.
-        while not subs.reached(final):  # noqa: ASYNC110
+        deadline = time.perf_counter() + DELIVERY_TIMEOUT_S
+        while not subs.reached(final):
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{path.name}: subscribers still short of {final} after {DELIVERY_TIMEOUT_S} s")
             await asyncio.sleep(0.005)
         delivered = time.perf_counter() - start
         await sink.close()
@@ -131,51 +307,35 @@ async def through_server(path: Path, fmt: str, n_subs: int, tmp: Path) -> dict[s
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subscribers", type=int, default=100)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--datasets", nargs="*", default=list(DATASETS))
+    p.add_argument("--against", metavar="REV", help="also read with the package at git revision REV")
+    p.add_argument("--no-server", action="store_true", help="reading alone only: no replay through a node")
+    p.add_argument("--measure", nargs="*", help=argparse.SUPPRESS)  # a child: print one sample as JSON
+    p.add_argument("--tree", help=argparse.SUPPRESS)  # a child: the package's folder (see the imports)
     args = p.parse_args()
-    base = data_dir()
-    if not base.is_dir():
-        sys.exit(f"recorded data not found at {base}: set ORDERBOOK_SHARED_DATA")
+    if args.measure is not None:
+        print(json.dumps(measure(args.measure)))
+        return
+    unknown = [n for n in args.datasets if n not in DATASETS]
+    if unknown:
+        sys.exit(f"unknown datasets {unknown}; known: {', '.join(DATASETS)}")
+    names = [n for n in args.datasets if dataset_path(n).exists()]
+    for n in sorted(set(args.datasets) - set(names)):
+        print(f"(skipped {n}: {dataset_path(n)} not found; set ORDERBOOK_SHARED_DATA)", file=sys.stderr)
     print("## Machine\n")
     print(c.markdown_table(["", ""], list(c.machine_info().items())))
 
-    rows = []
-    for name in args.datasets:
-        rel, fmt = DATASETS[name]
-        path = base / rel
-        records, changes = count_changes(path, fmt)
-        rates = c.interleaved(
-            {
-                "parse": c.fixed(lambda: None, lambda _, path=path, fmt=fmt: count_changes(path, fmt), changes),
-                "verify": c.fixed(lambda: None, lambda _, path=path, fmt=fmt: verify(open_records(path, fmt)), changes),
-            },
-            args.repeats,
-        )
-        rows.append(
-            [
-                name,
-                f"{records:,}",
-                f"{changes:,}",
-                c.fmt_rate(rates["parse"].median),
-                c.fmt_rate(rates["verify"].median),
-            ]
-        )
-    print("\n## Reading alone (level changes per second, median of", args.repeats, "runs)\n")
-    print(
-        c.markdown_table(
-            ["dataset", "records", "level changes", "parse only", "parse + books + checks"],
-            rows,
-            [False, True, True, True, True],
-        )
-    )
+    reading_tables(names, args.repeats, args.against)
+    if args.no_server:
+        return
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.datasets:
-            rel, fmt = DATASETS[name]
+        for name in names:
+            fmt = DATASETS[name][1]
             runs = [
-                asyncio.run(through_server(base / rel, fmt, args.subscribers, Path(tmp)))
+                asyncio.run(through_server(dataset_path(name), fmt, args.subscribers, Path(tmp)))
                 for _ in range(max(1, args.repeats // 2))
             ]
             best = sorted(runs, key=lambda r: r["delivered_s"])[len(runs) // 2]

@@ -30,6 +30,17 @@ def to_units(value: str | Decimal | int, scale: int) -> int:
     >>> to_units("0.00000500", 8)
     500
     """
+    if type(value) is str and scale >= 0:
+        # Fast path for what feeds send (plain "123.45": no sign, exponent or
+        # space): the same integer Decimal gives, without building one.
+        # Anything else, an error included, takes the general path below.
+        whole, _, frac = value.partition(".")
+        if len(frac) > scale and not frac[scale:].strip("0"):
+            frac = frac[:scale]  # trailing zeros past the scale: still exact
+        digits = whole + frac
+        # (int() refuses over 4300 digits; Decimal does not)
+        if len(frac) <= scale and digits.isdigit() and digits.isascii() and len(digits) < 4000:
+            return int(digits + "0" * (scale - len(frac)))
     if isinstance(value, (float, bool)):
         raise TypeError(f"{type(value).__name__} is not accepted on the price path; pass a str or Decimal")
     if isinstance(value, int):

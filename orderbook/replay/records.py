@@ -9,10 +9,14 @@ and then every check must hold against the resulting books.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import TypeVar
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import orjson
 
 from orderbook.core.book import Level
 from orderbook.core.errors import InvalidInput
@@ -123,6 +127,20 @@ def parse_renames(pairs: Iterable[str]) -> dict[str, str]:
     return names
 
 
+# ----------------------------------------------------------------------------- JSON
+
+
+def loads(text: str) -> Any:
+    """`json.loads(text)`, about twice as fast. orjson gives the same values
+    for what both accept (prices stay the strings the venue wrote); what it
+    refuses (NaN, integers past 64 bits, lone surrogates, bad JSON) goes to
+    json, so the result, or the error and its message, is json's."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 # ----------------------------------------------------------------------------- decimals
 
 
@@ -137,8 +155,22 @@ def significant_decimals(text: str) -> int:
     return len(frac)
 
 
+@lru_cache(maxsize=1 << 16)
+def _known_units(text: str, scale: int) -> int | None:
+    # A feed writes the same few prices and sizes over and over: a lookup
+    # here costs a fraction of parsing one. None: not exact, see `units`.
+    try:
+        return to_units(text, scale)
+    except InvalidInput:
+        return None
+
+
 def units(text: object, scale: int, where: str) -> int:
     """Exact integer units of a decimal string, or a FormatError naming `where`."""
+    if type(text) is str:
+        value = _known_units(text, scale)
+        if value is not None:
+            return value
     if not isinstance(text, str):
         raise FormatError(where, f"expected a decimal string, got {text!r}")
     try:
@@ -154,6 +186,11 @@ def scale_of(values: list[str] | tuple[str, ...], floor: int = 0) -> int:
 
 def seconds_to_ns(text: str, where: str) -> int:
     """A decimal seconds string (e.g. "1618678132.8413") as exact integer ns."""
+    whole, _, frac = text.partition(".")
+    digits = whole + frac
+    # Plain digits to the nanosecond (every capture's times): no Decimal needed.
+    if len(frac) <= 9 and len(whole) <= 19 and digits.isdigit() and digits.isascii():
+        return int(digits + "0" * (9 - len(frac)))
     try:
         return int(Decimal(text.strip()).scaleb(9).to_integral_value())
     except ArithmeticError:

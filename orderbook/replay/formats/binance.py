@@ -70,7 +70,6 @@ of a message applied.
 from __future__ import annotations
 
 import heapq
-import json
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -84,7 +83,7 @@ from orderbook.core.events import BookUpdate
 from orderbook.core.instrument import Instrument
 from orderbook.core.units import MAX_SCALE
 
-from ..records import BestPrices, FormatError, Record, decimals, units
+from ..records import BestPrices, FormatError, Record, decimals, loads, units
 from .capture import BAD, RECEIVED, REST, CaptureLine, read_capture
 
 VENUE = "binance"
@@ -137,7 +136,7 @@ class BadInput(FormatError):
 
 def _json(line: CaptureLine) -> object:
     try:
-        return json.loads(line.body)
+        return loads(line.body)
     except ValueError as exc:
         if not line.ended:
             raise FormatError(line.where, f"cut short, the file ends mid-message: {line.body[-40:]!r}") from None
@@ -191,12 +190,13 @@ def _raw_levels(obj: dict[str, object], key: str, where: str) -> tuple[RawLevel,
     levels = obj.get(key)
     if not isinstance(levels, list):
         raise FormatError(where, f"{key!r} must be a list of [price, qty], got {levels!r}")
-    out = []
+    out: list[RawLevel] = []
+    append = out.append  # (a snapshot has thousands of levels)
     for level in levels:
         # The old v1 REST API appends a third, empty element to each level.
-        if not isinstance(level, list) or len(level) < 2:
+        if type(level) is not list or len(level) < 2:
             raise FormatError(where, f"{key!r}: {level!r} is not [price, qty]")
-        out.append((level[0], level[1]))
+        append((level[0], level[1]))
     return tuple(out)
 
 
@@ -264,8 +264,10 @@ def _instrument(symbol: str, bids: tuple[RawLevel, ...], asks: tuple[RawLevel, .
         for value in level:
             if not isinstance(value, str):
                 raise FormatError(where, f"expected a decimal string, got {value!r}")
-    price_scale = max((decimals(p) for p, _ in chain(bids, asks)), default=BINANCE_DECIMALS)
-    size_scale = max((decimals(q) for _, q in chain(bids, asks)), default=BINANCE_DECIMALS)
+    # zip(*...) and map(): a snapshot has thousands of levels; no Python-level loop per value.
+    prices, sizes = zip(*chain(bids, asks), strict=True) if bids or asks else ((), ())
+    price_scale = max(map(decimals, prices), default=BINANCE_DECIMALS)
+    size_scale = max(map(decimals, sizes), default=BINANCE_DECIMALS)
     widest = max(price_scale, size_scale)
     if widest > MAX_SCALE:
         raise FormatError(where, f"{symbol}: values with {widest} decimals; at most {MAX_SCALE} are supported")
@@ -273,7 +275,8 @@ def _instrument(symbol: str, bids: tuple[RawLevel, ...], asks: tuple[RawLevel, .
 
 
 def _levels(inst: Instrument, raw: tuple[RawLevel, ...], where: str) -> tuple[Level, ...]:
-    return tuple((units(p, inst.price_scale, where), units(q, inst.size_scale, where)) for p, q in raw)
+    price_scale, size_scale = inst.price_scale, inst.size_scale
+    return tuple([(units(p, price_scale, where), units(q, size_scale, where)) for p, q in raw])
 
 
 def _side(inst: Instrument, raw: RawLevel, where: str) -> Level | None:

@@ -18,7 +18,7 @@ The body is exactly what the venue sent, so it is split off at the first
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..records import FormatError, seconds_to_ns
 
@@ -30,8 +30,9 @@ CONFIGURATION = "configuration"
 BAD = "bad"  # not a capture line; yielded only to readers that ask (`bad_lines`)
 
 
-@dataclass(frozen=True, slots=True)
-class CaptureLine:
+class CaptureLine(NamedTuple):
+    # A named tuple, not a frozen dataclass: one is built per line of every
+    # capture, and a tuple is built in one step.
     kind: str
     time_ns: int  # local time of the line; 0 for configuration
     body: str  # the JSON text ('' for an opened connection)
@@ -50,7 +51,7 @@ def read_capture(lines: Iterable[str], source: str = "capture", *, bad_lines: bo
     last_ns = 0
     for lineno, raw in enumerate(lines, 1):
         line = raw.rstrip("\r\n")
-        if not line.strip():
+        if not line or line.isspace():  # (strip() would copy every line)
             continue
         where = f"{source}:{lineno}"
         ended = line != raw

@@ -28,7 +28,6 @@ Quirks handled here:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from orderbook.core.book import Level
 from orderbook.core.events import BookUpdate
 from orderbook.core.instrument import Instrument
 
-from ..records import BestPrices, FormatError, Record, scale_of, significant_decimals, units
+from ..records import BestPrices, FormatError, Record, loads, scale_of, significant_decimals, units
 from .capture import OPENED, RECEIVED, REST, read_capture
 
 VENUE = "coinbase"
@@ -99,7 +98,7 @@ def read_products(lines: Iterable[str], *, source: str = "coinbase-products") ->
         if line.kind != REST:
             continue
         try:
-            body = json.loads(line.body)
+            body = loads(line.body)
         except ValueError as exc:
             raise FormatError(line.where, f"not JSON: {exc}") from None
         if not isinstance(body, list):
@@ -138,7 +137,7 @@ def _offset_seconds(zone: str) -> int:
 
 def _json(body: str, where: str) -> dict[str, object]:
     try:
-        msg = json.loads(body)
+        msg = loads(body)
     except ValueError as exc:
         raise FormatError(where, f"not JSON: {exc}") from None
     if not isinstance(msg, dict):

@@ -37,7 +37,7 @@ from orderbook.core.book import Book, Level
 from orderbook.core.events import BookUpdate
 from orderbook.core.instrument import Instrument
 
-from ..records import Checksum, FormatError, Record, decimals, seconds_to_ns, units
+from ..records import Checksum, FormatError, Record, decimals, loads, seconds_to_ns, units
 from .capture import OPENED, RECEIVED, read_capture
 
 VENUE = "kraken"
@@ -76,7 +76,7 @@ def read(lines: Iterable[str], *, depth: int | None = None, source: str = "krake
         if line.kind != RECEIVED:
             continue
         try:
-            msg = json.loads(line.body)
+            msg = loads(line.body)
         except ValueError as exc:
             raise FormatError(line.where, f"not JSON: {exc}") from None
         if isinstance(msg, dict):
@@ -152,9 +152,14 @@ def _update(state: _State, pair: str, parts: list[dict[str, object]], time_ns: i
     event_ns = 0
     for part in parts:
         for key, out in (("a", asks), ("b", bids)):
+            if key not in part:
+                continue  # (no levels: nothing to add, no time to take)
             raw = _entries(part, key, where)
             out.extend(_levels(entry, raw, where))
-            event_ns = max([event_ns, *(seconds_to_ns(e[2], where) for e in raw)])
+            for e in raw:
+                level_ns = seconds_to_ns(e[2], where)
+                if level_ns > event_ns:
+                    event_ns = level_ns
         if "c" in part:
             checksum = _checksum(part["c"], where)
     book = entry.book
@@ -173,8 +178,12 @@ def _entries(part: dict[str, object], key: str, where: str) -> list[list[str]]:
     if not isinstance(raw, list):
         raise FormatError(where, f'"{key}" must be a list of levels')
     for e in raw:
-        if not isinstance(e, list) or not 3 <= len(e) <= 4 or not all(isinstance(x, str) for x in e):
+        # Loops, not all(): this runs for every level of every message.
+        if type(e) is not list or not 3 <= len(e) <= 4:
             raise FormatError(where, f"bad level entry {e!r}: want [price, volume, time] strings")
+        for x in e:
+            if type(x) is not str:
+                raise FormatError(where, f"bad level entry {e!r}: want [price, volume, time] strings")
         if len(e) == 4 and e[3] != REPUBLISH:
             raise FormatError(where, f"unknown level flag {e[3]!r} in {e!r}")
     return raw
@@ -182,7 +191,8 @@ def _entries(part: dict[str, object], key: str, where: str) -> list[list[str]]:
 
 def _levels(entry: _Pair, raw: list[list[str]], where: str) -> list[Level]:
     inst = entry.instrument
-    out = [(units(e[0], inst.price_scale, where), units(e[1], inst.size_scale, where)) for e in raw]
+    price_scale, size_scale = inst.price_scale, inst.size_scale
+    out = [(units(e[0], price_scale, where), units(e[1], size_scale, where)) for e in raw]
     if any(size < 0 for _, size in out):
         # Refused here: the reader's own book must never hold what the server would reject.
         raise FormatError(where, f"negative volume in {raw!r}")

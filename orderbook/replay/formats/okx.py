@@ -44,13 +44,14 @@ import re
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 from orderbook.core.book import Book, Level
 from orderbook.core.events import BookUpdate
 from orderbook.core.instrument import Instrument
 
-from ..records import FormatError, Record, TopLevels, scale_of, significant_decimals, units
+from ..records import FormatError, Record, TopLevels, loads, scale_of, significant_decimals, units
 from .capture import BAD, OPENED, RECEIVED, REST, CaptureLine, read_capture
 
 Gaps = Literal["error", "resync"]
@@ -86,38 +87,56 @@ def okx_checksum(bids: Sequence[str], asks: Sequence[str]) -> int:
 def read_instruments(lines: Iterable[str], source: str = "instruments") -> dict[str, Instrument]:
     """Instruments from saved REST `/api/v5/public/instruments` responses;
     a later response overrides an earlier one for the same instId."""
-    out: dict[str, Instrument] = {}
+    return {name: Instrument(*terms, venue=VENUE) for name, terms in _instrument_terms(lines, source).items()}
+
+
+# What an Instrument is built from: symbol, scales, increments, base, quote.
+_Terms = tuple[str, int, int, int, int, str, str]
+
+
+def _instrument_terms(lines: Iterable[str], source: str) -> dict[str, _Terms]:
+    """`read_instruments`, each checked but not yet built: a file lists
+    thousands of instruments and a capture uses a few (see `_Reader.instrument`)."""
+    out: dict[str, _Terms] = {}
     for line in read_capture(lines, source):
         if line.kind != REST or "/public/instruments" not in line.url:
             continue
         try:
-            body = json.loads(line.body)
+            body = loads(line.body)
         except ValueError as exc:
             raise FormatError(line.where, f"not JSON: {exc}") from None
         data = body.get("data") if isinstance(body, dict) else None
         if body.get("code") != "0" or not isinstance(data, list):
             raise FormatError(line.where, f"not an instruments response: {line.body[:80]!r}")
         for item in data:
-            inst = _instrument(item, line.where)
-            out[inst.symbol] = inst
+            terms = _instrument(item, line.where)
+            out[terms[0]] = terms
     return out
 
 
-def _instrument(item: Any, where: str) -> Instrument:
-    if not isinstance(item, dict) or not isinstance(item.get("instId"), str):
+def _instrument(item: Any, where: str) -> _Terms:
+    # Run for each of the thousands of instruments in a file: plain lookups.
+    name = item.get("instId") if type(item) is dict else None
+    if type(name) is not str:
         raise FormatError(where, f"instrument without instId: {str(item)[:80]}")
-    name = item["instId"]
-    tick, lot = item.get("tickSz"), item.get("lotSz")
-    if not isinstance(tick, str) or not isinstance(lot, str):
+    get = item.get
+    tick, lot = get("tickSz"), get("lotSz")
+    if type(tick) is not str or type(lot) is not str:
         raise FormatError(where, f"{name}: tickSz and lotSz must be decimal strings")
-    price_scale, size_scale = significant_decimals(tick), significant_decimals(lot)
-    pinc, sinc = units(tick, price_scale, where), units(lot, size_scale, where)
+    price_scale, size_scale, pinc, sinc = _grid(tick, lot, where)
     if pinc < 1 or sinc < 1:
         raise FormatError(where, f"{name}: tickSz {tick!r} and lotSz {lot!r} must be positive")
-    base, quote = item.get("baseCcy") or "", item.get("quoteCcy") or ""
+    base, quote = get("baseCcy") or "", get("quoteCcy") or ""
     if not base:  # swaps, futures, options: "BTC-USD" names both
-        base, _, quote = str(item.get("uly") or "").partition("-")
-    return Instrument(name, price_scale, size_scale, pinc, sinc, base=base, quote=quote, venue=VENUE)
+        base, _, quote = str(get("uly") or "").partition("-")
+    return (name, price_scale, size_scale, pinc, sinc, base, quote)
+
+
+@lru_cache(maxsize=1024)
+def _grid(tick: str, lot: str, where: str) -> tuple[int, int, int, int]:
+    """Scales and increments of a tickSz and lotSz; thousands of instruments share a few."""
+    price_scale, size_scale = significant_decimals(tick), significant_decimals(lot)
+    return price_scale, size_scale, units(tick, price_scale, where), units(lot, size_scale, where)
 
 
 # ----------------------------------------------------------------------------- capture
@@ -152,15 +171,16 @@ def read(
     """
     if gaps not in ("error", "resync"):
         raise ValueError(f"gaps must be 'error' or 'resync', not {gaps!r}")
-    defined = read_instruments(instruments, instruments_source) if instruments is not None else {}
+    defined = _instrument_terms(instruments, instruments_source) if instruments is not None else {}
     return _Reader(source, gaps, defined).records(lines)
 
 
 class _Reader:
-    def __init__(self, source: str, gaps: Gaps, defined: dict[str, Instrument]) -> None:
+    def __init__(self, source: str, gaps: Gaps, defined: dict[str, _Terms]) -> None:
         self.source = source
         self.gaps = gaps
         self.defined = defined
+        self.built: dict[str, Instrument] = {}
         self.symbols: dict[str, _Symbol] = {}
 
     def records(self, lines: Iterable[str]) -> Iterator[Record]:
@@ -179,7 +199,7 @@ class _Reader:
             if line.kind != RECEIVED:
                 continue
             try:
-                msg = json.loads(line.body)
+                msg = loads(line.body)
             except ValueError as exc:
                 yield from self.damaged(line, line.body, _damage(line.body, line.ended, exc))
                 continue
@@ -205,6 +225,16 @@ class _Reader:
         for name, s in self.symbols.items():
             if s.gap_at:
                 yield Record(time_ns, note=f"no snapshot: {name} skipped {_records(s.skipped)} to the end")
+
+    def instrument(self, name: str) -> Instrument | None:
+        """The instruments file's definition of `name`, built on first use."""
+        inst = self.built.get(name)
+        if inst is None:
+            terms = self.defined.get(name)
+            if terms is None:
+                return None
+            inst = self.built[name] = Instrument(*terms, venue=VENUE)
+        return inst
 
     def symbol(self, name: str) -> _Symbol:
         s = self.symbols.get(name)
@@ -238,7 +268,7 @@ class _Reader:
     def snapshot(self, name: str, entry: dict[str, Any], time_ns: int, where: str) -> Iterator[Record]:
         s = self.symbol(name)
         bids_raw, asks_raw = _entries(entry, "bids", name, where), _entries(entry, "asks", name, where)
-        inst = self.defined.get(name) or s.instrument or _from_data(name, bids_raw + asks_raw, where)
+        inst = self.instrument(name) or s.instrument or _from_data(name, bids_raw + asks_raw, where)
         # Parsed whole before anything is kept, so a bad level changes nothing.
         bids = _levels(inst, bids_raw, name, where)
         asks = _levels(inst, asks_raw, name, where)
@@ -248,7 +278,8 @@ class _Reader:
         book.replace(bids, asks)
         bid_text = {p: f"{e[0]}:{e[1]}" for (p, size), e in zip(bids, bids_raw, strict=True) if size}
         ask_text = {p: f"{e[0]}:{e[1]}" for (p, size), e in zip(asks, asks_raw, strict=True) if size}
-        got = _book_checksum(book, bid_text, ask_text)
+        top = _top(name, book)
+        got = _book_checksum(top, bid_text, ask_text)
         if got != checksum:
             yield from self.gap(s, name, f"snapshot checksum {got} != venue's {checksum}", time_ns, where)
             return
@@ -259,7 +290,7 @@ class _Reader:
         new = (inst,) if inst != s.instrument else ()
         s.instrument = inst
         update = BookUpdate(name, tuple(book.bids()), tuple(book.asks()), replace=True, event_time_ns=event_ns)
-        yield Record(time_ns, instruments=new, updates=(update,), checks=(_top(name, book),))
+        yield Record(time_ns, instruments=new, updates=(update,), checks=(top,))
 
     def update(self, name: str, entry: dict[str, Any], time_ns: int, where: str) -> Iterator[Record]:
         s = self.symbol(name)
@@ -286,13 +317,14 @@ class _Reader:
                     text[price] = f"{e[0]}:{e[1]}"
                 else:
                     text.pop(price, None)
-        got = _book_checksum(book, s.bid_text, s.ask_text)
+        top = _top(name, book)
+        got = _book_checksum(top, s.bid_text, s.ask_text)
         if got != checksum:
             yield from self.gap(s, name, f"checksum {got} != venue's {checksum}", time_ns, where)
             return
         s.seq = _seq(entry, "seqId", name, where)
         update = BookUpdate(name, bid_changes, ask_changes, event_time_ns=event_ns)
-        yield Record(time_ns, updates=(update,), checks=(_top(name, book),))
+        yield Record(time_ns, updates=(update,), checks=(top,))
 
 
 def _records(n: int) -> str:
@@ -315,8 +347,12 @@ def _entries(entry: dict[str, Any], key: str, name: str, where: str) -> list[lis
     if not isinstance(raw, list):
         raise FormatError(where, f'{name}: "{key}" must be a list of levels')
     for e in raw:
-        if not isinstance(e, list) or len(e) < 2 or not all(isinstance(x, str) for x in e):
+        # Loops, not all(): this runs for every level of every message.
+        if type(e) is not list or len(e) < 2:
             raise FormatError(where, f"{name}: bad level {e!r}: want [price, size, ...] strings")
+        for x in e:
+            if type(x) is not str:
+                raise FormatError(where, f"{name}: bad level {e!r}: want [price, size, ...] strings")
     return raw
 
 
@@ -368,9 +404,10 @@ def _seq(entry: dict[str, Any], key: str, name: str, where: str) -> int | None:
     return value
 
 
-def _book_checksum(book: Book, bid_text: dict[int, str], ask_text: dict[int, str]) -> int:
-    bids = [bid_text[p] for p, _ in book.bids(CHECKSUM_DEPTH)]
-    asks = [ask_text[p] for p, _ in book.asks(CHECKSUM_DEPTH)]
+def _book_checksum(top: TopLevels, bid_text: dict[int, str], ask_text: dict[int, str]) -> int:
+    """The checksum of the book whose top 25 levels are `top` (see `_top`)."""
+    bids = [bid_text[p] for p, _ in top.bids]
+    asks = [ask_text[p] for p, _ in top.asks]
     return okx_checksum(bids, asks)
 
 
