@@ -308,7 +308,8 @@ def _serve(args: argparse.Namespace) -> int:
                 "--replay serves one node; to replay into a cluster, run `orderbook replay FILE --url <any node>`"
             )
         args.file = args.replay
-        _readable(args.replay)
+        for path in args.replay:
+            _readable(path)
         try:
             replay_plan = _plan(args)
         except (ValueError, InvalidInput) as exc:
@@ -445,7 +446,7 @@ def _feed_description(args: argparse.Namespace) -> str:
     if args.redis_url:
         return "cluster " + _redact(args.redis_url)
     if args.replay:
-        return f"replaying {args.replay}"
+        return "replaying " + " ".join(args.replay)
     return "simulator " + ("on" if args.simulator else "off")
 
 
@@ -467,12 +468,10 @@ _FORMAT_OPTIONS = {
 def _source(args: argparse.Namespace) -> Source:
     from pathlib import Path
 
-    from orderbook.replay.files import Source, detect_format
+    from orderbook.replay.files import Source, check_chainable, common_format
 
-    path = Path(args.file)
-    fmt = args.format
-    if fmt == "auto":
-        fmt = detect_format(path)
+    paths = [Path(p) for p in args.file]
+    fmt = common_format(paths, args.format)
     options: dict[str, Any] = {}
     for name in ("depth", "price_scale", "size_scale", "snapshots", "instruments", "symbol", "levels", "gaps"):
         value = getattr(args, name, None)
@@ -481,7 +480,8 @@ def _source(args: argparse.Namespace) -> Source:
         if name not in _FORMAT_OPTIONS[fmt]:
             raise ValueError(f"--{name.replace('_', '-')} does not apply to the {fmt} format")
         options[name] = value
-    return Source(path, fmt, tuple(sorted(options.items())))
+    check_chainable(paths, fmt, options)  # refused before a node is contacted
+    return Source(paths[0], fmt, tuple(sorted(options.items())), tuple(paths[1:]))
 
 
 def _window(args: argparse.Namespace) -> tuple[TimePoint | None, TimePoint | None]:
@@ -514,7 +514,8 @@ def _replay(args: argparse.Namespace) -> int:
     from orderbook.replay.window import within
 
     args.url = _url_of(args)
-    _readable(args.file)
+    for path in args.file:
+        _readable(path)
     try:
         plan = _plan(args)
         names = parse_renames(args.rename or ())
@@ -597,7 +598,8 @@ def _verify(args: argparse.Namespace) -> int:
     from orderbook.wire.recording import RecordingTruncated
 
     server = _verify_server(args)
-    _readable(args.file)
+    for path in args.file:
+        _readable(path)
     try:
         source = _source(args)
     except (ValueError, InvalidInput) as exc:
@@ -646,7 +648,9 @@ def _verify(args: argparse.Namespace) -> int:
                     f"orderbook verify: warning: {exc}; the {exc.entries} complete entries are checked", file=sys.stderr
                 )
     where = f"through {server}" if server else "offline"
-    print(f"{args.file} ({source.format}, {where}): {report.records} records {progress.took(report.records)}")
+    files = f"{len(source.paths)} files, " if source.more else ""
+    heading = f"{source.name} ({files}{source.format}, {where})"
+    print(f"{heading}: {report.records} records {progress.took(report.records)}")
     for line in report.lines():
         print("  " + line)
     return 0 if report.ok else 1
@@ -712,7 +716,12 @@ def _record(args: argparse.Namespace) -> int:
 def _add_source_arguments(p: argparse.ArgumentParser) -> None:
     from orderbook.replay.files import FORMATS
 
-    p.add_argument("file", help="the recording (a folder for LOBSTER or Binance captures)")
+    p.add_argument(
+        "file",
+        nargs="+",
+        help="the recording (a folder for LOBSTER or Binance captures); several files of one format, "
+        "such as a rotated capture's KRAKEN.ws.50.0 KRAKEN.ws.50.1, are read in the order given as one stream",
+    )
     p.add_argument(
         "--format", default="auto", choices=("auto", *FORMATS), help="the file's format; auto: guess from the file"
     )
@@ -906,7 +915,13 @@ def _add_serve_arguments(s: argparse.ArgumentParser) -> None:
         elif f.name in options:
             _add_settings_option(s, f, *options[f.name])
     s.add_argument("--access-log", action="store_true", help="log every HTTP request and WebSocket open and close")
-    s.add_argument("--replay", metavar="FILE", help="serve a recording instead of the simulator (default: none)")
+    s.add_argument(
+        "--replay",
+        nargs="+",
+        metavar="FILE",
+        help="serve a recording instead of the simulator; several files are read in order as one stream "
+        "(default: none)",
+    )
     s.add_argument("--format", default="auto", help="format of --replay's file; auto: guess from the file")
     # The format options of --replay, as `orderbook replay` documents them.
     for name in ("--depth", "--price-scale", "--size-scale", "--levels"):

@@ -1,6 +1,11 @@
 """The file edge of replay: find a format's companion files, open them
 (gzip or not), and hand the pure readers their lines or byte chunks.
 
+Several files of one capture (cryptofeed rotates a long one:
+`KRAKEN.ws.50.0`, `KRAKEN.ws.50.1`, ...) are read in the order given as one
+stream: the reader's books carry on from one file to the next, and every
+line keeps its own file name and line number.
+
 Everything here blocks on disk, so asynchronous callers pull records through
 a worker thread (see `player.pull`)."""
 
@@ -8,31 +13,48 @@ from __future__ import annotations
 
 import gzip
 import io
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from .formats.capture import Segments
 from .records import FormatError, Record
 
 FORMATS = ("kraken", "coinbase", "binance", "okx", "deribit", "lobster", "tardis", "recording")
 # Formats whose files carry no venue reference (no checksum, no reference book).
 FORMATS_WITHOUT_REFERENCES = ("tardis",)
+# Formats whose files hold one stream of capture lines, so that the files of a
+# rotated capture chain line by line (Binance only in the layout with its
+# snapshots inline). Our recordings chain file by file, each file whole.
+LINE_CHAINED = ("kraken", "coinbase", "okx", "deribit", "binance")
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """What to read: a path, its format and reader options."""
+    """What to read: a path (and the files that continue it), its format and reader options."""
 
     path: Path
     format: str
     options: tuple[tuple[str, Any], ...] = ()
+    more: tuple[Path, ...] = ()  # read after `path`, in order, as one stream
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return (self.path, *self.more)
+
+    @property
+    def name(self) -> str:
+        """The files, for a log line or a report's heading."""
+        if not self.more:
+            return str(self.path)
+        return f"{self.path} ... {self.more[-1]}"
 
     def records(self) -> Iterator[Record]:
-        return open_records(self.path, self.format, **dict(self.options))
+        return open_records(self.paths, self.format, **dict(self.options))
 
 
 def _is_gzip(path: Path) -> bool:
@@ -106,35 +128,136 @@ def lobster_files(path: Path) -> tuple[Path, Path]:
     return path, book
 
 
-def open_records(path: Path | str, fmt: str, **options: Any) -> Iterator[Record]:
-    """Stream the records of a recording; the files close when the iterator does."""
-    path = Path(path)
-    if fmt == "auto":
-        fmt = detect_format(path)
-    if fmt not in FORMATS:
-        raise FormatError(str(path), f"unknown format {fmt!r}; one of: {', '.join(FORMATS)}")
-    if not path.exists():
-        raise FormatError(str(path), "no such file")
-    return _records(path, fmt, options)
+def open_records(path: Path | str | Sequence[Path | str], fmt: str, **options: Any) -> Iterator[Record]:
+    """Stream the records of a recording; the files close when the iterator does.
+
+    Several paths are read in order as one stream (see the module), all of
+    one format: `common_format` checks each file."""
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    if not paths:
+        raise FormatError("files", "no file given")
+    if fmt != "auto" and fmt not in FORMATS:
+        raise FormatError(str(paths[0]), f"unknown format {fmt!r}; one of: {', '.join(FORMATS)}")
+    for p in paths:
+        if not p.exists():
+            raise FormatError(str(p), "no such file")
+    fmt = common_format(paths, fmt)
+    if len(paths) == 1:
+        return _records(paths[0], fmt, options)
+    check_chainable(paths, fmt, options)
+    if fmt == "recording":
+        return _one_after_another(paths, fmt, options)
+    return _records(paths[0], fmt, options, paths[1:])
 
 
-def _records(path: Path, fmt: str, options: dict[str, Any]) -> Iterator[Record]:
+# Why the files of these formats are not read as one stream.
+_NOT_CHAINED = {
+    "lobster": "each LOBSTER message file has its own orderbook file, its reference",
+    "tardis": "each Tardis file has its own header row and its own line numbers",
+}
+
+
+def check_chainable(paths: Sequence[Path], fmt: str, options: dict[str, Any]) -> None:
+    """A clear error unless several files of `fmt` can be read as one stream."""
+    if len(paths) < 2 or fmt == "recording":
+        return
+    if fmt not in LINE_CHAINED:
+        why = _NOT_CHAINED.get(fmt, "")
+        raise FormatError(str(paths[1]), f"several {fmt} files are not read as one stream ({why}): give one at a time")
+    snapshots = options.get("snapshots")
+    if fmt == "binance" and (
+        paths[0].is_dir() or binance_files(paths[0], Path(snapshots) if snapshots else None)[1] is not None
+    ):
+        raise FormatError(
+            str(paths[0]),
+            "several Binance captures are read as one stream only in cryptofeed's older layout, "
+            "with the snapshots inline; a capture whose REST snapshots are in a separate file "
+            "(*.http.*) is read one at a time",
+        )
+
+
+def common_format(paths: Sequence[Path], fmt: str = "auto") -> str:
+    """The one format of `paths`: `fmt`, or the first file's as detected.
+
+    Every other file that shows its format must show the same one (a mix is
+    an error naming the file); one that shows none, as a rotated part that
+    starts mid-stream, is taken to continue the first."""
+    first = detect_format(paths[0]) if fmt == "auto" else fmt
+    if len(paths) == 1:
+        return first
+    for p in paths if fmt != "auto" else paths[1:]:
+        found = _evident_format(p)
+        if found is not None and found != first:
+            given = f"--format {fmt}" if fmt != "auto" else f"{paths[0].name} is {first}"
+            raise FormatError(
+                str(p), f"this is a {found} file, but {given}: several files must be of one format, read as one stream"
+            )
+    return first
+
+
+def _evident_format(path: Path) -> str | None:
+    """The format a file shows by itself, or None when it shows none."""
+    try:
+        found = detect_format(path)
+    except FormatError:
+        return None
+    if found == "recording" and path.is_file():
+        from .formats import recording
+
+        # detect_format's last guess (bytes that read as no text line) would
+        # also take a rotated part whose first line is long: trust only a
+        # recording's own header.
+        with path.open("rb") as f:
+            if not recording.sniff(f.read(4096)):
+                return None
+    return found
+
+
+def _names(paths: Sequence[Path]) -> list[str]:
+    """How errors name each file: by its name, or its path where two names are alike."""
+    names = [p.name for p in paths]
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]
+
+
+def _parts(paths: Sequence[Path]) -> Generator[tuple[str, Iterable[str]]]:
+    # One file open at a time: a year of captures is thousands of files.
+    for name, path in zip(_names(paths), paths, strict=True):
+        with open_text(path) as f:
+            yield name, f
+
+
+def _one_after_another(paths: Sequence[Path], fmt: str, options: dict[str, Any]) -> Iterator[Record]:
+    # Each of our recordings begins with its subscription acks and snapshots,
+    # as a later header in one file starts another recording.
+    for path in paths:
+        yield from _records(path, fmt, dict(options))
+
+
+def _records(path: Path, fmt: str, options: dict[str, Any], more: Sequence[Path] = ()) -> Iterator[Record]:
     with ExitStack() as stack:
+
+        def lines(path: Path) -> Iterable[str]:
+            if not more:
+                return stack.enter_context(open_text(path))
+            parts = _parts((path, *more))
+            stack.callback(parts.close)
+            return Segments(parts)
+
         if fmt == "kraken":
             from .formats import kraken
 
-            yield from kraken.read(stack.enter_context(open_text(path)), source=path.name, **options)
+            yield from kraken.read(lines(path), source=path.name, **options)
         elif fmt == "coinbase":
             from .formats import coinbase
 
-            yield from coinbase.read(stack.enter_context(open_text(path)), source=path.name, **options)
+            yield from coinbase.read(lines(path), source=path.name, **options)
         elif fmt == "binance":
             from .formats import binance
 
             snapshots = options.pop("snapshots", None)
             ws, http = binance_files(path, Path(snapshots) if snapshots else None)
             yield from binance.read(
-                stack.enter_context(open_text(ws)),
+                lines(ws),
                 stack.enter_context(open_text(http)) if http else (),
                 source=ws.name,
                 snapshot_source=http.name if http else None,
@@ -147,7 +270,7 @@ def _records(path: Path, fmt: str, options: dict[str, Any]) -> Iterator[Record]:
             given = options.pop("instruments", None)
             defs = instruments_file(path, Path(given) if given else None)
             yield from read(
-                stack.enter_context(open_text(path)),
+                lines(path),
                 instruments=stack.enter_context(open_text(defs)) if defs else None,
                 source=path.name,
                 instruments_source=defs.name if defs else "instruments",

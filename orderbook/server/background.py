@@ -110,7 +110,7 @@ async def replay(hub: Sequences, plan: ReplayPlan) -> None:
     replay, never the server."""
     log.info(
         "replaying %s (%s) at %s%s",
-        plan.source.path,
+        plan.source.name,
         plan.source.format,
         "full speed" if not plan.speed else f"{plan.speed}x",
         ", looping" if plan.loop else "",
@@ -126,6 +126,6 @@ async def replay(hub: Sequences, plan: ReplayPlan) -> None:
             plan.source.records, HubSink(ingest), speed=plan.speed, loop=plan.loop, start=plan.start, end=plan.end
         )
     except InvalidInput as exc:
-        log.error("replay of %s stopped: %s", plan.source.path, exc)
+        log.error("replay of %s stopped: %s", plan.source.name, exc)
         return
-    log.info("replay of %s done: %d records, %d updates", plan.source.path, stats.records, stats.updates)
+    log.info("replay of %s done: %d records, %d updates", plan.source.name, stats.records, stats.updates)

@@ -42,28 +42,51 @@ class CaptureLine(NamedTuple):
     ended: bool = True
 
 
+class Segments:
+    """Several files of one capture (a rotated capture: `KRAKEN.ws.50.0`,
+    `.1`, ...) read as one stream. Iterated, it is the files' lines one after
+    another, so a reader takes it wherever it takes lines; `read_capture`
+    numbers each file's lines on their own and names each line by its file.
+
+    `parts` is iterated once, lazily: the files can be opened one at a time."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: Iterable[tuple[str, Iterable[str]]]) -> None:
+        self.parts = parts
+
+    def __iter__(self) -> Iterator[str]:
+        for _, lines in self.parts:
+            yield from lines
+
+
 def read_capture(lines: Iterable[str], source: str = "capture", *, bad_lines: bool = False) -> Iterator[CaptureLine]:
     """Split each line of a capture; blank lines (trailing ones included) are skipped.
+
+    `lines` may be `Segments`: then each line is named by its own file and
+    line number there, and `source` is not used.
 
     A line that is no capture line is a FormatError, or with `bad_lines` a
     `BAD` line (body: the problem, url: the text) at the previous line's
     time, so a reader that can skip damage goes on after it."""
+    parts = lines.parts if isinstance(lines, Segments) else ((source, lines),)
     last_ns = 0
-    for lineno, raw in enumerate(lines, 1):
-        line = raw.rstrip("\r\n")
-        if not line or line.isspace():  # (strip() would copy every line)
-            continue
-        where = f"{source}:{lineno}"
-        ended = line != raw
-        try:
-            parsed = _split(line, where, ended)
-        except FormatError as exc:
-            if not bad_lines:
-                raise
-            problem = str(exc).removeprefix(f"{where}: ")
-            parsed = CaptureLine(BAD, last_ns, problem, line, where, ended)
-        last_ns = max(last_ns, parsed.time_ns)
-        yield parsed
+    for name, part in parts:
+        for lineno, raw in enumerate(part, 1):
+            line = raw.rstrip("\r\n")
+            if not line or line.isspace():  # (strip() would copy every line)
+                continue
+            where = f"{name}:{lineno}"
+            ended = line != raw
+            try:
+                parsed = _split(line, where, ended)
+            except FormatError as exc:
+                if not bad_lines:
+                    raise
+                problem = str(exc).removeprefix(f"{where}: ")
+                parsed = CaptureLine(BAD, last_ns, problem, line, where, ended)
+            last_ns = max(last_ns, parsed.time_ns)
+            yield parsed
 
 
 def _split(line: str, where: str, ended: bool) -> CaptureLine:
