@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,11 +18,12 @@ from orderbook.replay.formats import deribit
 from orderbook.replay.records import FormatError, Record, TopLevels
 from orderbook.replay.verify import Verifier, verify
 
-from .harness import FEED_TOKEN, ROOT, serve_in_process, start_server_process, test_settings
+from .cryptofeed_captures import DATA, Edit, capture_lines, orderbook, read_to_error, verify_through_a_node
+from .cryptofeed_captures import copy_with as copy_capture_with
+from .harness import FEED_TOKEN, serve_in_process, test_settings
 
 pytestmark = pytest.mark.timeout(120)
 
-DATA = Path(__file__).parent / "data" / "cryptofeed-sample-data"
 CAPTURE = DATA / "DERIBIT.ws.1.0"
 INSTRUMENTS = DATA / "DERIBIT.0"
 # symbol -> (records, level changes, chained changes checked)
@@ -43,12 +42,6 @@ SYMBOLS = {
 SYM = "BTC-24SEP21-8000-P"
 
 
-def orderbook(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "orderbook.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
-
-
 def read(path: Path = CAPTURE, **options) -> list[Record]:
     return list(open_records(path, "deribit", **options))
 
@@ -58,13 +51,8 @@ def records() -> list[Record]:
     return read()
 
 
-def copy_with(tmp_path: Path, edit) -> Path:
-    """The capture and its instruments in tmp_path, the capture's lines passed through `edit`."""
-    (tmp_path / INSTRUMENTS.name).write_bytes(INSTRUMENTS.read_bytes())
-    lines = CAPTURE.read_bytes().decode().split("\n")
-    out = tmp_path / CAPTURE.name
-    out.write_bytes("\n".join(edit(lines)).encode())
-    return out
+def copy_with(tmp_path: Path, edit: Edit) -> Path:
+    return copy_capture_with(tmp_path, CAPTURE, INSTRUMENTS, edit)
 
 
 def change_lines(lines: list[str], symbol: str = SYM) -> list[int]:
@@ -148,11 +136,7 @@ async def test_through_a_node_every_chained_book_is_served():
 
 
 def test_verify_command_through_a_node(tmp_path):
-    node = start_server_process(tmp_path, "--feed-token", FEED_TOKEN, "--no-simulator")
-    try:
-        out = orderbook("verify", str(CAPTURE), "--server", node.http, "--feed-token", FEED_TOKEN)
-    finally:
-        node.stop()
+    out = verify_through_a_node(tmp_path, CAPTURE)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "total deribit change chain: 36 of 36 match" in out.stdout
 
@@ -171,26 +155,23 @@ def break_chain(line: str) -> str:
 
 
 def test_a_broken_chain_stops_with_file_line_and_symbol(tmp_path):
-    lines = CAPTURE.read_bytes().decode().split("\n")
+    lines = capture_lines(CAPTURE)
     at = change_lines(lines)[10]
     bad = copy_with(tmp_path, lambda ls: [break_chain(x) if i == at else x for i, x in enumerate(ls)])
     held = int(re.search(r'"prev_change_id":(\d+)', lines[at]).group(1))
-    got: list[Record] = []
-    with pytest.raises(FormatError) as err:
-        for record in open_records(bad, "deribit"):
-            got.append(record)
-    assert str(err.value) == (
+    got, error = read_to_error(bad, "deribit")
+    assert str(error) == (
         f"DERIBIT.ws.1.0:{at + 1}: {SYM}: prev_change_id {held - 1} != the last change_id {held}: changes were missed"
     )
     assert len(got) == sum(1 for i in book_lines(lines) if i < at)  # nothing of the broken change
 
     out = orderbook("verify", str(bad))
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [f"orderbook verify: {err.value}"]
+    assert out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
 
 
 def test_with_resync_a_broken_chain_waits_for_the_next_snapshot(tmp_path):
-    lines = CAPTURE.read_bytes().decode().split("\n")
+    lines = capture_lines(CAPTURE)
     at = change_lines(lines)[10]
     bad = copy_with(tmp_path, lambda ls: [break_chain(x) if i == at else x for i, x in enumerate(ls)])
     skipped = sum(1 for i in change_lines(lines) if i >= at)
@@ -247,19 +228,16 @@ def test_an_action_that_does_not_fit_the_book_is_a_gap():
 
 
 def test_a_truncated_last_line_names_its_line_and_symbol(tmp_path):
-    lines = CAPTURE.read_bytes().decode().split("\n")
+    lines = capture_lines(CAPTURE)
     last = change_lines(lines)[-1]
     bad = copy_with(tmp_path, lambda ls: [*ls[:last], ls[last][: len(ls[last]) * 2 // 3]])
-    got: list[Record] = []
-    with pytest.raises(FormatError) as err:
-        for record in open_records(bad, "deribit"):
-            got.append(record)
-    assert str(err.value).startswith(f"DERIBIT.ws.1.0:{last + 1}: {SYM}: the line is cut short")
+    got, error = read_to_error(bad, "deribit")
+    assert str(error).startswith(f"DERIBIT.ws.1.0:{last + 1}: {SYM}: the line is cut short")
     assert len(got) == 45
 
 
 def test_a_line_that_is_not_json_names_its_line(tmp_path):
-    lines = CAPTURE.read_bytes().decode().split("\n")
+    lines = capture_lines(CAPTURE)
     at = change_lines(lines)[3]
     bad = copy_with(tmp_path, lambda ls: [*ls[:at], "1626993724.5: <html>502 Bad Gateway</html>", *ls[at:]])
     with pytest.raises(FormatError) as err:
@@ -284,7 +262,7 @@ def test_a_price_off_the_tick_size_is_refused():
 
 
 def test_with_resync_a_damaged_line_is_a_gap_for_its_instrument_or_a_note(tmp_path):
-    lines = CAPTURE.read_bytes().decode().split("\n")
+    lines = capture_lines(CAPTURE)
     at = change_lines(lines)[5]
     cut_mid_file = lines[at][: len(lines[at]) // 2]
     junk = "1626993724.5: <html>502 Bad Gateway</html>"

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,20 +17,15 @@ from orderbook.replay.formats import okx
 from orderbook.replay.records import FormatError, Record, TopLevels
 from orderbook.replay.verify import Verifier, verify
 
-from .harness import FEED_TOKEN, ROOT, serve_in_process, start_server_process, test_settings
+from .cryptofeed_captures import DATA, Edit, capture_lines, orderbook, read_to_error, verify_through_a_node
+from .cryptofeed_captures import copy_with as copy_capture_with
+from .harness import FEED_TOKEN, serve_in_process, test_settings
 
 pytestmark = pytest.mark.timeout(120)
 
-DATA = Path(__file__).parent / "data" / "cryptofeed-sample-data"
 CAPTURE = DATA / "OKX.ws.1.0"
 INSTRUMENTS = DATA / "OKX.0"
 SYMBOLS = {"BTC-USD-220527": (99, 1732), "BTC-USDT": (98, 4324), "UNI-USD-SWAP": (93, 864)}  # records, changes
-
-
-def orderbook(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "orderbook.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
 
 
 def read(path: Path = CAPTURE, **options) -> list[Record]:
@@ -44,13 +37,8 @@ def records() -> list[Record]:
     return read()
 
 
-def copy_with(tmp_path: Path, edit) -> Path:
-    """The capture and its instruments in tmp_path, the capture's lines passed through `edit`."""
-    (tmp_path / INSTRUMENTS.name).write_bytes(INSTRUMENTS.read_bytes())
-    lines = CAPTURE.read_bytes().decode().split("\n")
-    out = tmp_path / CAPTURE.name
-    out.write_bytes("\n".join(edit(lines)).encode())
-    return out
+def copy_with(tmp_path: Path, edit: Edit) -> Path:
+    return copy_capture_with(tmp_path, CAPTURE, INSTRUMENTS, edit)
 
 
 def book_lines(lines: list[str]) -> list[int]:
@@ -144,11 +132,7 @@ async def test_through_a_node_every_book_equals_what_okx_certified():
 
 
 def test_verify_command_through_a_node(tmp_path):
-    node = start_server_process(tmp_path, "--feed-token", FEED_TOKEN, "--no-simulator")
-    try:
-        out = orderbook("verify", str(CAPTURE), "--server", node.http, "--feed-token", FEED_TOKEN)
-    finally:
-        node.stop()
+    out = verify_through_a_node(tmp_path, CAPTURE)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "total okx checksum: 290 of 290 match" in out.stdout
 
@@ -157,26 +141,23 @@ def test_verify_command_through_a_node(tmp_path):
 
 
 def test_a_checksum_mismatch_stops_with_file_line_and_symbol(tmp_path):
-    lines = CAPTURE.read_bytes().decode().split("\n")
+    lines = capture_lines(CAPTURE)
     at = book_lines(lines)[150]
     bad = copy_with(tmp_path, lambda ls: [alter_checksum(x) if i == at else x for i, x in enumerate(ls)])
     good_before = sum(1 for i in book_lines(lines) if i < at)
-    got: list[Record] = []
-    with pytest.raises(FormatError) as err:
-        for record in open_records(bad, "okx"):
-            got.append(record)
+    got, error = read_to_error(bad, "okx")
     symbol = re.search(r'"instId":"([^"]+)"', lines[at]).group(1)
-    assert re.fullmatch(rf"OKX\.ws\.1\.0:{at + 1}: {symbol}: checksum -?\d+ != venue's -?\d+", str(err.value))
+    assert re.fullmatch(rf"OKX\.ws\.1\.0:{at + 1}: {symbol}: checksum -?\d+ != venue's -?\d+", str(error))
     # Nothing of the bad message was yielded: every record before it, none of it.
     assert len(got) == good_before
 
     out = orderbook("verify", str(bad))
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [f"orderbook verify: {err.value}"]
+    assert out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
 
 
 def test_with_resync_a_mismatch_skips_to_the_next_snapshot(tmp_path):
-    lines = CAPTURE.read_bytes().decode().split("\n")
+    lines = capture_lines(CAPTURE)
     at = book_lines(lines)[150]
     symbol = re.search(r'"instId":"([^"]+)"', lines[at]).group(1)
     bad = copy_with(tmp_path, lambda ls: [alter_checksum(x) if i == at else x for i, x in enumerate(ls)])
@@ -204,21 +185,18 @@ def test_with_resync_a_mismatch_skips_to_the_next_snapshot(tmp_path):
 
 
 def test_a_truncated_last_line_names_its_line_and_symbol(tmp_path):
-    lines = CAPTURE.read_bytes().decode().split("\n")
+    lines = capture_lines(CAPTURE)
     last = book_lines(lines)[-1]
     assert lines[last + 1 :] == [""]  # the file ends with this line and a newline
     bad = copy_with(tmp_path, lambda ls: [*ls[:last], ls[last][: len(ls[last]) // 2]])
-    got: list[Record] = []
-    with pytest.raises(FormatError) as err:
-        for record in open_records(bad, "okx"):
-            got.append(record)
+    got, error = read_to_error(bad, "okx")
     symbol = re.search(r'"instId":"([^"]+)"', lines[last]).group(1)
-    assert str(err.value).startswith(f"OKX.ws.1.0:{last + 1}: {symbol}: the line is cut short")
+    assert str(error).startswith(f"OKX.ws.1.0:{last + 1}: {symbol}: the line is cut short")
     assert len(got) == 289
 
 
 def test_a_line_that_is_not_json_names_its_line(tmp_path):
-    lines = CAPTURE.read_bytes().decode().split("\n")
+    lines = capture_lines(CAPTURE)
     at = book_lines(lines)[10]
     bad = copy_with(tmp_path, lambda ls: [*ls[:at], "1652459226.0: <html>502 Bad Gateway</html>", *ls[at:]])
     with pytest.raises(FormatError) as err:
@@ -251,7 +229,7 @@ def test_a_value_finer_than_the_tick_size_is_refused():
 
 
 def test_with_resync_a_damaged_line_is_a_gap_for_its_instrument_or_a_note(tmp_path):
-    lines = CAPTURE.read_bytes().decode().split("\n")
+    lines = capture_lines(CAPTURE)
     at = book_lines(lines)[200]
     symbol = re.search(r'"instId":"([^"]+)"', lines[at]).group(1)
     cut_mid_file = lines[at][: len(lines[at]) // 2]

@@ -75,7 +75,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
-from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from orderbook.core.book import Level
@@ -85,6 +84,7 @@ from orderbook.core.units import MAX_SCALE
 
 from ..records import BestPrices, FormatError, Record, decimals, loads, units
 from .capture import BAD, RECEIVED, REST, CaptureLine, read_capture
+from .gaps import Gaps, check, no_snapshot_note, resync_note
 
 VENUE = "binance"
 BINANCE_DECIMALS = 8  # what Binance writes; the scale only of a snapshot with no level at all
@@ -96,8 +96,6 @@ STALE = "stale diff"
 GAP = "gap"
 NO_SNAPSHOT = "no snapshot"
 UNREADABLE = "unreadable line"
-
-Gaps = Literal["error", "resync"]
 
 RawLevel = tuple[str, str]  # (price, qty) as written: converted once the scale is known
 
@@ -321,8 +319,7 @@ class BinanceReader:
     """Turns merged capture lines into records; holds only the per-symbol sync state."""
 
     def __init__(self, gaps: Gaps | None = None) -> None:
-        if gaps not in (None, "error", "resync"):
-            raise ValueError(f"gaps must be 'error' or 'resync', not {gaps!r}")
+        check(gaps, optional=True)
         self.gaps = gaps
         self.symbols: dict[str, SymbolSync] = {}
         self.now_ns = 0
@@ -425,7 +422,7 @@ class BinanceReader:
                 state.skipped += record.note == STALE
                 yield record
         if resyncing:
-            yield Record(line.time_ns, note=f"resync: {symbol} skipped {_records(state.skipped)}")
+            yield Record(line.time_ns, note=resync_note(symbol, state.skipped))
         state.skipped = 0
 
     def depth(self, state: SymbolSync, diff: Diff, released_ns: int = 0) -> Iterator[Record]:
@@ -483,14 +480,10 @@ class BinanceReader:
     def finish(self) -> Iterator[Record]:
         for state in self.symbols.values():
             if state.waiting:
-                lost = _records(state.skipped + len(state.buffered))
-                yield Record(self.now_ns, note=f"{NO_SNAPSHOT}: {state.symbol} skipped {lost} to the end")
+                lost = state.skipped + len(state.buffered)
+                yield Record(self.now_ns, note=no_snapshot_note(state.symbol, lost))
             elif state.last_id is None and state.buffered:
                 yield Record(self.now_ns, note=NO_SNAPSHOT)
-
-
-def _records(n: int) -> str:
-    return f"{n} record" if n == 1 else f"{n} records"
 
 
 def read(

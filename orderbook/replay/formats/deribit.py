@@ -42,7 +42,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from orderbook.core.book import Book, Level
 from orderbook.core.events import BookUpdate
@@ -50,13 +50,11 @@ from orderbook.core.instrument import Instrument
 
 from ..records import FormatError, Record, TopLevels, scale_of, significant_decimals, units
 from .capture import BAD, OPENED, RECEIVED, REST, CaptureLine, read_capture
-
-Gaps = Literal["error", "resync"]
+from .gaps import GapPolicy, Gaps, damage
 
 VENUE = "deribit"
 CHECK_DEPTH = 25
 KIND = "deribit change chain"  # how reports name the check each record passed
-NOTE_GAP = "gap"
 ACTIONS = ("new", "change", "delete")
 # The instrument of a damaged book message, from what is left of its text.
 _NAME = re.compile(r'"channel"\s*:\s*"book\.([^".]+)')
@@ -113,8 +111,6 @@ class _Symbol:
     instrument: Instrument | None = None  # the last definition yielded
     book: Book | None = None  # None: no book to continue (none yet, or waiting for a snapshot)
     change_id: int = 0
-    skipped: int = 0  # messages skipped since a gap
-    gap_at: str = ""  # where the gap being resynced was; "" when none
 
 
 def read(
@@ -130,14 +126,13 @@ def read(
     `instruments`: the lines of cryptofeed's saved REST get_instruments
     responses (DERIBIT.0), for tick sizes and minimum amounts.
     """
-    if gaps not in ("error", "resync"):
-        raise ValueError(f"gaps must be 'error' or 'resync', not {gaps!r}")
+    policy = GapPolicy(gaps)  # checks `gaps` now, not at the first record
     defined = read_instruments(instruments, instruments_source) if instruments is not None else {}
-    return _Reader(source, gaps, defined).records(lines)
+    return _Reader(source, policy, defined).records(lines)
 
 
 class _Reader:
-    def __init__(self, source: str, gaps: Gaps, defined: dict[str, Instrument]) -> None:
+    def __init__(self, source: str, gaps: GapPolicy, defined: dict[str, Instrument]) -> None:
         self.source = source
         self.gaps = gaps
         self.defined = defined
@@ -160,7 +155,7 @@ class _Reader:
             try:
                 msg = _loads(line.body)
             except ValueError as exc:
-                yield from self.damaged(line, line.body, _damage(line.body, line.ended, exc))
+                yield from self.damaged(line, line.body, damage(line.body, line.ended, exc))
                 continue
             if not isinstance(msg, dict) or msg.get("method") != "subscription":
                 continue  # subscribe results, heartbeats, errors: no book change
@@ -184,9 +179,7 @@ class _Reader:
                 yield from self.change(name, data, line.time_ns, line.where)
             else:
                 raise FormatError(line.where, f"{name}: book message type {kind!r}, want snapshot or change")
-        for name, s in self.symbols.items():
-            if s.gap_at:
-                yield Record(time_ns, note=f"no snapshot: {name} skipped {_records(s.skipped)} to the end")
+        yield from self.gaps.finish(self.symbols, time_ns)
 
     def symbol(self, name: str) -> _Symbol:
         s = self.symbols.get(name)
@@ -198,24 +191,19 @@ class _Reader:
         """A line that cannot be read: an error; with resync, a gap for the
         instrument its text still names, else a note."""
         found = _NAME.search(text)
-        if found is None:
-            if self.gaps == "error":
-                raise FormatError(line.where, f"instrument unknown: {problem}")
-            yield Record(line.time_ns, note=f"unreadable line at {line.where}: {problem}")
-            return
-        name = found.group(1)
-        s = self.symbol(name)
-        if s.gap_at:
-            s.skipped += 1
-            return
-        yield from self.gap(s, name, problem, line.time_ns, line.where)
+        name = found.group(1) if found else None
+        note = self.gaps.damaged(name, problem, line.time_ns, line.where)
+        if name is not None:
+            s = self.symbol(name)
+            s.book = None  # already so if it was waiting
+        if note is not None:
+            yield note
 
-    def gap(self, s: _Symbol, name: str, problem: str, time_ns: int, where: str) -> Iterator[Record]:
+    def gap(self, s: _Symbol, name: str, problem: str, time_ns: int, where: str) -> Record:
         """The book can no longer be trusted: stop, or drop it until the next snapshot."""
-        if self.gaps == "error":
-            raise FormatError(where, f"{name}: {problem}")
-        s.book, s.skipped, s.gap_at = None, 1, where
-        yield Record(time_ns, note=f"{NOTE_GAP} at {where}: {name}: {problem}")
+        note = self.gaps.gap(name, problem, time_ns, where)
+        s.book = None
+        return note
 
     def snapshot(self, name: str, data: dict[str, Any], time_ns: int, where: str) -> Iterator[Record]:
         s = self.symbol(name)
@@ -230,9 +218,8 @@ class _Reader:
         book.replace(bids, asks)
         if book.bid_count() != len(bids) or book.ask_count() != len(asks):
             raise FormatError(where, f"{name}: a snapshot lists a price twice or with amount 0")
-        if s.gap_at:
-            yield Record(time_ns, note=f"resync: {name} skipped {_records(s.skipped)}")
-        s.book, s.change_id, s.skipped, s.gap_at = book, change_id, 0, ""
+        yield from self.gaps.resynced(name, time_ns)
+        s.book, s.change_id = book, change_id
         new = (inst,) if inst != s.instrument else ()
         s.instrument = inst
         update = BookUpdate(name, tuple(book.bids()), tuple(book.asks()), replace=True, event_time_ns=event_ns)
@@ -242,10 +229,8 @@ class _Reader:
         s = self.symbol(name)
         book, inst = s.book, s.instrument
         if book is None or inst is None:
-            if s.gap_at:
-                s.skipped += 1
-                return
-            yield from self.gap(s, name, "change with no book to apply it to (no snapshot before it)", time_ns, where)
+            if not self.gaps.skip(name):
+                yield self.gap(s, name, "change with no book to apply it to (no snapshot before it)", time_ns, where)
             return
         bids_raw, asks_raw = _entries(data, "bids", name, where), _entries(data, "asks", name, where)
         prev, change_id = _int(data, "prev_change_id", name, where), _int(data, "change_id", name, where)
@@ -253,32 +238,17 @@ class _Reader:
         bids, asks = _levels(inst, bids_raw, name, where), _levels(inst, asks_raw, name, where)
         if prev != s.change_id:
             problem = f"prev_change_id {prev} != the last change_id {s.change_id}: changes were missed"
-            yield from self.gap(s, name, problem, time_ns, where)
+            yield self.gap(s, name, problem, time_ns, where)
             return
         # Every action is checked against the book before any is applied.
         problem = _misfit(book.bid_size, bids_raw, bids, "bid") or _misfit(book.ask_size, asks_raw, asks, "ask")
         if problem:
-            yield from self.gap(s, name, f"change {change_id}: {problem}", time_ns, where)
+            yield self.gap(s, name, f"change {change_id}: {problem}", time_ns, where)
             return
         bid_changes, ask_changes = book.apply(tuple(bids), tuple(asks))
         s.change_id = change_id
         update = BookUpdate(name, bid_changes, ask_changes, event_time_ns=event_ns)
         yield Record(time_ns, updates=(update,), checks=(_top(name, book),))
-
-
-def _records(n: int) -> str:
-    return f"{n} record" if n == 1 else f"{n} records"
-
-
-def _damage(body: str, ended: bool, exc: ValueError) -> str:
-    """What is wrong with a line that is not JSON."""
-    # A last line with no line break, or JSON that stops mid-string or
-    # mid-value, ran out of line: a cut, not garbage.
-    cut = not ended or (
-        isinstance(exc, json.JSONDecodeError)
-        and (exc.pos >= len(body.rstrip()) or exc.msg.startswith("Unterminated string"))
-    )
-    return f"{'the line is cut short' if cut else 'not JSON'}: {exc}"
 
 
 def _int(data: dict[str, Any], key: str, name: str, where: str) -> int:

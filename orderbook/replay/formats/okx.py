@@ -39,13 +39,12 @@ Tickers, trades and other channels yield nothing.
 
 from __future__ import annotations
 
-import json
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 from orderbook.core.book import Book, Level
 from orderbook.core.events import BookUpdate
@@ -53,14 +52,12 @@ from orderbook.core.instrument import Instrument
 
 from ..records import FormatError, Record, TopLevels, loads, scale_of, significant_decimals, units
 from .capture import BAD, OPENED, RECEIVED, REST, CaptureLine, read_capture
-
-Gaps = Literal["error", "resync"]
+from .gaps import GapPolicy, Gaps, damage
 
 VENUE = "okx"
 CHECKSUM_DEPTH = 25
 KIND = "okx checksum"  # how reports name the check each record passed
 BOOK_CHANNELS = ("books", "books-l2-tbt", "books50-l2-tbt")
-NOTE_GAP = "gap"
 # The instrument of a damaged book message, from what is left of its text.
 _INST_ID = re.compile(r'"channel"\s*:\s*"books[^"]*"\s*,\s*"instId"\s*:\s*"([^"]+)"')
 
@@ -152,8 +149,6 @@ class _Symbol:
     bid_text: dict[int, str] = field(default_factory=dict)
     ask_text: dict[int, str] = field(default_factory=dict)
     seq: int | None = None  # the last seqId, where OKX sends them
-    skipped: int = 0  # messages skipped since a gap
-    gap_at: str = ""  # where the gap being resynced was; "" when none
 
 
 def read(
@@ -169,14 +164,13 @@ def read(
     `instruments`: the lines of cryptofeed's saved REST instruments responses
     (OKX.0), for tick and lot sizes.
     """
-    if gaps not in ("error", "resync"):
-        raise ValueError(f"gaps must be 'error' or 'resync', not {gaps!r}")
+    policy = GapPolicy(gaps)  # checks `gaps` now, not at the first record
     defined = _instrument_terms(instruments, instruments_source) if instruments is not None else {}
-    return _Reader(source, gaps, defined).records(lines)
+    return _Reader(source, policy, defined).records(lines)
 
 
 class _Reader:
-    def __init__(self, source: str, gaps: Gaps, defined: dict[str, _Terms]) -> None:
+    def __init__(self, source: str, gaps: GapPolicy, defined: dict[str, _Terms]) -> None:
         self.source = source
         self.gaps = gaps
         self.defined = defined
@@ -201,7 +195,7 @@ class _Reader:
             try:
                 msg = loads(line.body)
             except ValueError as exc:
-                yield from self.damaged(line, line.body, _damage(line.body, line.ended, exc))
+                yield from self.damaged(line, line.body, damage(line.body, line.ended, exc))
                 continue
             if not isinstance(msg, dict) or ("action" not in msg and "data" not in msg):
                 continue  # subscribe acks, errors, pongs: no book change
@@ -222,9 +216,7 @@ class _Reader:
                     yield from self.snapshot(name, entry, line.time_ns, line.where)
                 else:
                     yield from self.update(name, entry, line.time_ns, line.where)
-        for name, s in self.symbols.items():
-            if s.gap_at:
-                yield Record(time_ns, note=f"no snapshot: {name} skipped {_records(s.skipped)} to the end")
+        yield from self.gaps.finish(self.symbols, time_ns)
 
     def instrument(self, name: str) -> Instrument | None:
         """The instruments file's definition of `name`, built on first use."""
@@ -246,24 +238,19 @@ class _Reader:
         """A line that cannot be read: an error; with resync, a gap for the
         instrument its text still names, else a note."""
         found = _INST_ID.search(text)
-        if found is None:
-            if self.gaps == "error":
-                raise FormatError(line.where, f"instrument unknown: {problem}")
-            yield Record(line.time_ns, note=f"unreadable line at {line.where}: {problem}")
-            return
-        name = found.group(1)
-        s = self.symbol(name)
-        if s.gap_at:
-            s.skipped += 1
-            return
-        yield from self.gap(s, name, problem, line.time_ns, line.where)
+        name = found.group(1) if found else None
+        note = self.gaps.damaged(name, problem, line.time_ns, line.where)
+        if name is not None:
+            s = self.symbol(name)
+            s.book, s.seq = None, None  # already so if it was waiting
+        if note is not None:
+            yield note
 
-    def gap(self, s: _Symbol, name: str, problem: str, time_ns: int, where: str) -> Iterator[Record]:
+    def gap(self, s: _Symbol, name: str, problem: str, time_ns: int, where: str) -> Record:
         """The book can no longer be trusted: stop, or drop it until the next snapshot."""
-        if self.gaps == "error":
-            raise FormatError(where, f"{name}: {problem}")
-        s.book, s.seq, s.skipped, s.gap_at = None, None, 1, where
-        yield Record(time_ns, note=f"{NOTE_GAP} at {where}: {name}: {problem}")
+        note = self.gaps.gap(name, problem, time_ns, where)
+        s.book, s.seq = None, None
+        return note
 
     def snapshot(self, name: str, entry: dict[str, Any], time_ns: int, where: str) -> Iterator[Record]:
         s = self.symbol(name)
@@ -281,11 +268,10 @@ class _Reader:
         top = _top(name, book)
         got = _book_checksum(top, bid_text, ask_text)
         if got != checksum:
-            yield from self.gap(s, name, f"snapshot checksum {got} != venue's {checksum}", time_ns, where)
+            yield self.gap(s, name, f"snapshot checksum {got} != venue's {checksum}", time_ns, where)
             return
-        if s.gap_at:
-            yield Record(time_ns, note=f"resync: {name} skipped {_records(s.skipped)}")
-        s.book, s.bid_text, s.ask_text, s.skipped, s.gap_at = book, bid_text, ask_text, 0, ""
+        yield from self.gaps.resynced(name, time_ns)
+        s.book, s.bid_text, s.ask_text = book, bid_text, ask_text
         s.seq = _seq(entry, "seqId", name, where)
         new = (inst,) if inst != s.instrument else ()
         s.instrument = inst
@@ -296,10 +282,8 @@ class _Reader:
         s = self.symbol(name)
         book, inst = s.book, s.instrument
         if book is None or inst is None:
-            if s.gap_at:
-                s.skipped += 1
-                return
-            yield from self.gap(s, name, "update with no book to apply it to (no snapshot before it)", time_ns, where)
+            if not self.gaps.skip(name):
+                yield self.gap(s, name, "update with no book to apply it to (no snapshot before it)", time_ns, where)
             return
         bids_raw, asks_raw = _entries(entry, "bids", name, where), _entries(entry, "asks", name, where)
         bids = _levels(inst, bids_raw, name, where)
@@ -308,7 +292,7 @@ class _Reader:
         event_ns = _event_ns(entry, name, where) or time_ns
         prev = _seq(entry, "prevSeqId", name, where)
         if prev is not None and s.seq is not None and prev != s.seq:
-            yield from self.gap(s, name, f"prevSeqId {prev} != the last seqId {s.seq}", time_ns, where)
+            yield self.gap(s, name, f"prevSeqId {prev} != the last seqId {s.seq}", time_ns, where)
             return
         bid_changes, ask_changes = book.apply(tuple(bids), tuple(asks))
         for levels, raw, text in ((bids, bids_raw, s.bid_text), (asks, asks_raw, s.ask_text)):
@@ -320,26 +304,11 @@ class _Reader:
         top = _top(name, book)
         got = _book_checksum(top, s.bid_text, s.ask_text)
         if got != checksum:
-            yield from self.gap(s, name, f"checksum {got} != venue's {checksum}", time_ns, where)
+            yield self.gap(s, name, f"checksum {got} != venue's {checksum}", time_ns, where)
             return
         s.seq = _seq(entry, "seqId", name, where)
         update = BookUpdate(name, bid_changes, ask_changes, event_time_ns=event_ns)
         yield Record(time_ns, updates=(update,), checks=(top,))
-
-
-def _records(n: int) -> str:
-    return f"{n} record" if n == 1 else f"{n} records"
-
-
-def _damage(body: str, ended: bool, exc: ValueError) -> str:
-    """What is wrong with a line that is not JSON."""
-    # A last line with no line break, or JSON that stops mid-string or
-    # mid-value, ran out of line: a cut, not garbage.
-    cut = not ended or (
-        isinstance(exc, json.JSONDecodeError)
-        and (exc.pos >= len(body.rstrip()) or exc.msg.startswith("Unterminated string"))
-    )
-    return f"{'the line is cut short' if cut else 'not JSON'}: {exc}"
 
 
 def _entries(entry: dict[str, Any], key: str, name: str, where: str) -> list[list[str]]:
