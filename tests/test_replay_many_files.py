@@ -182,9 +182,26 @@ def test_formats_with_reference_files_refuse_several(shared_data, tmp_path):
     session = shared_data / "binance-depth-2021/2021-04-17"
     with pytest.raises(FormatError, match=r"\*\.http\.\*"):
         open_records([session / "BINANCE.ws.1.0", session / "BINANCE.ws.1.0"], "binance")
-    tardis = shared_data / "tardis-deribit-2020-04-01/deribit_incremental_book_L2_BTC-PERPETUAL.csv"
-    out = orderbook("verify", str(tardis), str(tardis))
-    assert out.returncode == 2 and "several tardis files are not read as one stream" in out.stderr
+
+
+def test_daily_tardis_files_chain_each_with_its_own_header(shared_data, tmp_path):
+    # The shared day opens with its snapshot; a next "day" holds changes only.
+    day1 = shared_data / "tardis-deribit-2020-04-01/deribit_incremental_book_L2_BTC-PERPETUAL.csv"
+    header, *rows = day1.read_text().splitlines(keepends=True)
+    later = [
+        "deribit,BTC-PERPETUAL,1585785600100000,1585785600200000,false,ask,6421.5,0\n",
+        "deribit,BTC-PERPETUAL,1585785600300000,1585785600400000,false,bid,6400,2500\n",
+    ]
+    day2 = tmp_path / "day2.csv"
+    day2.write_text(header + "".join(later))
+    joined = tmp_path / "joined.csv"
+    joined.write_text(header + "".join(rows) + "".join(later))
+    assert summary(verified(open_records([day1, day2], "auto"))) == summary(verified(open_records(joined, "tardis")))
+    # A bad row of the second file is named by that file and its own line.
+    bad = tmp_path / "bad.csv"
+    bad.write_text(header + later[0] + "deribit,BTC-PERPETUAL,1585785600300000,x,false,bid,6400,2500\n")
+    with pytest.raises(FormatError, match=r"^bad\.csv:3: "):
+        list(open_records([day1, bad], "auto"))
 
 
 # ----------------------------------------------------------------------------- the commands

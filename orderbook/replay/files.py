@@ -28,7 +28,7 @@ FORMATS_WITHOUT_REFERENCES = ("tardis",)
 # Formats whose files hold one stream of capture lines, so that the files of a
 # rotated capture chain line by line (Binance only in the layout with its
 # snapshots inline). Our recordings chain file by file, each file whole.
-LINE_CHAINED = ("kraken", "coinbase", "okx", "deribit", "binance")
+LINE_CHAINED = ("kraken", "coinbase", "okx", "deribit", "binance", "tardis")
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 16
 
@@ -153,7 +153,6 @@ def open_records(path: Path | str | Sequence[Path | str], fmt: str, **options: A
 # Why the files of these formats are not read as one stream.
 _NOT_CHAINED = {
     "lobster": "each LOBSTER message file has its own orderbook file, its reference",
-    "tardis": "each Tardis file has its own header row and its own line numbers",
 }
 
 
@@ -293,7 +292,7 @@ def _records(path: Path, fmt: str, options: dict[str, Any], more: Sequence[Path]
         elif fmt == "tardis":
             from .formats import tardis
 
-            yield from tardis.read(stack.enter_context(open_text(path)), source=path.name, **options)
+            yield from tardis.read(lines(path), source=path.name, **options)
         else:
             from .formats import recording
 

@@ -30,6 +30,7 @@ from orderbook.core.instrument import Instrument
 from orderbook.core.units import MAX_SCALE, format_units
 
 from ..records import FormatError, Record, units
+from .capture import Segments
 
 COLUMNS = ("exchange", "symbol", "timestamp", "local_timestamp", "is_snapshot", "side", "price", "amount")
 HEADER = ",".join(COLUMNS)
@@ -88,7 +89,13 @@ def _row(fields: list[str], index: tuple[int, ...], width: int, where: str) -> R
 
 
 def rows(lines: Iterable[str], source: str = "tardis") -> Iterator[Row]:
-    """The data rows; the first non-blank line must be the header."""
+    """The data rows; the first non-blank line must be the header. `lines`
+    may be `Segments` (several daily files of one stream): each file has its
+    own header and its own line numbers."""
+    if isinstance(lines, Segments):
+        for name, part in lines.parts:
+            yield from rows(part, name)
+        return
     index: tuple[int, ...] | None = None
     width = 0
     for lineno, raw in enumerate(lines, 1):
