@@ -454,8 +454,8 @@ def _feed_description(args: argparse.Namespace) -> str:
 
 # Reader options a format takes, as (cli dest, reader keyword).
 _FORMAT_OPTIONS = {
-    "kraken": ("depth",),
-    "coinbase": ("price_scale", "size_scale"),
+    "kraken": ("depth", "gaps"),
+    "coinbase": ("price_scale", "size_scale", "gaps"),
     "binance": ("snapshots", "gaps"),
     "okx": ("instruments", "gaps"),
     "deribit": ("instruments", "gaps"),
@@ -743,10 +743,10 @@ def _add_source_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--gaps",
         choices=("error", "resync"),
-        help="recording, binance, okx, deribit: a break in a symbol's sequence (binance: or a damaged line; okx: "
-        "a checksum that does not match) is an error, or with resync skipped to the symbol's next snapshot "
-        "(default: recording, okx, deribit error; binance: a break in the update ids resyncs, a damaged line "
-        "is an error)",
+        help="recording, binance, okx, deribit, kraken, coinbase: a break in a symbol's sequence (binance, "
+        "okx, deribit, kraken, coinbase: or a damaged line; okx: a checksum that does not match) is an error, "
+        "or with resync skipped to the symbol's next snapshot (default: error; binance: a break in the update "
+        "ids resyncs, a damaged line is an error)",
     )
 
 

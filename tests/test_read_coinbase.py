@@ -17,9 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from orderbook.replay.files import open_records
 from orderbook.replay.formats import coinbase
 from orderbook.replay.records import BestPrices, FormatError, Record
 from orderbook.replay.verify import Verifier, verify
+
+from .cryptofeed_captures import capture_lines, orderbook, read_to_error
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -267,6 +270,173 @@ def test_malformed_messages_are_errors():
         list(coinbase.read([SNAPSHOT, l2("buy", "0.5755", "-1")]))
     with pytest.raises(FormatError, match="coinbase:2: not an ISO-8601 time"):
         list(coinbase.read([SNAPSHOT, l2("buy", "0.5755", "1").replace("16:43:37Z", "16:43:37")]))
+
+
+# ----------------------------------------------------------------------------- bad input and gaps
+
+JUNK = "1618677830.0: <html>502 Bad Gateway</html>"
+
+
+def copy_with(tmp_path: Path, capture: Path, edit) -> Path:
+    """A copy of the capture in tmp_path, its lines passed through `edit`."""
+    out = tmp_path / capture.name
+    out.write_bytes("\n".join(edit(capture_lines(capture))).encode())
+    return out
+
+
+def of_type(lines: list[str], *types: str) -> list[int]:
+    return [i for i, text in enumerate(lines) if any(f'"type":"{t}"' in text for t in types)]
+
+
+def product_of(text: str) -> str:
+    return json.loads(text.partition(": ")[2])["product_id"]
+
+
+def fed(records: Iterable[Record]) -> Verifier:
+    """A verifier that has rebuilt every book from `records`."""
+    v = Verifier()
+    for record in records:
+        v.feed(record)
+    return v
+
+
+def test_a_truncated_last_line_stops_naming_its_line_and_product(tmp_path, capture, records):
+    lines = capture_lines(capture)
+    last = of_type(lines, "l2update", "ticker", "snapshot")[-1]
+    assert lines[last + 1 :] == ["", "", ""]  # the file ends with this line and blank ones
+    bad = copy_with(tmp_path, capture, lambda ls: [*ls[:last], ls[last][: len(ls[last]) // 2]])
+    got, error = read_to_error(bad, "coinbase")
+    assert str(error).startswith(f"COINBASE.ws.28.0:{last + 1}: {product_of(lines[last])}: the line is cut short: ")
+    assert got == records[:-1]  # every record before it, whole; nothing of the cut one
+
+    out = orderbook("verify", str(bad))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
+    out = orderbook("verify", str(bad), "--gaps", "error")
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
+
+
+def test_with_resync_a_truncated_last_line_is_noted(tmp_path, capture, records):
+    lines = capture_lines(capture)
+    last = of_type(lines, "l2update", "ticker", "snapshot")[-1]
+    product = product_of(lines[last])
+    bad = copy_with(tmp_path, capture, lambda ls: [*ls[:last], ls[last][: len(ls[last]) // 2]])
+    got = list(open_records(bad, "coinbase", gaps="resync"))
+    assert [r for r in got if not r.note or r.note == coinbase.STALE_TICKER] == records[:-1]
+    report = verify(got)
+    assert report.ok and report.by_kind() == {"best bid/ask": (97, 97)}
+    [gap] = [n for n in report.notes if n.startswith("gap")]
+    assert gap.startswith(f"gap at COINBASE.ws.28.0:{last + 1}: {product}: the line is cut short: ")
+    assert report.notes == {
+        gap: 1,
+        f"no snapshot: {product} skipped 1 record to the end": 1,
+        coinbase.STALE_TICKER: 10,
+    }
+
+    out = orderbook("verify", str(bad), "--gaps", "resync")
+    assert out.returncode == 0, out.stderr
+    assert f"no snapshot: {product} skipped 1 record to the end" in out.stdout
+    assert "OK: 97 of 97 references match" in out.stdout
+
+
+def test_a_line_that_is_not_json_stops_naming_its_line(tmp_path, capture, records):
+    lines = capture_lines(capture)
+    at = of_type(lines, "l2update")[100]
+    before = len(of_type(lines[:at], "l2update", "ticker", "snapshot"))
+    bad = copy_with(tmp_path, capture, lambda ls: [*ls[:at], JUNK, *ls[at:]])
+    got, error = read_to_error(bad, "coinbase")
+    # No product to name: the line and what was wrong.
+    assert str(error) == f"COINBASE.ws.28.0:{at + 1}: not JSON: Expecting value: line 1 column 1 (char 0)"
+    assert got == records[:before]
+
+    out = orderbook("verify", str(bad))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
+
+
+def test_with_resync_a_line_that_is_not_json_is_noted_and_changes_nothing(tmp_path, capture, records):
+    lines = capture_lines(capture)
+    at = of_type(lines, "l2update")[100]
+    bad = copy_with(tmp_path, capture, lambda ls: [*ls[:at], JUNK, *ls[at:]])
+    got = list(open_records(bad, "coinbase", gaps="resync"))
+    unreadable = f"unreadable line at COINBASE.ws.28.0:{at + 1}: not JSON: Expecting value: line 1 column 1 (char 0)"
+    assert [r for r in got if r.note != unreadable] == records
+    report = verify(got)
+    assert report.ok and report.by_kind() == {"best bid/ask": (97, 97)}
+    assert report.notes == {unreadable: 1, coinbase.STALE_TICKER: 10}
+
+    out = orderbook("verify", str(bad), "--gaps", "resync")
+    assert out.returncode == 0, out.stderr
+    assert f"unreadable line at COINBASE.ws.28.0:{at + 1}: not JSON" in out.stdout
+    assert "OK: 97 of 97 references match" in out.stdout
+
+
+def test_with_resync_a_product_cut_mid_file_waits_for_a_snapshot(tmp_path, capture, records):
+    lines = capture_lines(capture)
+    at = of_type(lines, "l2update")[100]
+    product = product_of(lines[at])
+    bad = copy_with(tmp_path, capture, lambda ls: [*ls[:at], ls[at][:75], *ls[at + 1 :]])
+    with pytest.raises(FormatError, match=rf"^COINBASE\.ws\.28\.0:{at + 1}: {product}: the line is cut short"):
+        list(open_records(bad, "coinbase"))
+    got = list(open_records(bad, "coinbase", gaps="resync"))
+    # No later snapshot: its l2updates and tickers from the cut on are skipped.
+    mine = [i for i in of_type(lines, "l2update", "ticker") if i >= at and product_of(lines[i]) == product]
+    tickers = [i for i in mine if '"type":"ticker"' in lines[i]]
+    first_ticker = next(i for i in of_type(lines, "ticker") if product_of(lines[i]) == product)
+    assert first_ticker < at and tickers  # its stale ticker came before; later ones are checks lost
+    before = len(of_type(lines[:at], "l2update", "ticker", "snapshot"))
+    kept = [r for r in got if not r.note.startswith(("gap", "no snapshot"))]
+    assert kept == records[:before] + [r for r in records[before + 1 :] if not _about(r, product)]
+    report = verify(got)
+    assert report.ok and report.by_kind() == {"best bid/ask": (97 - len(tickers), 97 - len(tickers))}
+    assert f"no snapshot: {product} skipped {len(mine)} records to the end" in report.notes
+    # The product's book stays as the last good message left it.
+    assert fed(got).book(product) == fed(records[:before]).book(product)
+
+
+def _about(record: Record, product: str) -> bool:
+    return any(u.symbol == product for u in record.updates) or any(c.symbol == product for c in record.checks)
+
+
+def test_a_damaged_ticker_is_a_lost_check_not_a_lost_book(tmp_path, capture, records):
+    lines = capture_lines(capture)
+    at = of_type(lines, "ticker")[50]
+    product = product_of(lines[at])
+    bad = copy_with(tmp_path, capture, lambda ls: [*ls[:at], ls[at][:-20], *ls[at + 1 :]])
+    got, error = read_to_error(bad, "coinbase")
+    assert str(error).startswith(f"COINBASE.ws.28.0:{at + 1}: {product}: the line is cut short: ")
+    assert got == records[: len(of_type(lines[:at], "l2update", "ticker", "snapshot"))]
+    report = verify(open_records(bad, "coinbase", gaps="resync"))
+    [note] = [n for n in report.notes if n != coinbase.STALE_TICKER]
+    assert note.startswith(f"unreadable line at COINBASE.ws.28.0:{at + 1}: {product}: the line is cut short: ")
+    assert report.ok and report.by_kind() == {"best bid/ask": (96, 96)}
+
+
+def test_with_resync_the_next_snapshot_ends_the_wait():
+    lines = [SNAPSHOT, l2("buy", "0.5755", "1")[:50], l2("buy", "0.5756", "1"), ticker("0.5756", "0.5763")]
+    lines += [SNAPSHOT.replace("1.0:", "4.0:", 1), l2("sell", "0.5760", "1", ts="5.0"), ticker("0.5751", "0.5760")]
+    with pytest.raises(FormatError, match=r"^cb:2: T-X: the line is cut short"):
+        list(coinbase.read(lines, source="cb"))
+    got = list(coinbase.read(lines, source="cb", gaps="resync"))
+    assert [r.note.split(":")[0] for r in got] == ["", "gap at cb", "resync", "", "", ""]
+    assert got[2].note == "resync: T-X skipped 3 records"
+    # The ticker skipped while waiting was its first: the one after the snapshot is checked.
+    assert verify(got).by_kind() == {"best bid/ask": (1, 1)}
+    assert fed(got).book("T-X").asks() == [(5760, 100), (5763, 200), (5777, 125)]
+
+
+def test_with_resync_an_l2update_before_any_snapshot_waits_for_one():
+    got = list(coinbase.read([l2("buy", "1", "1"), SNAPSHOT], gaps="resync"))
+    assert [r.note for r in got] == [
+        "gap at coinbase:1: T-X: l2update before its snapshot",
+        "resync: T-X skipped 1 record",
+        "",
+    ]
+
+
+def test_gaps_is_checked_when_called():
+    with pytest.raises(ValueError, match="gaps must be 'error' or 'resync'"):
+        coinbase.read([], gaps="skip")  # type: ignore[arg-type]
 
 
 def test_iso_times():

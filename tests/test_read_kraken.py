@@ -14,9 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from orderbook.replay.files import open_records
 from orderbook.replay.formats import kraken
 from orderbook.replay.records import Checksum, FormatError, Record
 from orderbook.replay.verify import Verifier, verify
+
+from .cryptofeed_captures import capture_lines, orderbook, read_to_error
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -189,6 +192,155 @@ def test_reader_is_pure():
     assert not imported & {"asyncio", "socket", "time", "sanic", "websockets", "redis", "subprocess", "io", "os"}
     calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert "open" not in calls
+
+
+# ----------------------------------------------------------------------------- bad input and gaps
+
+JUNK = "1618678140.0: <html>502 Bad Gateway</html>"
+
+
+def copy_with(tmp_path: Path, capture: Path, edit) -> Path:
+    """A copy of the capture in tmp_path, its lines passed through `edit`."""
+    out = tmp_path / capture.name
+    out.write_bytes("\n".join(edit(capture_lines(capture))).encode())
+    return out
+
+
+def book_lines(lines: list[str]) -> list[int]:
+    return [i for i, text in enumerate(lines) if '"book-1000"' in text and text.endswith("]")]
+
+
+def pair_of(text: str) -> str:
+    return re.search(r'"book-1000","([^"]+)"\]', text).group(1)
+
+
+def fed(records: Iterable[Record]) -> Verifier:
+    """A verifier that has rebuilt every book from `records`."""
+    v = Verifier()
+    for record in records:
+        v.feed(record)
+    return v
+
+
+def test_a_truncated_last_line_stops_naming_its_line_and_pair(tmp_path, capture, records):
+    lines = capture_lines(capture)
+    last = book_lines(lines)[-1]
+    assert lines[last + 1 :] == ["", "", ""]  # the file ends with this line and blank ones
+    bad = copy_with(tmp_path, capture, lambda ls: [*ls[:last], ls[last][: len(ls[last]) // 2]])
+    got, error = read_to_error(bad, "kraken")
+    # The pair's name is cut off with the line's end: its channel ID at the start still names it.
+    assert str(error).startswith(f"KRAKEN.ws.50.0:{last + 1}: {pair_of(lines[last])}: the line is cut short: ")
+    # Every record before it, whole; nothing of the cut one.
+    assert got == records[:-1]
+
+    out = orderbook("verify", str(bad))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
+    out = orderbook("verify", str(bad), "--gaps", "error")
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
+
+
+def test_with_resync_a_truncated_last_line_is_noted(tmp_path, capture, records):
+    lines = capture_lines(capture)
+    last = book_lines(lines)[-1]
+    pair = pair_of(lines[last])
+    bad = copy_with(tmp_path, capture, lambda ls: [*ls[:last], ls[last][: len(ls[last]) // 2]])
+    got = list(open_records(bad, "kraken", gaps="resync"))
+    assert [r for r in got if not r.note] == records[:-1]
+    report = verify(got)
+    assert report.ok and report.by_kind() == {"checksum": (4268, 4268)}
+    [gap] = [n for n in report.notes if n.startswith("gap")]
+    assert gap.startswith(f"gap at KRAKEN.ws.50.0:{last + 1}: {pair}: the line is cut short: ")
+    assert report.notes == {gap: 1, f"no snapshot: {pair} skipped 1 record to the end": 1}
+
+    out = orderbook("verify", str(bad), "--gaps", "resync")
+    assert out.returncode == 0, out.stderr
+    assert f"no snapshot: {pair} skipped 1 record to the end" in out.stdout
+    assert "OK: 4268 of 4268 references match" in out.stdout
+
+
+def test_a_line_that_is_not_json_stops_naming_its_line(tmp_path, capture, records):
+    lines = capture_lines(capture)
+    at = book_lines(lines)[100]
+    before = sum(1 for i in book_lines(lines) if i < at)
+    bad = copy_with(tmp_path, capture, lambda ls: [*ls[:at], JUNK, *ls[at:]])
+    got, error = read_to_error(bad, "kraken")
+    # No pair to name: the line and what was wrong.
+    assert str(error) == f"KRAKEN.ws.50.0:{at + 1}: not JSON: Expecting value: line 1 column 1 (char 0)"
+    assert got == records[:before]
+
+    out = orderbook("verify", str(bad))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
+
+
+def test_with_resync_a_line_that_is_not_json_is_noted_and_changes_nothing(tmp_path, capture, records):
+    lines = capture_lines(capture)
+    at = book_lines(lines)[100]
+    bad = copy_with(tmp_path, capture, lambda ls: [*ls[:at], JUNK, *ls[at:]])
+    got = list(open_records(bad, "kraken", gaps="resync"))
+    assert [r for r in got if not r.note] == records
+    report = verify(got)
+    assert report.ok and report.by_kind() == {"checksum": (4269, 4269)}
+    assert report.notes == {
+        f"unreadable line at KRAKEN.ws.50.0:{at + 1}: not JSON: Expecting value: line 1 column 1 (char 0)": 1
+    }
+
+    out = orderbook("verify", str(bad), "--gaps", "resync")
+    assert out.returncode == 0, out.stderr
+    assert f"unreadable line at KRAKEN.ws.50.0:{at + 1}: not JSON" in out.stdout
+    assert "OK: 4269 of 4269 references match" in out.stdout
+
+
+def test_with_resync_a_pair_cut_mid_file_waits_for_a_snapshot(tmp_path, capture, records):
+    lines = capture_lines(capture)
+    at = book_lines(lines)[2000]
+    pair = pair_of(lines[at])
+    bad = copy_with(tmp_path, capture, lambda ls: [*ls[:at], ls[at][:40], *ls[at + 1 :]])
+    with pytest.raises(FormatError, match=rf"^KRAKEN\.ws\.50\.0:{at + 1}: {re.escape(pair)}: the line is cut short"):
+        list(open_records(bad, "kraken"))
+    got = list(open_records(bad, "kraken", gaps="resync"))
+    # The file has no later snapshot: every message of the pair from the cut on is skipped.
+    skipped = sum(1 for i in book_lines(lines) if i >= at and pair_of(lines[i]) == pair)
+    before = sum(1 for i in book_lines(lines) if i < at)
+    kept = [r for r in got if not r.note]
+    assert kept == records[:before] + [r for r in records[before:] if r.updates[0].symbol != pair]
+    report = verify(got)
+    assert report.ok
+    assert f"no snapshot: {pair} skipped {skipped} records to the end" in report.notes
+    # The pair's book stays as the last good message left it.
+    assert fed(got).book(pair) == fed(records[:before]).book(pair)
+
+
+SNAPSHOT_AGAIN = SNAPSHOT.replace("1.1:", "5.0:").replace('"1.40","1.000"', '"1.41","1.000"')
+
+
+def test_with_resync_the_next_snapshot_ends_the_wait():
+    cut = ask_update("1.51", "1.000", ts="2.0")[:30]
+    lines = [SUBSCRIBED, SNAPSHOT, cut, ask_update("1.52", "1.000", ts="3.0"), SNAPSHOT_AGAIN]
+    lines.append(ask_update("1.53", "1.000", ts="6.0"))
+    with pytest.raises(FormatError, match=r"^k:3: T/X: the line is cut short"):
+        list(kraken.read(lines, source="k"))
+    got = list(kraken.read(lines, source="k", gaps="resync"))
+    assert [r.note.split(":")[0] for r in got] == ["", "gap at k", "resync", "", ""]
+    assert got[2].note == "resync: T/X skipped 2 records"
+    v = fed(got)
+    assert v.book("T/X").bids() == [(141, 1000)] and v.book("T/X").asks() == [(150, 2000), (153, 1000)]
+
+
+def test_with_resync_an_update_before_any_snapshot_waits_for_one():
+    lines = [SUBSCRIBED, ask_update("1.50", "1.000"), ask_update("1.51", "1.000"), SNAPSHOT_AGAIN]
+    got = list(kraken.read(lines, gaps="resync"))
+    assert [r.note for r in got] == [
+        "gap at kraken:2: T/X: update before its snapshot",
+        "resync: T/X skipped 2 records",
+        "",
+    ]
+
+
+def test_gaps_is_checked_when_called():
+    with pytest.raises(ValueError, match="gaps must be 'error' or 'resync'"):
+        kraken.read([], gaps="skip")  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- property: an independent model

@@ -21,6 +21,14 @@ Quirks handled here:
   more decimals is a `FormatError`, never rounded.
 - Ticker prices may be written with more or fewer decimals; they convert exactly.
 - match, last_match, subscriptions, heartbeat and other types yield nothing.
+- A line that is not JSON, or cut short, stops the reader (`gaps="error"`,
+  a FormatError naming file:line, the product where the text still names
+  one and what was wrong), as does an l2update with no snapshot before it.
+  With `gaps="resync"` either is a gap of that product (see `gaps`): its
+  l2updates and tickers are skipped until its next snapshot, which notes how
+  many were skipped (or the end of the file does). A damaged line naming no
+  product, or one whose text shows a type that changes no book (a ticker),
+  is noted as unreadable: a lost ticker is a lost check, not a lost book.
 
 `time_ns` is the receive time; an l2update's `event_time_ns` is its ISO
 "time" as exact integer ns; a snapshot's is the receive time.
@@ -38,11 +46,16 @@ from orderbook.core.events import BookUpdate
 from orderbook.core.instrument import Instrument
 
 from ..records import BestPrices, FormatError, Record, loads, scale_of, significant_decimals, units
-from .capture import OPENED, RECEIVED, REST, read_capture
+from .capture import BAD, OPENED, RECEIVED, REST, CaptureLine, read_capture
+from .gaps import GapPolicy, Gaps, damage
 
 VENUE = "coinbase"
 STALE_TICKER = "stale ticker"
 SIDES = {"buy": "bids", "sell": "asks"}
+BOOK_TYPES = ("snapshot", "l2update")
+# The product and type of a damaged message, from what is left of its text.
+_PRODUCT = re.compile(r'"product_id"\s*:\s*"([^"]+)"')
+_TYPE = re.compile(r'"type"\s*:\s*"([^"]+)"')
 
 _ISO = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)\Z",
@@ -67,27 +80,82 @@ def read(
     price_scale: int | None = None,
     size_scale: int | None = None,
     products: Mapping[str, tuple[int, int]] | None = None,
+    gaps: Gaps = "error",
 ) -> Iterator[Record]:
     """Yield one `Record` per snapshot, l2update and ticker of a capture.
 
     `price_scale`/`size_scale` fix the scales of every product; `products`
     maps product_id -> (price scale, size scale) (see `read_products`).
+    `gaps`: what a damaged line or an l2update with no book does (see `gaps`).
     """
-    state = _State(price_scale, size_scale, products or {})
-    for line in read_capture(lines, source):
+    policy = GapPolicy(gaps)  # checks `gaps` now, not at the first record
+    return _records(lines, _State(price_scale, size_scale, products or {}), policy, source)
+
+
+def _records(lines: Iterable[str], state: _State, policy: GapPolicy, source: str) -> Iterator[Record]:
+    time_ns = 0
+    for line in read_capture(lines, source, bad_lines=True):
+        time_ns = line.time_ns or time_ns
+        if line.kind == BAD:
+            yield from _damaged(policy, line, line.url, line.body)
+            continue
         if line.kind == OPENED:
             state.tickers_seen.clear()  # a new subscription sends stale tickers again
             continue
         if line.kind != RECEIVED:
             continue
-        msg = _json(line.body, line.where)
+        try:
+            msg = loads(line.body)
+        except ValueError as exc:
+            yield from _damaged(policy, line, line.body, damage(line.body, line.ended, exc))
+            continue
+        if not isinstance(msg, dict):
+            raise FormatError(line.where, f"expected a JSON object, got {line.body[:80]!r}")
         kind = msg.get("type")
         if kind == "snapshot":
-            yield _snapshot(state, msg, line.time_ns, line.where)
+            record = _snapshot(state, msg, line.time_ns, line.where)
+            yield from policy.resynced(record.updates[0].symbol, line.time_ns)
+            yield record
         elif kind == "l2update":
-            yield _l2update(state, msg, line.time_ns, line.where)
+            product = _product(msg, line.where)
+            if policy.skip(product):
+                continue  # waiting for its next snapshot
+            if product not in state.instruments:
+                yield policy.gap(product, "l2update before its snapshot", line.time_ns, line.where)
+            else:
+                yield _l2update(state, msg, line.time_ns, line.where)
         elif kind == "ticker":
+            product = _product(msg, line.where)
+            if policy.skip(product):
+                # Held against a book left behind, it would fail; still its first on this connection.
+                state.tickers_seen.add(product)
+                continue
             yield _ticker(state, msg, line.time_ns, line.where)
+    yield from policy.finish(list(policy.waiting), time_ns)
+
+
+def _damaged(policy: GapPolicy, line: CaptureLine, text: str, problem: str) -> Iterator[Record]:
+    """A line that cannot be read: an error; with resync, a gap of the
+    product its text still names, else a note."""
+    found = _PRODUCT.search(text)
+    name = found.group(1) if found else None
+    if name is None:
+        if policy.gaps == "error":
+            raise FormatError(line.where, problem)  # no product to name: the line and what was wrong
+        note = policy.damaged(None, problem, line.time_ns, line.where)
+    else:
+        kind = _TYPE.search(text)
+        if kind is None or kind.group(1) in BOOK_TYPES:
+            note = policy.damaged(name, problem, line.time_ns, line.where)
+        elif policy.gaps == "error":
+            raise FormatError(line.where, f"{name}: {problem}")
+        elif policy.skip(name):
+            note = None
+        else:
+            # A ticker or match changes no book: noted, and the product's book goes on.
+            note = policy.damaged(None, f"{name}: {problem}", line.time_ns, line.where)
+    if note is not None:
+        yield note
 
 
 def read_products(lines: Iterable[str], *, source: str = "coinbase-products") -> dict[str, tuple[int, int]]:
@@ -135,16 +203,6 @@ def _offset_seconds(zone: str) -> int:
     return -minutes * 60 if zone[0] == "-" else minutes * 60
 
 
-def _json(body: str, where: str) -> dict[str, object]:
-    try:
-        msg = loads(body)
-    except ValueError as exc:
-        raise FormatError(where, f"not JSON: {exc}") from None
-    if not isinstance(msg, dict):
-        raise FormatError(where, f"expected a JSON object, got {body[:80]!r}")
-    return msg
-
-
 def _product(msg: dict[str, object], where: str) -> str:
     product = msg.get("product_id")
     if not isinstance(product, str) or not product:
@@ -178,9 +236,7 @@ def _instrument(state: _State, product: str, levels: list[list[str]]) -> Instrum
 
 def _l2update(state: _State, msg: dict[str, object], time_ns: int, where: str) -> Record:
     product = _product(msg, where)
-    inst = state.instruments.get(product)
-    if inst is None:
-        raise FormatError(where, f"{product}: l2update before its snapshot")
+    inst = state.instruments[product]
     changes = msg.get("changes")
     if not isinstance(changes, list):
         raise FormatError(where, "l2update without a list of changes")

@@ -19,8 +19,19 @@ Quirks handled here:
   channel name, "book-1000") and sends no delete for a level pushed out. The
   reader tracks each book and puts those removals into the same update, so a
   book rebuilt from the records stays equal to Kraken's.
-- Each update's "c" becomes a `Checksum` reference. Heartbeats, systemStatus
-  and other channels (trade, ticker) yield nothing.
+- Each update's "c" becomes a `Checksum` reference, checked by verify
+  (offline and against a node), where a mismatch is counted and reported; it
+  is not a gap here: Kraken sends no new snapshot without a new subscription,
+  so resyncing would drop the pair for the rest of the connection, while a
+  counted mismatch keeps every later check. Heartbeats, systemStatus and
+  other channels (trade, ticker) yield nothing.
+- A line that is not JSON, or cut short, stops the reader (`gaps="error"`,
+  a FormatError naming file:line, the pair where the text still names one
+  (its pair name, or a book channel's ID) and what was wrong), as does an
+  update with no snapshot before it. With `gaps="resync"` either is a gap
+  of that pair (see `gaps`): its book is dropped and its messages skipped
+  until its next snapshot, which notes how many were skipped (or the end of
+  the file does); a damaged line naming no pair is noted as unreadable.
 
 `time_ns` is the receive time. An update's `event_time_ns` is the latest
 level time in it; a snapshot's is the receive time (Kraken states none).
@@ -29,6 +40,7 @@ level time in it; a snapshot's is the receive time (Kraken states none).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,10 +50,15 @@ from orderbook.core.events import BookUpdate
 from orderbook.core.instrument import Instrument
 
 from ..records import Checksum, FormatError, Record, decimals, loads, seconds_to_ns, units
-from .capture import OPENED, RECEIVED, read_capture
+from .capture import BAD, OPENED, RECEIVED, CaptureLine, read_capture
+from .gaps import GapPolicy, Gaps, damage
 
 VENUE = "kraken"
 REPUBLISH = "r"
+# The pair of a damaged book message, from what is left of its text: the pair
+# name after the channel name at its end, else the channel ID at its start.
+_PAIR = re.compile(r'"book[^"]*"\s*,\s*"([^"]+)"\s*\]')
+_CHANNEL_ID = re.compile(r"\s*\[\s*(\d+)\s*,")
 
 
 @dataclass(slots=True)
@@ -57,36 +74,68 @@ class _Pair:
 class _State:
     depth: int | None
     channels: dict[int, str] = field(default_factory=dict)  # channelID -> pair, per connection
+    book_channels: set[int] = field(default_factory=set)  # the channelIDs of book channels, per connection
     pairs: dict[str, _Pair] = field(default_factory=dict)
     scales: dict[str, tuple[int, int]] = field(default_factory=dict)  # pair -> scales, fixed once seen
 
 
-def read(lines: Iterable[str], *, depth: int | None = None, source: str = "kraken") -> Iterator[Record]:
+def read(
+    lines: Iterable[str], *, depth: int | None = None, gaps: Gaps = "error", source: str = "kraken"
+) -> Iterator[Record]:
     """Yield one `Record` per snapshot or update in a Kraken v1 book capture.
 
     `depth` overrides the depth named by each channel ("book-1000" -> 1000).
+    `gaps`: what a damaged line or an update with no book does (see `gaps`).
     """
     if depth is not None and depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    state = _State(depth)
-    for line in read_capture(lines, source):
+    policy = GapPolicy(gaps)  # checks `gaps` now, not at the first record
+    return _records(lines, _State(depth), policy, source)
+
+
+def _records(lines: Iterable[str], state: _State, policy: GapPolicy, source: str) -> Iterator[Record]:
+    time_ns = 0
+    for line in read_capture(lines, source, bad_lines=True):
+        time_ns = line.time_ns or time_ns
+        if line.kind == BAD:
+            yield from _damaged(state, policy, line, line.url, line.body)
+            continue
         if line.kind == OPENED:
             state.channels.clear()  # channel IDs belong to one connection
+            state.book_channels.clear()
             continue
         if line.kind != RECEIVED:
             continue
         try:
             msg = loads(line.body)
         except ValueError as exc:
-            raise FormatError(line.where, f"not JSON: {exc}") from None
+            yield from _damaged(state, policy, line, line.body, damage(line.body, line.ended, exc))
+            continue
         if isinstance(msg, dict):
             _control(state, msg, line.where)
         elif isinstance(msg, list):
-            record = _book_message(state, msg, line.time_ns, line.where)
-            if record is not None:
-                yield record
+            yield from _book_message(state, policy, msg, line.time_ns, line.where)
         else:
             raise FormatError(line.where, f"unexpected message {line.body[:80]!r}")
+    yield from policy.finish(list(policy.waiting), time_ns)
+
+
+def _damaged(state: _State, policy: GapPolicy, line: CaptureLine, text: str, problem: str) -> Iterator[Record]:
+    """A line that cannot be read: an error; with resync, a gap of the pair
+    its text still names, else a note."""
+    found = _PAIR.search(text)
+    name = found.group(1) if found else None
+    if name is None:
+        channel = _CHANNEL_ID.match(text)
+        if channel is not None and int(channel.group(1)) in state.book_channels:
+            name = state.channels[int(channel.group(1))]
+    if name is None and policy.gaps == "error":
+        raise FormatError(line.where, problem)  # no pair to name: the line and what was wrong
+    note = policy.damaged(name, problem, line.time_ns, line.where)
+    if name is not None:
+        state.pairs.pop(name, None)  # already so if it was waiting
+    if note is not None:
+        yield note
 
 
 def _control(state: _State, msg: dict[str, object], where: str) -> None:
@@ -96,15 +145,19 @@ def _control(state: _State, msg: dict[str, object], where: str) -> None:
     if not isinstance(channel, int) or not isinstance(pair, str):
         raise FormatError(where, "subscriptionStatus without channelID and pair")
     state.channels[channel] = pair
+    if str(msg.get("channelName", "")).startswith("book"):
+        state.book_channels.add(channel)
+    else:
+        state.book_channels.discard(channel)
 
 
-def _book_message(state: _State, msg: list[Any], time_ns: int, where: str) -> Record | None:
+def _book_message(state: _State, policy: GapPolicy, msg: list[Any], time_ns: int, where: str) -> Iterator[Record]:
     # `msg` is a decoded JSON array; each element is checked before it is used.
     if len(msg) < 4 or not isinstance(msg[-2], str) or not isinstance(msg[-1], str):
         raise FormatError(where, f"not a channel message: {json.dumps(msg)[:80]}")
     channel_name, pair = msg[-2], msg[-1]
     if not channel_name.startswith("book"):
-        return None  # trade, ticker, spread...: not this reader's business
+        return  # trade, ticker, spread...: not this reader's business
     known = state.channels.get(msg[0])
     if known is not None and known != pair:
         raise FormatError(where, f"channel {msg[0]} is {known}, message says {pair}")
@@ -112,8 +165,15 @@ def _book_message(state: _State, msg: list[Any], time_ns: int, where: str) -> Re
     if not all(isinstance(p, dict) for p in parts):
         raise FormatError(where, "book payloads must be objects")
     if "as" in parts[0] or "bs" in parts[0]:
-        return _snapshot(state, pair, _depth(state, channel_name, where), parts[0], time_ns, where)
-    return _update(state, pair, parts, time_ns, where)
+        record = _snapshot(state, pair, _depth(state, channel_name, where), parts[0], time_ns, where)
+        yield from policy.resynced(pair, time_ns)
+        yield record
+    elif policy.skip(pair):
+        return  # waiting for its next snapshot
+    elif pair not in state.pairs:
+        yield policy.gap(pair, "update before its snapshot", time_ns, where)
+    else:
+        yield _update(state, pair, parts, time_ns, where)
 
 
 def _depth(state: _State, channel_name: str, where: str) -> int:
@@ -135,17 +195,16 @@ def _snapshot(state: _State, pair: str, depth: int, snap: dict[str, object], tim
         scales = state.scales[pair] = (max(decimals(e[0]) for e in written), max(decimals(e[1]) for e in written))
     base, _, quote = pair.partition("/")
     instrument = Instrument(pair, scales[0], scales[1], base=base, quote=quote, venue=VENUE)
-    entry = state.pairs[pair] = _Pair(instrument, depth)
+    entry = _Pair(instrument, depth)
     entry.book.replace(_levels(entry, bids_raw, where), _levels(entry, asks_raw, where))
     _trim(entry.book, depth, [], [])
+    state.pairs[pair] = entry  # kept once whole: a bad level leaves the last book as it was
     update = BookUpdate(pair, tuple(entry.book.bids()), tuple(entry.book.asks()), replace=True, event_time_ns=time_ns)
     return Record(time_ns, instruments=(instrument,), updates=(update,))
 
 
 def _update(state: _State, pair: str, parts: list[dict[str, object]], time_ns: int, where: str) -> Record:
-    entry = state.pairs.get(pair)
-    if entry is None:
-        raise FormatError(where, f"{pair}: update before its snapshot")
+    entry = state.pairs[pair]
     bids: list[Level] = []
     asks: list[Level] = []
     checksum: int | None = None
