@@ -1,5 +1,6 @@
-"""What the tests of the cryptofeed capture readers (OKX, Deribit) share: the
-sample files, copies of them with lines edited, and the `orderbook` command."""
+"""What the tests of the cryptofeed capture readers share: the sample files,
+copies of them with lines edited, and the `orderbook` command with what it
+must say about a bad capture."""
 
 from __future__ import annotations
 
@@ -24,6 +25,21 @@ def orderbook(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "orderbook.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
+
+
+def verify_stops_with(path: Path, error: FormatError) -> None:
+    """`orderbook verify PATH` exits 1 with one line: the error."""
+    out = orderbook("verify", str(path))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
+
+
+def verify_resyncs(path: Path, *said: str) -> None:
+    """`orderbook verify PATH --gaps resync` succeeds and says each of `said`."""
+    out = orderbook("verify", str(path), "--gaps", "resync")
+    assert out.returncode == 0, out.stderr
+    for text in said:
+        assert text in out.stdout, out.stdout
 
 
 def capture_lines(capture: Path) -> list[str]:

@@ -22,7 +22,7 @@ from orderbook.replay.formats import coinbase
 from orderbook.replay.records import BestPrices, FormatError, Record
 from orderbook.replay.verify import Verifier, verify
 
-from .cryptofeed_captures import capture_lines, orderbook, read_to_error
+from .cryptofeed_captures import capture_lines, orderbook, read_to_error, verify_resyncs, verify_stops_with
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -309,9 +309,7 @@ def test_a_truncated_last_line_stops_naming_its_line_and_product(tmp_path, captu
     assert str(error).startswith(f"COINBASE.ws.28.0:{last + 1}: {product_of(lines[last])}: the line is cut short: ")
     assert got == records[:-1]  # every record before it, whole; nothing of the cut one
 
-    out = orderbook("verify", str(bad))
-    assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
+    verify_stops_with(bad, error)
     out = orderbook("verify", str(bad), "--gaps", "error")
     assert out.returncode == 1 and out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
 
@@ -333,10 +331,7 @@ def test_with_resync_a_truncated_last_line_is_noted(tmp_path, capture, records):
         coinbase.STALE_TICKER: 10,
     }
 
-    out = orderbook("verify", str(bad), "--gaps", "resync")
-    assert out.returncode == 0, out.stderr
-    assert f"no snapshot: {product} skipped 1 record to the end" in out.stdout
-    assert "OK: 97 of 97 references match" in out.stdout
+    verify_resyncs(bad, f"no snapshot: {product} skipped 1 record to the end", "OK: 97 of 97 references match")
 
 
 def test_a_line_that_is_not_json_stops_naming_its_line(tmp_path, capture, records):
@@ -349,9 +344,7 @@ def test_a_line_that_is_not_json_stops_naming_its_line(tmp_path, capture, record
     assert str(error) == f"COINBASE.ws.28.0:{at + 1}: not JSON: Expecting value: line 1 column 1 (char 0)"
     assert got == records[:before]
 
-    out = orderbook("verify", str(bad))
-    assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
+    verify_stops_with(bad, error)
 
 
 def test_with_resync_a_line_that_is_not_json_is_noted_and_changes_nothing(tmp_path, capture, records):
@@ -365,10 +358,7 @@ def test_with_resync_a_line_that_is_not_json_is_noted_and_changes_nothing(tmp_pa
     assert report.ok and report.by_kind() == {"best bid/ask": (97, 97)}
     assert report.notes == {unreadable: 1, coinbase.STALE_TICKER: 10}
 
-    out = orderbook("verify", str(bad), "--gaps", "resync")
-    assert out.returncode == 0, out.stderr
-    assert f"unreadable line at COINBASE.ws.28.0:{at + 1}: not JSON" in out.stdout
-    assert "OK: 97 of 97 references match" in out.stdout
+    verify_resyncs(bad, f"unreadable line at COINBASE.ws.28.0:{at + 1}: not JSON", "OK: 97 of 97 references match")
 
 
 def test_with_resync_a_product_cut_mid_file_waits_for_a_snapshot(tmp_path, capture, records):

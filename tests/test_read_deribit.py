@@ -18,7 +18,16 @@ from orderbook.replay.formats import deribit
 from orderbook.replay.records import FormatError, Record, TopLevels
 from orderbook.replay.verify import Verifier, verify
 
-from .cryptofeed_captures import DATA, Edit, capture_lines, orderbook, read_to_error, verify_through_a_node
+from .cryptofeed_captures import (
+    DATA,
+    Edit,
+    capture_lines,
+    orderbook,
+    read_to_error,
+    verify_resyncs,
+    verify_stops_with,
+    verify_through_a_node,
+)
 from .cryptofeed_captures import copy_with as copy_capture_with
 from .harness import FEED_TOKEN, serve_in_process, test_settings
 
@@ -165,9 +174,7 @@ def test_a_broken_chain_stops_with_file_line_and_symbol(tmp_path):
     )
     assert len(got) == sum(1 for i in book_lines(lines) if i < at)  # nothing of the broken change
 
-    out = orderbook("verify", str(bad))
-    assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
+    verify_stops_with(bad, error)
 
 
 def test_with_resync_a_broken_chain_waits_for_the_next_snapshot(tmp_path):
@@ -189,9 +196,7 @@ def test_with_resync_a_broken_chain_waits_for_the_next_snapshot(tmp_path):
         v.feed(record)
     assert v.book(SYM) == clean.book(SYM)
 
-    out = orderbook("verify", str(bad), "--gaps", "resync")
-    assert out.returncode == 0, out.stderr
-    assert f"no snapshot: {SYM} skipped {skipped} records to the end" in out.stdout
+    verify_resyncs(bad, f"no snapshot: {SYM} skipped {skipped} records to the end")
 
 
 def test_an_action_that_does_not_fit_the_book_is_a_gap():

@@ -19,7 +19,7 @@ from orderbook.replay.formats import kraken
 from orderbook.replay.records import Checksum, FormatError, Record
 from orderbook.replay.verify import Verifier, verify
 
-from .cryptofeed_captures import capture_lines, orderbook, read_to_error
+from .cryptofeed_captures import capture_lines, orderbook, read_to_error, verify_resyncs, verify_stops_with
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -233,9 +233,7 @@ def test_a_truncated_last_line_stops_naming_its_line_and_pair(tmp_path, capture,
     # Every record before it, whole; nothing of the cut one.
     assert got == records[:-1]
 
-    out = orderbook("verify", str(bad))
-    assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
+    verify_stops_with(bad, error)
     out = orderbook("verify", str(bad), "--gaps", "error")
     assert out.returncode == 1 and out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
 
@@ -253,10 +251,7 @@ def test_with_resync_a_truncated_last_line_is_noted(tmp_path, capture, records):
     assert gap.startswith(f"gap at KRAKEN.ws.50.0:{last + 1}: {pair}: the line is cut short: ")
     assert report.notes == {gap: 1, f"no snapshot: {pair} skipped 1 record to the end": 1}
 
-    out = orderbook("verify", str(bad), "--gaps", "resync")
-    assert out.returncode == 0, out.stderr
-    assert f"no snapshot: {pair} skipped 1 record to the end" in out.stdout
-    assert "OK: 4268 of 4268 references match" in out.stdout
+    verify_resyncs(bad, f"no snapshot: {pair} skipped 1 record to the end", "OK: 4268 of 4268 references match")
 
 
 def test_a_line_that_is_not_json_stops_naming_its_line(tmp_path, capture, records):
@@ -269,9 +264,7 @@ def test_a_line_that_is_not_json_stops_naming_its_line(tmp_path, capture, record
     assert str(error) == f"KRAKEN.ws.50.0:{at + 1}: not JSON: Expecting value: line 1 column 1 (char 0)"
     assert got == records[:before]
 
-    out = orderbook("verify", str(bad))
-    assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
+    verify_stops_with(bad, error)
 
 
 def test_with_resync_a_line_that_is_not_json_is_noted_and_changes_nothing(tmp_path, capture, records):
@@ -286,10 +279,7 @@ def test_with_resync_a_line_that_is_not_json_is_noted_and_changes_nothing(tmp_pa
         f"unreadable line at KRAKEN.ws.50.0:{at + 1}: not JSON: Expecting value: line 1 column 1 (char 0)": 1
     }
 
-    out = orderbook("verify", str(bad), "--gaps", "resync")
-    assert out.returncode == 0, out.stderr
-    assert f"unreadable line at KRAKEN.ws.50.0:{at + 1}: not JSON" in out.stdout
-    assert "OK: 4269 of 4269 references match" in out.stdout
+    verify_resyncs(bad, f"unreadable line at KRAKEN.ws.50.0:{at + 1}: not JSON", "OK: 4269 of 4269 references match")
 
 
 def test_with_resync_a_pair_cut_mid_file_waits_for_a_snapshot(tmp_path, capture, records):

@@ -17,7 +17,16 @@ from orderbook.replay.formats import okx
 from orderbook.replay.records import FormatError, Record, TopLevels
 from orderbook.replay.verify import Verifier, verify
 
-from .cryptofeed_captures import DATA, Edit, capture_lines, orderbook, read_to_error, verify_through_a_node
+from .cryptofeed_captures import (
+    DATA,
+    Edit,
+    capture_lines,
+    orderbook,
+    read_to_error,
+    verify_resyncs,
+    verify_stops_with,
+    verify_through_a_node,
+)
 from .cryptofeed_captures import copy_with as copy_capture_with
 from .harness import FEED_TOKEN, serve_in_process, test_settings
 
@@ -151,9 +160,7 @@ def test_a_checksum_mismatch_stops_with_file_line_and_symbol(tmp_path):
     # Nothing of the bad message was yielded: every record before it, none of it.
     assert len(got) == good_before
 
-    out = orderbook("verify", str(bad))
-    assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [f"orderbook verify: {error}"]
+    verify_stops_with(bad, error)
 
 
 def test_with_resync_a_mismatch_skips_to_the_next_snapshot(tmp_path):
@@ -179,9 +186,7 @@ def test_with_resync_a_mismatch_skips_to_the_next_snapshot(tmp_path):
         v.feed(record)
     assert v.book(symbol) == clean.book(symbol)
 
-    out = orderbook("verify", str(bad), "--gaps", "resync")
-    assert out.returncode == 0, out.stderr
-    assert f"no snapshot: {symbol} skipped {skipped} records to the end" in out.stdout
+    verify_resyncs(bad, f"no snapshot: {symbol} skipped {skipped} records to the end")
 
 
 def test_a_truncated_last_line_names_its_line_and_symbol(tmp_path):
