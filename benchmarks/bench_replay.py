@@ -14,13 +14,19 @@ REV (extracted with `git archive`), alternating with this tree's, so the
 speedup is a ratio measured in one run.
 
     python benchmarks/bench_replay.py [--datasets NAME...] [--repeats N]
-        [--against REV] [--no-server] [--subscribers N]
+        [--against REV] [--no-server] [--stages] [--subscribers N]
+
+`--stages` adds where one verify spends its CPU time (this tree only): the
+reader, the line split and JSON within it, applying the records to a node's
+books, and the checks and report (verify of records already read, less
+applying them).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import io
 import json
@@ -134,6 +140,82 @@ def measure(jobs: list[str]) -> dict[str, dict[str, float | str]]:
             "matched": report.matched,
         }
     return out
+
+
+# Verify's budget per record at the target rate.
+TARGET_CHANGES_PER_S = 500_000
+STAGE_TRIES = 15
+
+
+def best_ms(body: Callable[[], object], tries: int = STAGE_TRIES) -> float:
+    return min(cpu_seconds(body, 1) for _ in range(tries)) * 1000
+
+
+def stage_table(names: list[str]) -> None:
+    """Where one verify of each dataset spends its CPU time, this tree only:
+    each stage timed apart (best of STAGE_TRIES), in ms and µs per record."""
+    from orderbook.core.market import Market
+    from orderbook.replay.formats.capture import OPENED, read_capture
+    from orderbook.replay.records import Record, loads
+
+    rows = []
+    for name in names:
+        path, fmt = dataset_path(name), DATASETS[name][1]
+        records = list(open_records(path, fmt))
+        n = len(records)
+        changes = sum(len(u.bids) + len(u.asks) for r in records for u in r.updates)
+        # Every capture file the reader opens: the directory's, or the file and an OKX instruments file beside it.
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        if fmt == "okx" and (path.parent / "OKX.0").exists():
+            files.append(path.parent / "OKX.0")
+
+        def split_json(files: list[Path] = files) -> None:
+            for f in files:
+                with f.open(encoding="utf-8") as lines:
+                    for line in read_capture(lines):
+                        if line.kind != OPENED and line.body:
+                            with contextlib.suppress(ValueError):  # the reader's business
+                                loads(line.body)
+
+        def apply_all(records: list[Record] = records) -> None:
+            # As verify applies them: a record of one update through `apply_one`.
+            market = Market(epoch=1)
+            for i, r in enumerate(records):
+                if len(r.updates) == 1 and not r.instruments:
+                    market.apply_one(r.updates[0])
+                else:
+                    market.apply(FeedBatch(i, r.instruments, r.updates))
+
+        whole = best_ms(lambda path=path, fmt=fmt: verify(open_records(path, fmt)))
+        reader = best_ms(lambda path=path, fmt=fmt: list(open_records(path, fmt)))
+        split = best_ms(split_json) if fmt in ("kraken", "coinbase", "binance", "okx") else float("nan")
+        applying = best_ms(apply_all)
+        checks = best_ms(lambda records=records: verify(records)) - applying
+        us = 1000 / n
+        rows.append(
+            [
+                name,
+                f"{changes / n:.1f}",
+                f"{whole:.1f}",
+                f"{changes / TARGET_CHANGES_PER_S * 1000:.1f}",
+                f"{reader:.1f} ({reader * us:.1f} µs)",
+                f"{split:.1f}",
+                f"{applying:.1f} ({applying * us:.1f} µs)",
+                f"{checks:.1f} ({checks * us:.1f} µs)",
+            ]
+        )
+    columns = [
+        "dataset",
+        "changes per record",
+        "verify",
+        "budget at 500k/s",
+        "reader (per record)",
+        "of which line split + JSON",
+        "applying (per record)",
+        "checks + report (per record)",
+    ]
+    print(f"\n## Verify by stage, one core (CPU ms, best of {STAGE_TRIES}, each stage timed apart)\n")
+    print(c.markdown_table(columns, rows, [False] + [True] * (len(columns) - 1)))
 
 
 def extract(rev: str, into: Path) -> Path:
@@ -311,6 +393,7 @@ def main() -> None:
     p.add_argument("--datasets", nargs="*", default=list(DATASETS))
     p.add_argument("--against", metavar="REV", help="also read with the package at git revision REV")
     p.add_argument("--no-server", action="store_true", help="reading alone only: no replay through a node")
+    p.add_argument("--stages", action="store_true", help="also time verify's stages apart (this tree only)")
     p.add_argument("--measure", nargs="*", help=argparse.SUPPRESS)  # a child: print one sample as JSON
     p.add_argument("--tree", help=argparse.SUPPRESS)  # a child: the package's folder (see the imports)
     args = p.parse_args()
@@ -327,6 +410,8 @@ def main() -> None:
     print(c.markdown_table(["", ""], list(c.machine_info().items())))
 
     reading_tables(names, args.repeats, args.against)
+    if args.stages:
+        stage_table(names)
     if args.no_server:
         return
 

@@ -97,6 +97,10 @@ class Market:
         except KeyError:
             raise UnknownSymbol(symbol) from None
 
+    def find(self, symbol: str) -> SequencedBook | None:
+        """`get` for a symbol that may not be defined: None if it is not."""
+        return self._books.get(symbol)
+
     def symbols(self) -> list[str]:
         return sorted(self._books)
 
@@ -329,6 +333,12 @@ class Market:
         batch not yet applied). Symbols the batch defines or updates belong
         to `source` afterwards (with `takeover`, also those it took).
         """
+        updates = batch.updates
+        if len(updates) == 1 and not batch.instruments:
+            update = updates[0]
+            delta = self.apply_one(update, now_ns, on_delta, source, takeover)
+            sb = self._books[update.symbol]
+            return BatchResult(() if delta is None else (delta,), (Position(update.symbol, sb.epoch, sb.seq),))
         runs = self._validate(batch, source, takeover)
         new = tuple(i for i in batch.instruments if self.define(i))
         owners = self._owners
@@ -345,3 +355,36 @@ class Market:
             sb.apply_all(updates, now_ns, deltas, on_delta)
         positions = tuple(Position(s, sb.epoch, sb.seq) for s, sb in touched.items())
         return BatchResult(tuple(deltas), positions, new)
+
+    def apply_one(
+        self,
+        update: BookUpdate,
+        now_ns: int = 0,
+        on_delta: Callable[[Delta], None] | None = None,
+        source: str = FEED,
+        takeover: bool = False,
+    ) -> Delta | None:
+        """`apply` of a batch holding `update` alone (most feed messages,
+        every Kraken record): the same checks in the same order, raising the
+        same errors, with no runs, sets or result objects built for them.
+        Return the delta, or None where the update changed nothing."""
+        limits = self.limits
+        if limits is not NO_LIMITS:
+            self.check_counts(FeedBatch(updates=(update,)))
+        symbol = update.symbol
+        sb = self._books.get(symbol)
+        if sb is None:
+            raise UnknownSymbol(symbol)
+        updates = (update,)
+        validate_updates(sb.instrument, updates)
+        owners = self._owners
+        owner = owners.get(symbol)
+        if owner is not None and owner != source:
+            self._check_owners(updates, {symbol}, source, takeover)
+        if limits.max_levels_per_side:
+            self._check_sides(updates, limits.max_levels_per_side)
+        owners[symbol] = source
+        delta = sb.apply_one(update, now_ns)
+        if delta is not None and on_delta is not None:
+            on_delta(delta)
+        return delta

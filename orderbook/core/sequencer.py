@@ -115,6 +115,33 @@ class SequencedBook:
             if on_delta is not None:
                 on_delta(delta)
 
+    def apply_one(self, update: BookUpdate, now_ns: int = 0) -> Delta | None:
+        """`apply` of a validated update, the ingest path's single update
+        (`Market.apply` of a one-update batch): the same delta, in fewer calls
+        than `apply_all` of one."""
+        if update.replace:
+            return self.apply(update, now_ns)
+        book = self.book
+        bids, asks = book.apply(update.bids, update.asks)
+        if not bids and not asks:
+            return None
+        prev = self.seq
+        self.seq = prev + 1
+        # As in `apply`: the fields in `Delta`'s order.
+        return _new_delta(
+            (
+                self.instrument.symbol,
+                self.epoch,
+                prev + 1,
+                prev,
+                bids,
+                asks,
+                book.checksum(),
+                update.event_time_ns,
+                now_ns,
+            )
+        )
+
     def restore(self, snapshot: Snapshot) -> None:
         """Become the (full) book of a snapshot taken elsewhere, checksum verified."""
         self.book.replace(snapshot.bids, snapshot.asks)

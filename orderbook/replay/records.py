@@ -156,9 +156,10 @@ def significant_decimals(text: str) -> int:
 
 
 @lru_cache(maxsize=1 << 16)
-def _known_units(text: str, scale: int) -> int | None:
-    # A feed writes the same few prices and sizes over and over: a lookup
-    # here costs a fraction of parsing one. None: not exact, see `units`.
+def known_units(text: str, scale: int) -> int | None:
+    """`units` of a string, or None where `units` would raise. Cached: a
+    feed writes the same few prices and sizes over and over, and a lookup
+    costs a fraction of parsing one."""
     try:
         return to_units(text, scale)
     except InvalidInput:
@@ -168,7 +169,7 @@ def _known_units(text: str, scale: int) -> int | None:
 def units(text: object, scale: int, where: str) -> int:
     """Exact integer units of a decimal string, or a FormatError naming `where`."""
     if type(text) is str:
-        value = _known_units(text, scale)
+        value = known_units(text, scale)
         if value is not None:
             return value
     if not isinstance(text, str):

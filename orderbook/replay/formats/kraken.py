@@ -41,24 +41,69 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orderbook.core.book import Book, Level
+from orderbook.core.book import Level
 from orderbook.core.events import BookUpdate
 from orderbook.core.instrument import Instrument
 
-from ..records import Checksum, FormatError, Record, decimals, loads, seconds_to_ns, units
+from ..records import Checksum, FormatError, Record, decimals, known_units, loads, seconds_to_ns, units
 from .capture import BAD, OPENED, RECEIVED, CaptureLine, read_capture
 from .gaps import GapPolicy, Gaps, damage
 
 VENUE = "kraken"
 REPUBLISH = "r"
+_NS_SCALE = tuple(10 ** (9 - n) for n in range(10))  # fraction digits -> ns per unit
 # The pair of a damaged book message, from what is left of its text: the pair
 # name after the channel name at its end, else the channel ID at its start.
 _PAIR = re.compile(r'"book[^"]*"\s*,\s*"([^"]+)"\s*\]')
 _CHANNEL_ID = re.compile(r"\s*\[\s*(\d+)\s*,")
+
+
+class _Side:
+    """One side of the reader's copy of a book: sizes by key and the keys
+    sorted, best first (bids keyed by -price). Only what trimming to the
+    depth needs: no checksum is kept (the node's `Book` keeps one, and the
+    reader's copy never leaves it)."""
+
+    __slots__ = ("keys", "negate", "sizes")
+
+    def __init__(self, negate: bool, levels: Iterable[Level] = ()) -> None:
+        self.negate = negate
+        self.sizes: dict[int, int] = {-p if negate else p: s for p, s in levels if s}
+        self.keys: list[int] = sorted(self.sizes)
+
+    def apply(self, levels: list[Level]) -> None:
+        """Set each level in order; size 0 removes."""
+        sizes, keys, negate = self.sizes, self.keys, self.negate
+        for price, size in levels:
+            key = -price if negate else price
+            old = sizes.get(key, 0)
+            if size:
+                sizes[key] = size
+                if not old:
+                    insort(keys, key)
+            elif old:
+                del sizes[key]
+                del keys[bisect_left(keys, key)]
+
+    def trim(self, depth: int, out: list[Level]) -> None:
+        """Drop the levels past `depth`, worst first, appending each removal to `out`."""
+        keys, sizes = self.keys, self.sizes
+        while len(keys) > depth:
+            key = keys.pop()
+            del sizes[key]
+            out.append((-key if self.negate else key, 0))
+
+    def levels(self) -> tuple[Level, ...]:
+        """Best first."""
+        sizes = self.sizes
+        if self.negate:
+            return tuple([(-k, sizes[k]) for k in self.keys])
+        return tuple([(k, sizes[k]) for k in self.keys])
 
 
 @dataclass(slots=True)
@@ -67,7 +112,8 @@ class _Pair:
 
     instrument: Instrument
     depth: int
-    book: Book = field(default_factory=Book)
+    bids: _Side = field(default_factory=lambda: _Side(True))
+    asks: _Side = field(default_factory=lambda: _Side(False))
 
 
 @dataclass(slots=True)
@@ -95,28 +141,47 @@ def read(
 
 def _records(lines: Iterable[str], state: _State, policy: GapPolicy, source: str) -> Iterator[Record]:
     time_ns = 0
+    pairs, channels, waiting = state.pairs, state.channels, policy.waiting
     for line in read_capture(lines, source, bad_lines=True):
-        time_ns = line.time_ns or time_ns
-        if line.kind == BAD:
-            yield from _damaged(state, policy, line, line.url, line.body)
-            continue
-        if line.kind == OPENED:
-            state.channels.clear()  # channel IDs belong to one connection
-            state.book_channels.clear()
-            continue
-        if line.kind != RECEIVED:
+        kind, line_ns, body, _, where, _ = line
+        time_ns = line_ns or time_ns
+        if kind != RECEIVED:
+            if kind == BAD:
+                yield from _damaged(state, policy, line, line.url, body)
+            elif kind == OPENED:
+                channels.clear()  # channel IDs belong to one connection
+                state.book_channels.clear()
             continue
         try:
-            msg = loads(line.body)
+            msg = loads(body)
         except ValueError as exc:
-            yield from _damaged(state, policy, line, line.body, damage(line.body, line.ended, exc))
+            yield from _damaged(state, policy, line, body, damage(body, line.ended, exc))
             continue
+        if type(msg) is list and len(msg) == 4:
+            # Nearly every message: one side's update to a book already
+            # known, taken here with the checks `_book_message` makes, in
+            # an order that yields the same result; anything else goes there.
+            part, channel_name, pair = msg[1], msg[2], msg[3]
+            if (
+                type(pair) is str
+                and type(channel_name) is str
+                and type(part) is dict
+                and channel_name.startswith("book")
+                and "as" not in part
+                and "bs" not in part
+                and pair not in waiting
+            ):
+                entry = pairs.get(pair)
+                known = channels.get(msg[0])
+                if entry is not None and (known is None or known == pair):
+                    yield _update(entry, pair, (part,), line_ns, where)
+                    continue
         if isinstance(msg, dict):
-            _control(state, msg, line.where)
+            _control(state, msg, where)
         elif isinstance(msg, list):
-            yield from _book_message(state, policy, msg, line.time_ns, line.where)
+            yield from _book_message(state, policy, msg, line_ns, where)
         else:
-            raise FormatError(line.where, f"unexpected message {line.body[:80]!r}")
+            raise FormatError(where, f"unexpected message {body[:80]!r}")
     yield from policy.finish(list(policy.waiting), time_ns)
 
 
@@ -173,7 +238,7 @@ def _book_message(state: _State, policy: GapPolicy, msg: list[Any], time_ns: int
     elif pair not in state.pairs:
         yield policy.gap(pair, "update before its snapshot", time_ns, where)
     else:
-        yield _update(state, pair, parts, time_ns, where)
+        yield _update(state.pairs[pair], pair, parts, time_ns, where)
 
 
 def _depth(state: _State, channel_name: str, where: str) -> int:
@@ -192,44 +257,94 @@ def _snapshot(state: _State, pair: str, depth: int, snap: dict[str, object], tim
         written = asks_raw + bids_raw
         if not written:
             raise FormatError(where, f"{pair}: empty first snapshot, its decimals are unknown")
-        scales = state.scales[pair] = (max(decimals(e[0]) for e in written), max(decimals(e[1]) for e in written))
+        scales = state.scales[pair] = (
+            max(map(decimals, [e[0] for e in written])),
+            max(map(decimals, [e[1] for e in written])),
+        )
     base, _, quote = pair.partition("/")
     instrument = Instrument(pair, scales[0], scales[1], base=base, quote=quote, venue=VENUE)
-    entry = _Pair(instrument, depth)
-    entry.book.replace(_levels(entry, bids_raw, where), _levels(entry, asks_raw, where))
-    _trim(entry.book, depth, [], [])
+    bids = _levels(instrument, bids_raw, where)
+    asks = _levels(instrument, asks_raw, where)
+    entry = _Pair(instrument, depth, _Side(True, bids), _Side(False, asks))
+    entry.bids.trim(depth, [])
+    entry.asks.trim(depth, [])
     state.pairs[pair] = entry  # kept once whole: a bad level leaves the last book as it was
-    update = BookUpdate(pair, tuple(entry.book.bids()), tuple(entry.book.asks()), replace=True, event_time_ns=time_ns)
+    update = BookUpdate(pair, entry.bids.levels(), entry.asks.levels(), replace=True, event_time_ns=time_ns)
     return Record(time_ns, instruments=(instrument,), updates=(update,))
 
 
-def _update(state: _State, pair: str, parts: list[dict[str, object]], time_ns: int, where: str) -> Record:
-    entry = state.pairs[pair]
+def _update(entry: _Pair, pair: str, parts: Sequence[dict[str, object]], time_ns: int, where: str) -> Record:
     bids: list[Level] = []
     asks: list[Level] = []
     checksum: int | None = None
     event_ns = 0
+    inst = entry.instrument
     for part in parts:
-        for key, out in (("a", asks), ("b", bids)):
-            if key not in part:
-                continue  # (no levels: nothing to add, no time to take)
-            raw = _entries(part, key, where)
-            out.extend(_levels(entry, raw, where))
-            for e in raw:
-                level_ns = seconds_to_ns(e[2], where)
-                if level_ns > event_ns:
-                    event_ns = level_ns
+        # (A side not there has no levels to add and no time to take.)
+        if "a" in part:
+            event_ns = _side(part, "a", asks, inst, event_ns, where)
+        if "b" in part:
+            event_ns = _side(part, "b", bids, inst, event_ns, where)
         if "c" in part:
             checksum = _checksum(part["c"], where)
-    book = entry.book
-    for price, size in bids:
-        book.set_bid(price, size)
-    for price, size in asks:
-        book.set_ask(price, size)
-    _trim(book, entry.depth, bids, asks)
-    update = BookUpdate(pair, tuple(bids), tuple(asks), event_time_ns=event_ns or time_ns)
-    checks = () if checksum is None else (Checksum(pair, checksum),)
-    return Record(time_ns, updates=(update,), checks=checks)
+    depth = entry.depth
+    if bids:
+        entry.bids.apply(bids)
+        if len(entry.bids.keys) > depth:
+            entry.bids.trim(depth, bids)
+    if asks:
+        entry.asks.apply(asks)
+        if len(entry.asks.keys) > depth:
+            entry.asks.trim(depth, asks)
+    # Positional: this runs for every message, and keywords cost more.
+    update = BookUpdate(pair, tuple(bids), tuple(asks), False, event_ns or time_ns)
+    return Record(time_ns, (), (update,), () if checksum is None else (Checksum(pair, checksum),))
+
+
+def _side(part: dict[str, object], key: str, out: list[Level], inst: Instrument, event_ns: int, where: str) -> int:
+    """Add the levels of `part[key]` to `out`; return the latest of
+    `event_ns` and their times. `_entries`, `_levels` and the times in one
+    call, their checks (and errors) in the same order."""
+    raw = part[key]
+    if type(raw) is not list:
+        raw = _entries(part, key, where)  # raises
+    for e in raw:
+        # `_entries`'s checks, unrolled: this runs for every level of every message.
+        if (
+            type(e) is not list
+            or not 3 <= len(e) <= 4
+            or type(e[0]) is not str
+            or type(e[1]) is not str
+            or type(e[2]) is not str
+            or (len(e) == 4 and e[3] != REPUBLISH)
+        ):
+            _entries(part, key, where)  # raises the error `_entries` names
+    price_scale, size_scale = inst.price_scale, inst.size_scale
+    negative = False
+    for e in raw:
+        # The cached conversion first; `units` again only to raise its error.
+        price = known_units(e[0], price_scale)
+        if price is None:
+            price = units(e[0], price_scale, where)
+        size = known_units(e[1], size_scale)
+        if size is None:
+            size = units(e[1], size_scale, where)
+        if size < 0:
+            negative = True
+        out.append((price, size))
+    if negative:
+        raise FormatError(where, f"negative volume in {raw!r}")
+    for e in raw:
+        # `seconds_to_ns`'s plain-digits path inlined: one per level.
+        whole, _, frac = e[2].partition(".")
+        digits = whole + frac
+        if len(frac) <= 9 and len(whole) <= 19 and digits.isdigit() and digits.isascii():
+            level_ns = int(digits) * _NS_SCALE[len(frac)]
+        else:
+            level_ns = seconds_to_ns(e[2], where)
+        if level_ns > event_ns:
+            event_ns = level_ns
+    return event_ns
 
 
 def _entries(part: dict[str, object], key: str, where: str) -> list[list[str]]:
@@ -248,8 +363,7 @@ def _entries(part: dict[str, object], key: str, where: str) -> list[list[str]]:
     return raw
 
 
-def _levels(entry: _Pair, raw: list[list[str]], where: str) -> list[Level]:
-    inst = entry.instrument
+def _levels(inst: Instrument, raw: list[list[str]], where: str) -> list[Level]:
     price_scale, size_scale = inst.price_scale, inst.size_scale
     out = [(units(e[0], price_scale, where), units(e[1], size_scale, where)) for e in raw]
     if any(size < 0 for _, size in out):
@@ -262,17 +376,3 @@ def _checksum(value: object, where: str) -> int:
     if not isinstance(value, str) or not value.isdigit() or int(value) >= 2**32:
         raise FormatError(where, f"checksum {value!r} is not an unsigned 32-bit decimal string")
     return int(value)
-
-
-def _trim(book: Book, depth: int, bids: list[Level], asks: list[Level]) -> None:
-    """Drop the levels past `depth`, worst first, recording each removal."""
-    while book.bid_count() > depth:
-        price = book.nth_bid_price(book.bid_count() - 1)
-        assert price is not None  # the count is above depth >= 0: the worst level exists
-        book.set_bid(price, 0)
-        bids.append((price, 0))
-    while book.ask_count() > depth:
-        price = book.nth_ask_price(book.ask_count() - 1)
-        assert price is not None
-        book.set_ask(price, 0)
-        asks.append((price, 0))

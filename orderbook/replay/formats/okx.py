@@ -50,7 +50,7 @@ from orderbook.core.book import Book, Level
 from orderbook.core.events import BookUpdate
 from orderbook.core.instrument import Instrument
 
-from ..records import FormatError, Record, TopLevels, loads, scale_of, significant_decimals, units
+from ..records import FormatError, Record, TopLevels, known_units, loads, scale_of, significant_decimals, units
 from .capture import BAD, OPENED, RECEIVED, REST, CaptureLine, read_capture
 from .gaps import GapPolicy, Gaps, damage
 
@@ -327,8 +327,15 @@ def _entries(entry: dict[str, Any], key: str, name: str, where: str) -> list[lis
 
 def _levels(inst: Instrument, raw: list[list[str]], name: str, where: str) -> list[Level]:
     out = []
+    price_scale, size_scale = inst.price_scale, inst.size_scale
     for e in raw:
-        price, size = units(e[0], inst.price_scale, where), units(e[1], inst.size_scale, where)
+        # The cached conversion first; `units` again only to raise its error.
+        price = known_units(e[0], price_scale)
+        if price is None:
+            price = units(e[0], price_scale, where)
+        size = known_units(e[1], size_scale)
+        if size is None:
+            size = units(e[1], size_scale, where)
         if price <= 0 or size < 0:
             # Refused here: the reader's own book must never hold what the server would reject.
             raise FormatError(where, f"{name}: level {e[0]} x {e[1]} out of range")
