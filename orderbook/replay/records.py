@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from orderbook.core.book import Level
+from orderbook.core.book import Book, Level
 from orderbook.core.errors import InvalidInput
 from orderbook.core.events import BookUpdate
 from orderbook.core.instrument import Instrument
@@ -196,3 +196,22 @@ def seconds_to_ns(text: str, where: str) -> int:
         return int(Decimal(text.strip()).scaleb(9).to_integral_value())
     except ArithmeticError:
         raise FormatError(where, f"not a timestamp: {text!r}") from None
+
+
+def top_levels(name: str, book: Book, depth: int, kind: str) -> TopLevels:
+    """A reference of `book`'s best `depth` levels a side, checked by `kind`;
+    when the whole book is within them, it says so, and the checked book may
+    hold nothing more."""
+    bids, asks = tuple(book.bids(depth)), tuple(book.asks(depth))
+    whole = book.bid_count() <= depth and book.ask_count() <= depth
+    return TopLevels(name, bids, asks, max(len(bids), len(asks), 1) if whole else 0, kind)
+
+
+def instrument_from_text(name: str, prices: list[str], sizes: list[str], venue: str, where: str) -> Instrument:
+    """Scales from a first snapshot's decimal text, for an instrument its
+    capture's instruments file does not define."""
+    if not prices:
+        raise FormatError(
+            where, f"{name}: empty first snapshot and not in the instruments file, so its scales are unknown"
+        )
+    return Instrument(name, scale_of(prices), scale_of(sizes), venue=venue)

@@ -48,7 +48,7 @@ from orderbook.core.book import Book, Level
 from orderbook.core.events import BookUpdate
 from orderbook.core.instrument import Instrument
 
-from ..records import FormatError, Record, TopLevels, scale_of, significant_decimals, units
+from ..records import FormatError, Record, instrument_from_text, significant_decimals, top_levels, units
 from .capture import BAD, OPENED, RECEIVED, REST, CaptureLine, read_capture
 from .gaps import GapPolicy, Gaps, damage
 
@@ -248,7 +248,7 @@ class _Reader:
         bid_changes, ask_changes = book.apply(tuple(bids), tuple(asks))
         s.change_id = change_id
         update = BookUpdate(name, bid_changes, ask_changes, event_time_ns=event_ns)
-        yield Record(time_ns, updates=(update,), checks=(_top(name, book),))
+        yield Record(time_ns, updates=(update,), checks=(top_levels(name, book, CHECK_DEPTH, KIND),))
 
 
 def _int(data: dict[str, Any], key: str, name: str, where: str) -> int:
@@ -297,18 +297,4 @@ def _misfit(held: Any, raw: list[list[str]], levels: list[Level], side: str) -> 
 
 
 def _from_data(name: str, raw: list[list[str]], where: str) -> Instrument:
-    """Scales from a first snapshot's text, for an instrument the instruments file lacks."""
-    if not raw:
-        raise FormatError(
-            where, f"{name}: empty first snapshot and not in the instruments file, so its scales are unknown"
-        )
-    prices, sizes = [e[1] for e in raw], [e[2] for e in raw]
-    return Instrument(name, scale_of(prices), scale_of(sizes), venue=VENUE)
-
-
-def _top(name: str, book: Book) -> TopLevels:
-    """The book's top levels; when the whole book is within them, the
-    reference says so and the checked book may hold nothing more."""
-    bids, asks = tuple(book.bids(CHECK_DEPTH)), tuple(book.asks(CHECK_DEPTH))
-    whole = book.bid_count() <= CHECK_DEPTH and book.ask_count() <= CHECK_DEPTH
-    return TopLevels(name, bids, asks, max(len(bids), len(asks), 1) if whole else 0, KIND)
+    return instrument_from_text(name, [e[1] for e in raw], [e[2] for e in raw], VENUE, where)

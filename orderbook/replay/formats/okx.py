@@ -50,7 +50,17 @@ from orderbook.core.book import Book, Level
 from orderbook.core.events import BookUpdate
 from orderbook.core.instrument import Instrument
 
-from ..records import FormatError, Record, TopLevels, known_units, loads, scale_of, significant_decimals, units
+from ..records import (
+    FormatError,
+    Record,
+    TopLevels,
+    instrument_from_text,
+    known_units,
+    loads,
+    significant_decimals,
+    top_levels,
+    units,
+)
 from .capture import BAD, OPENED, RECEIVED, REST, CaptureLine, read_capture
 from .gaps import GapPolicy, Gaps, damage
 
@@ -265,7 +275,7 @@ class _Reader:
         book.replace(bids, asks)
         bid_text = {p: f"{e[0]}:{e[1]}" for (p, size), e in zip(bids, bids_raw, strict=True) if size}
         ask_text = {p: f"{e[0]}:{e[1]}" for (p, size), e in zip(asks, asks_raw, strict=True) if size}
-        top = _top(name, book)
+        top = top_levels(name, book, CHECKSUM_DEPTH, KIND)
         got = _book_checksum(top, bid_text, ask_text)
         if got != checksum:
             yield self.gap(s, name, f"snapshot checksum {got} != venue's {checksum}", time_ns, where)
@@ -301,7 +311,7 @@ class _Reader:
                     text[price] = f"{e[0]}:{e[1]}"
                 else:
                     text.pop(price, None)
-        top = _top(name, book)
+        top = top_levels(name, book, CHECKSUM_DEPTH, KIND)
         got = _book_checksum(top, s.bid_text, s.ask_text)
         if got != checksum:
             yield self.gap(s, name, f"checksum {got} != venue's {checksum}", time_ns, where)
@@ -345,16 +355,6 @@ def _levels(inst: Instrument, raw: list[list[str]], name: str, where: str) -> li
     return out
 
 
-def _from_data(name: str, raw: list[list[str]], where: str) -> Instrument:
-    """Scales from a first snapshot's text, for an instrument the instruments file lacks."""
-    if not raw:
-        raise FormatError(
-            where, f"{name}: empty first snapshot and not in the instruments file, so its scales are unknown"
-        )
-    prices, sizes = [e[0] for e in raw], [e[1] for e in raw]
-    return Instrument(name, scale_of(prices), scale_of(sizes), venue=VENUE)
-
-
 def _checksum(entry: dict[str, Any], name: str, where: str) -> int:
     value = entry.get("checksum")
     if type(value) is not int or not -(1 << 31) <= value < 1 << 31:
@@ -387,9 +387,5 @@ def _book_checksum(top: TopLevels, bid_text: dict[int, str], ask_text: dict[int,
     return okx_checksum(bids, asks)
 
 
-def _top(name: str, book: Book) -> TopLevels:
-    """The levels the checksum covered; when the whole book is within them,
-    the reference says so and the checked book may hold nothing more."""
-    bids, asks = tuple(book.bids(CHECKSUM_DEPTH)), tuple(book.asks(CHECKSUM_DEPTH))
-    whole = book.bid_count() <= CHECKSUM_DEPTH and book.ask_count() <= CHECKSUM_DEPTH
-    return TopLevels(name, bids, asks, max(len(bids), len(asks), 1) if whole else 0, KIND)
+def _from_data(name: str, raw: list[list[str]], where: str) -> Instrument:
+    return instrument_from_text(name, [e[0] for e in raw], [e[1] for e in raw], VENUE, where)
