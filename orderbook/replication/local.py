@@ -264,10 +264,6 @@ class LocalFollower:
             if not fut.done():
                 fut.set_result(codec.feed_error(codec.ErrorCode.ERROR_CODE_INTERNAL, message))
 
-    async def submit(self, data: bytes) -> bytes:
-        """Forward a publisher's FeedMessage; the sequencer's exact FeedReply."""
-        return await (await self.send(data))
-
     async def send(self, data: bytes) -> asyncio.Future[bytes]:
         """Forward a publisher's FeedMessage without waiting for its reply:
         the future of the sequencer's exact FeedReply (replies come in the
